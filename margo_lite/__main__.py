@@ -1,0 +1,5 @@
+import sys
+
+from margo_lite.cli import main
+
+sys.exit(main())

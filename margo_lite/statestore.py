@@ -1,0 +1,267 @@
+"""Durable records under `device.state_dir` that survive a power cut at any instant.
+
+A record is one file: a header line with the payload's length and SHA-256, then the
+payload. A write goes to a temporary file in the same folder, is fsynced, the current
+file is kept as `<name>.prev` (a hard link, so no data is copied), the temporary file is
+renamed over the record and the folder is fsynced. A reader checks length and digest; a
+torn or rotten record falls back to `.prev`. When neither reads, `StateCorruptError` is
+raised: an unreadable record must never look like an empty one, because "no deployments
+recorded" would make the agent remove running applications.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from margo_lite import logs
+from margo_lite.errors import StateCorruptError, StateError
+
+log = logs.get(__name__)
+
+MAGIC = b"#margo-lite-state v1"
+PREV_SUFFIX = ".prev"
+TMP_MARK = ".tmp."
+SECRET_MODE = 0o600
+FILE_MODE = 0o644
+DIR_MODE = 0o700
+_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
+
+#: The steps of a write, in order; a fault hook sees each name as the step completes.
+WRITE_STEPS = ("tmp-written", "tmp-synced", "prev-kept", "renamed", "dir-synced")
+
+
+def encode(payload: bytes) -> bytes:
+    digest = hashlib.sha256(payload).hexdigest()
+    return b"%s sha256=%s size=%d\n" % (MAGIC, digest.encode(), len(payload)) + payload
+
+
+def decode(data: bytes) -> bytes:
+    """The payload of an encoded record; ValueError when it is torn or corrupt."""
+    header, sep, payload = data.partition(b"\n")
+    fields = header.split(b" ")
+    if not sep or len(fields) != 4 or b" ".join(fields[:2]) != MAGIC:
+        raise ValueError("bad header")
+    digest, size = fields[2], fields[3]
+    if not digest.startswith(b"sha256=") or not size.startswith(b"size="):
+        raise ValueError("bad header")
+    if not size[5:].isdigit() or int(size[5:]) != len(payload):
+        raise ValueError("length mismatch (torn write)")
+    if hashlib.sha256(payload).hexdigest().encode() != digest[7:]:
+        raise ValueError("checksum mismatch")
+    return payload
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(
+    path: Path, data: bytes, *, mode: int = FILE_MODE, fault: Callable[[str], None] | None = None
+) -> None:
+    """Replace `path` by `data` atomically and durably (no checksum header, no `.prev`).
+
+    For files humans read too, such as the configuration that onboarding writes.
+    """
+    _write(path, data, mode=mode, keep_prev=False, fault=fault)
+
+
+def _write(
+    path: Path, data: bytes, *, mode: int, keep_prev: bool, fault: Callable[[str], None] | None
+) -> None:
+    step = fault or (lambda name: None)
+    folder = path.parent
+    tmp = folder / f".{path.name}{TMP_MARK}{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        step("tmp-written")
+        os.fsync(fd)
+        step("tmp-synced")
+    except Exception:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    if keep_prev:
+        _keep_prev(path)
+        step("prev-kept")
+    os.replace(tmp, path)
+    step("renamed")
+    fsync_dir(folder)
+    step("dir-synced")
+
+
+def _keep_prev(path: Path) -> None:
+    """Make `<path>.prev` the current content of `path`, without a window where it is torn."""
+    prev = path.with_name(path.name + PREV_SUFFIX)
+    link_tmp = path.with_name(f".{prev.name}{TMP_MARK}{os.getpid()}")
+    _unlink_quietly(link_tmp)
+    try:
+        os.link(path, link_tmp)
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a filesystem without hard links: copy instead
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        shutil.copy2(path, link_tmp)
+        with open(link_tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(link_tmp, prev)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class StateStore:
+    """Named records under one folder. Names are relative paths like "deployments/abc.json".
+
+    `fault` is called with each step name of `WRITE_STEPS` as a write passes it; the
+    crash tests raise from it to stop a write at that point.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, fault: Callable[[str], None] | None = None
+    ) -> None:
+        self.root = Path(root)
+        self._fault = fault
+
+    def path(self, name: str) -> Path:
+        parts = name.split("/")
+        if not all(_NAME_PART.match(part) for part in parts) or name.endswith(PREV_SUFFIX):
+            raise StateError(f"invalid record name {name!r}")
+        return self.root.joinpath(*parts)
+
+    # --- bytes -----------------------------------------------------------------------------
+
+    def write_bytes(self, name: str, payload: bytes, *, secret: bool = False) -> None:
+        path = self.path(name)
+        try:
+            self._makedirs(path.parent)
+            _write(
+                path,
+                encode(payload),
+                mode=SECRET_MODE if secret else FILE_MODE,
+                keep_prev=True,
+                fault=self._fault,
+            )
+        except OSError as exc:
+            raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """The payload; None only when the record was never written (or was deleted)."""
+        path = self.path(name)
+        prev = path.with_name(path.name + PREV_SUFFIX)
+        problems = []
+        for candidate in (path, prev):
+            try:
+                data = candidate.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                problems.append(f"{candidate}: {exc.strerror or exc}")
+                continue
+            try:
+                payload = decode(data)
+            except ValueError as exc:
+                problems.append(f"{candidate}: {exc}")
+                continue
+            if problems:
+                log.warning(
+                    "state record %s was unreadable (%s); using its previous copy",
+                    path,
+                    "; ".join(problems),
+                )
+            return payload
+        if problems:
+            raise StateCorruptError(f"state record unreadable: {'; '.join(problems)}")
+        return None
+
+    # --- JSON ------------------------------------------------------------------------------
+
+    def write_json(self, name: str, value: Any, *, secret: bool = False) -> None:
+        payload = json.dumps(value, sort_keys=True, indent=1, ensure_ascii=False).encode()
+        self.write_bytes(name, payload + b"\n", secret=secret)
+
+    def read_json(self, name: str) -> Any:
+        payload = self.read_bytes(name)
+        if payload is None:
+            return None
+        try:
+            return json.loads(payload)
+        except ValueError as exc:
+            raise StateCorruptError(f"state record {self.path(name)} is not JSON: {exc}") from None
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        """Remove a record and its previous copy; the copy first, so nothing old returns."""
+        path = self.path(name)
+        try:
+            _unlink_quietly(path.with_name(path.name + PREV_SUFFIX))
+            _unlink_quietly(path)
+            if path.parent.exists():
+                fsync_dir(path.parent)
+        except OSError as exc:
+            raise StateError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+
+    def names(self, folder: str = "") -> list[str]:
+        """Record names directly in `folder`, sorted."""
+        base = self.path(folder) if folder else self.root
+        try:
+            entries = sorted(os.listdir(base))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StateError(f"cannot list {base}: {exc.strerror or exc}") from exc
+        found = set()
+        for entry in entries:
+            if entry.startswith(".") or not (base / entry).is_file():
+                continue
+            record = entry.removesuffix(PREV_SUFFIX)
+            found.add(f"{folder}/{record}" if folder else record)
+        return sorted(found)
+
+    def remove_leftovers(self) -> int:
+        """Delete temporary files a crash left behind; returns how many."""
+        count = 0
+        for tmp in self._leftovers():
+            _unlink_quietly(tmp)
+            count += 1
+        return count
+
+    def _leftovers(self) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and TMP_MARK in name:
+                    yield Path(folder) / name
+
+    def _makedirs(self, folder: Path) -> None:
+        if folder.is_dir():
+            return
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            os.mkdir(new, DIR_MODE)
+            fsync_dir(new.parent)

@@ -1,0 +1,59 @@
+"""Shared fixtures: a configuration file in a temporary folder, and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def base_config(tmp_path: Path) -> dict:
+    """A minimal valid configuration whose state lives in `tmp_path`."""
+    return {
+        "device": {"id": "gw-test", "state_dir": str(tmp_path / "state")},
+        "wos": {"url": "http://127.0.0.1:9"},
+        "git": {"url": str(tmp_path / "repo.git")},
+    }
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a configuration (the minimal one, or the mapping or text given) and return its path."""
+
+    def write(data: dict | str | None = None, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        if data is None:
+            data = base_config(tmp_path)
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """`margo-lite ARGS` in a child process, exactly as a user would run it."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MARGO_LITE_CONFIG"}
+    full_env["PYTHONPATH"] = str(ROOT)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "margo_lite", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=input,
+    )
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess]:
+    return run_cli
