@@ -84,6 +84,12 @@ def size(value: Any, ctx: _Context) -> int:
     return int(match.group(1)) * _SIZE_FACTORS[unit]
 
 
+def positive_int(value: Any, ctx: _Context) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a whole number above zero, got {value!r}")
+    return value
+
+
 def fraction(value: Any, ctx: _Context) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ValueError(f"expected a number from 0 to 1, got {value!r}")
@@ -239,6 +245,15 @@ class WosConfig:
         choice("capitalized", "lowercase"),
         "Spelling of states in reports: Installed or installed.",
     )
+    outbox_limit: int = option(
+        1000, positive_int, "Most status reports held while the WOS is away."
+    )
+    signing_key: str | None = option(
+        None, optional(file_path), "Device private key (PEM) to sign request bodies.", is_file=True
+    )
+    signing_cert: str | None = option(
+        None, optional(file_path), "Device certificate (PEM) matching signing_key.", is_file=True
+    )
 
 
 @dataclass(frozen=True)
@@ -261,6 +276,15 @@ class GitConfig:
         is_file=True,
     )
     timeout: float = option(30.0, positive_duration, "Connect and read timeout of each request.")
+    auth: str = option(
+        "basic", choice("basic", "bearer"), "How token_file is sent: HTTP basic or bearer."
+    )
+    trusted_keys: tuple = option(
+        (),
+        list_of(file_path),
+        "PGP public keys; when set, only commits signed by one of them are applied.",
+        is_file=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -286,6 +310,61 @@ class RuntimeConfig:
         choice("auto", "builtin", "podman-compose", "docker-compose", "docker-compose-plugin"),
         "Compose driver.",
     )
+    health_timeout: float = option(
+        60.0, positive_duration, "How long new containers may take to start and be healthy."
+    )
+    purge_volumes: bool = option(
+        False, boolean, "Remove named volumes when a deployment is removed."
+    )
+    observe_interval: float = option(
+        30.0, positive_duration, "Time between checks that managed containers still run."
+    )
+
+
+@dataclass(frozen=True)
+class PackagesConfig:
+    max_size: int = option(512 << 20, size, "Largest package download or extracted package.")
+    cache_size: int = option(2 << 30, size, "Bound of the package cache; oldest unused go first.")
+    timeout: float = option(60.0, positive_duration, "Connect and read timeout of downloads.")
+    require_signature: bool = option(
+        False, boolean, "Refuse packages without keyLocation and a valid signature."
+    )
+    trusted_keys: tuple = option(
+        (),
+        list_of(file_path),
+        "Pinned PGP public keys; when set, signatures must verify against these.",
+        is_file=True,
+    )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    allow_privileged: bool = option(False, boolean, "Allow privileged containers.")
+    allow_host_network: bool = option(False, boolean, "Allow network_mode: host.")
+    allow_host_pid: bool = option(False, boolean, "Allow pid: host.")
+    allow_host_ipc: bool = option(False, boolean, "Allow ipc: host.")
+    allowed_capabilities: tuple = option(
+        (), list_of(nonempty), "Capabilities a container may add (cap_add)."
+    )
+    allow_devices: bool = option(False, boolean, "Allow device access (devices:).")
+    allowed_bind_paths: tuple = option(
+        (), list_of(nonempty), "Host folders bind mounts may use (and below)."
+    )
+
+
+@dataclass(frozen=True)
+class CapabilitiesConfig:
+    vendor: str | None = option(None, optional(nonempty), "Reported device vendor.")
+    modelNumber: str | None = option(None, optional(nonempty), "Reported model number.")
+    serialNumber: str | None = option(None, optional(nonempty), "Reported serial number.")
+    roles: tuple = option(
+        ("Standalone Device",),
+        list_of(choice("Standalone Device", "Standalone Cluster", "Cluster Leader")),
+        "Reported roles.",
+    )
+    peripherals: tuple = option(
+        (), list_of(mapping), "Extra peripherals (name, type, modelNumber, properties)."
+    )
 
 
 @dataclass(frozen=True)
@@ -297,6 +376,9 @@ class Config:
     git: GitConfig
     poll: PollConfig = field(default_factory=PollConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    packages: PackagesConfig = field(default_factory=PackagesConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    capabilities: CapabilitiesConfig = field(default_factory=CapabilitiesConfig)
     source: str = ""
 
     @property
@@ -310,6 +392,9 @@ SECTIONS: dict[str, type] = {
     "git": GitConfig,
     "poll": PollConfig,
     "runtime": RuntimeConfig,
+    "packages": PackagesConfig,
+    "policy": PolicyConfig,
+    "capabilities": CapabilitiesConfig,
 }
 
 

@@ -1,0 +1,1 @@
+"""Real test peers (Git server, WOS simulator, engines) and waiting helpers."""
