@@ -214,6 +214,9 @@ def option(
 class DeviceConfig:
     id: str = option("", device_id, "This device's id, as the WOS knows it.", required=True)
     state_dir: str = option("/var/lib/margo-lite", file_path, "Where all agent state lives.")
+    runtime_dir: str = option(
+        "/run/margo-lite", file_path, "Volatile status (last poll, next poll): RAM, not flash."
+    )
 
 
 @dataclass(frozen=True)

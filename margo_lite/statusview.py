@@ -11,7 +11,8 @@ from typing import Any
 from margo_lite.config import Config
 from margo_lite.statestore import StateStore
 
-AGENT_RECORD = "agent.json"
+AGENT_RECORD = "agent.json"  # durable, in state_dir: the commit applied
+POLL_RECORD = "poll.json"  # volatile, in runtime_dir: last poll, its result, next poll
 DEPLOYMENTS = "deployments"
 OUTBOX = "outbox"
 
@@ -19,6 +20,7 @@ OUTBOX = "outbox"
 def collect(cfg: Config) -> dict[str, Any]:
     store = StateStore(cfg.state_dir)
     agent = store.read_json(AGENT_RECORD) or {}
+    agent.update(StateStore(cfg.device.runtime_dir).read_json(POLL_RECORD) or {})
     deployments = []
     for name in store.names(DEPLOYMENTS):
         record = store.read_json(name)

@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def base_config(tmp_path: Path) -> dict:
     """A minimal valid configuration whose state lives in `tmp_path`."""
     return {
-        "device": {"id": "gw-test", "state_dir": str(tmp_path / "state")},
+        "device": {
+            "id": "gw-test",
+            "state_dir": str(tmp_path / "state"),
+            "runtime_dir": str(tmp_path / "run"),
+        },
         "wos": {"url": "http://127.0.0.1:9"},
         "git": {"url": str(tmp_path / "repo.git")},
     }
