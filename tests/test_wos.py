@@ -83,7 +83,9 @@ def test_status_body_refuses_unknown_state_and_masks_secrets():
     with pytest.raises(ValueError, match="unknown deployment state"):
         status_body("d", "Running", None, [], "capitalized")
     logs.register_secret(CLIENT_SECRET)
-    body = status_body("d", "Failed", ("X", f"token {CLIENT_SECRET} " + "x" * 5000), [], "lowercase")
+    body = status_body(
+        "d", "Failed", ("X", f"token {CLIENT_SECRET} " + "x" * 5000), [], "lowercase"
+    )
     message = body["status"]["error"]["message"]
     assert CLIENT_SECRET not in message and len(message) == 1000
 
@@ -92,9 +94,10 @@ def test_status_body_refuses_unknown_state_and_masks_secrets():
 
 
 def test_status_reaches_simulator_field_for_field(tmp_path):
-    with simulator(client_id=None) as sim, WosClient(
-        wos_config(sim, tmp_path), "gw-test", tmp_path
-    ) as client:
+    with (
+        simulator(client_id=None) as sim,
+        WosClient(wos_config(sim, tmp_path), "gw-test", tmp_path) as client,
+    ):
         body = installing()
         client.post_status(DEPLOYMENT, body)
         lowercase = status_body("d/2", "Removed", None, [("web", "Removed")], "lowercase")
@@ -150,9 +153,10 @@ def test_wrong_client_secret_is_transient_and_secret_free(tmp_path):
     with simulator() as sim:
         cfg = wos_config(sim, tmp_path)
         Path(cfg.client_secret_file).write_text("not-the-secret-at-all\n")
-        with WosClient(cfg, "gw-test", tmp_path) as client, pytest.raises(
-            WosTransientError
-        ) as caught:
+        with (
+            WosClient(cfg, "gw-test", tmp_path) as client,
+            pytest.raises(WosTransientError) as caught,
+        ):
             client.post_status(DEPLOYMENT, installing())
     assert caught.value.code == "WOS_AUTH_FAILED"
     assert "not-the-secret-at-all" not in str(caught.value)
@@ -162,9 +166,10 @@ def test_wrong_client_secret_is_transient_and_secret_free(tmp_path):
 def test_persistent_401_costs_one_retry_then_is_transient(tmp_path):
     with simulator(client_id=None) as sim:
         sim.fault = "401"
-        with WosClient(wos_config(sim, tmp_path), "gw-test", tmp_path) as client, pytest.raises(
-            WosTransientError
-        ) as caught:
+        with (
+            WosClient(wos_config(sim, tmp_path), "gw-test", tmp_path) as client,
+            pytest.raises(WosTransientError) as caught,
+        ):
             client.post_status(DEPLOYMENT, installing())
     assert caught.value.code == "WOS_UNAUTHORIZED"
     assert len(sim.requests()) == 1  # without a token endpoint there is nothing to refresh
@@ -216,9 +221,12 @@ def test_tls_verified_against_ca_file(tmp_path, pki):  # noqa: F811
         ) as client:
             client.post_status(DEPLOYMENT, installing())
         for ca_file in (None, str(pki.other_ca_cert)):  # system store; another CA
-            with WosClient(
-                wos_config(sim, tmp_path, ca_file=ca_file), "gw-test", tmp_path
-            ) as client, pytest.raises(WosTransientError) as caught:
+            with (
+                WosClient(
+                    wos_config(sim, tmp_path, ca_file=ca_file), "gw-test", tmp_path
+                ) as client,
+                pytest.raises(WosTransientError) as caught,
+            ):
                 client.post_status(DEPLOYMENT, installing())
             assert caught.value.code == "WOS_TLS_FAILED"
         assert len(sim.statuses()) == 1
@@ -308,9 +316,9 @@ def test_signing_key_must_match_certificate(tmp_path, pki):  # noqa: F811
 
 
 def test_unsigned_without_configuration(tmp_path):
-    with simulator(client_id=None) as sim, WosClient(
-        wos_config(sim, tmp_path), "gw-test", tmp_path
-    ) as client:
+    with (
+        simulator(client_id=None) as sim,
+        WosClient(wos_config(sim, tmp_path), "gw-test", tmp_path) as client,
+    ):
         client.post_status(DEPLOYMENT, installing())
         assert sim.requests()[0].header("X-Payload-Signature") is None
-
