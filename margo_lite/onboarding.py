@@ -292,10 +292,6 @@ def onboard(
         raise OnboardingError(
             "the WOS root CA was not confirmed: nothing changed", code="ONBOARDING_DECLINED"
         )
-    credentials = state_dir / CREDENTIALS
-    ca_file = credentials / CA_FILE
-    _write(ca_file, pem, FILE_MODE)
-
     # 2. identity in, credentials out, over TLS verified against that CA
     cfg_caps = _capabilities_config(data, config_path)
     identity = capabilities.discover(device_id, state_dir, cfg_caps)["properties"]
@@ -306,7 +302,7 @@ def onboard(
         "serialNumber": identity["serialNumber"],
         "agent": USER_AGENT,
     }
-    with make_pool(str(ca_file), timeout) as pool:
+    with make_pool(None, timeout, ca_data=pem.decode("ascii")) as pool:
         response = request(
             pool,
             "POST",
@@ -316,7 +312,10 @@ def onboard(
         )
     creds = parse_credentials(check(response, "onboarding").json())
 
-    # 3. secrets and configuration
+    # 3. only now, files: CA, secrets, configuration
+    credentials = state_dir / CREDENTIALS
+    ca_file = credentials / CA_FILE
+    _write(ca_file, pem, FILE_MODE)
     secret_file = credentials / CLIENT_SECRET_FILE
     _write(secret_file, creds.client_secret.encode() + b"\n", SECRET_MODE)
     token_file = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -25,6 +26,7 @@ from typing import Any
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.util.ssl_ import create_urllib3_context
 
 from margo_lite import __version__, logs
 from margo_lite.config import WosConfig
@@ -111,8 +113,13 @@ class _Token:
     refresh_at: float  # on the client's clock; refreshed from then on
 
 
-def make_pool(ca_file: str | None, timeout: float, *, verify: bool = True) -> urllib3.PoolManager:
-    """A connection pool with margo-lite's defaults: no retries, no redirects, a timeout."""
+def make_pool(
+    ca_file: str | None, timeout: float, *, verify: bool = True, ca_data: str | None = None
+) -> urllib3.PoolManager:
+    """A connection pool with margo-lite's defaults: no retries, no redirects, a timeout.
+
+    `ca_data` (PEM) trusts a CA not yet on disk (onboarding writes nothing before it ends).
+    """
     kwargs: dict[str, Any] = {
         "timeout": urllib3.Timeout(connect=timeout, read=timeout),
         "retries": False,
@@ -123,6 +130,10 @@ def make_pool(ca_file: str | None, timeout: float, *, verify: bool = True) -> ur
         kwargs["cert_reqs"] = "CERT_REQUIRED"
         if ca_file:
             kwargs["ca_certs"] = ca_file
+        elif ca_data:
+            context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+            context.load_verify_locations(cadata=ca_data)
+            kwargs["ssl_context"] = context
     else:  # only for downloading the CA at onboarding; its fingerprint is checked instead
         kwargs["cert_reqs"] = "CERT_NONE"
     return urllib3.PoolManager(**kwargs)
@@ -232,6 +243,7 @@ class WosClient:
         if cfg.signing_key and cfg.signing_cert:
             self._signer = Signer(cfg.signing_key, cfg.signing_cert)
         self.token_requests = 0  # how many tokens this client fetched (health, tests)
+        self._warned_mode = False
 
     def close(self) -> None:
         self._pool.clear()
@@ -325,8 +337,10 @@ class WosClient:
                 "wos.token_url needs wos.client_id and wos.client_secret_file",
                 code="WOS_AUTH_CONFIG",
             )
+        path = Path(self.cfg.client_secret_file)
         try:
-            secret = Path(self.cfg.client_secret_file).read_text().strip()
+            secret = path.read_text().strip()
+            loose = path.stat().st_mode & 0o077
         except (OSError, UnicodeDecodeError) as exc:
             raise WosError(
                 f"cannot read wos.client_secret_file {self.cfg.client_secret_file}: "
@@ -339,6 +353,9 @@ class WosClient:
                 code="WOS_AUTH_CONFIG",
             )
         logs.register_secret(secret)
+        if loose and not self._warned_mode:
+            self._warned_mode = True
+            log.warning("%s is readable by others: make it mode 0600", path)
         return secret
 
     def _fetch_token(self) -> _Token:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +15,12 @@ from margo_lite import __version__, logs, signing
 from margo_lite.config import WosConfig
 from margo_lite.errors import WosError, WosRejectedError, WosTransientError
 from margo_lite.wos import STATES, WosClient, encode_body, status_body
+from tests.conftest import ROOT
+from tests.support.wait import wait_for
 from tests.support.wos import (
     CLIENT_ID,
     CLIENT_SECRET,
+    find_secrets,
     pki,  # noqa: F401 (fixture)
     secret_free_logs,  # noqa: F401 (autouse fixture)
     simulator,
@@ -322,3 +329,38 @@ def test_unsigned_without_configuration(tmp_path):
     ):
         client.post_status(DEPLOYMENT, installing())
         assert sim.requests()[0].header("X-Payload-Signature") is None
+
+
+def test_loose_secret_file_is_warned_about(tmp_path, secret_free_logs):  # noqa: F811
+    with simulator() as sim:
+        cfg = wos_config(sim, tmp_path)
+        Path(cfg.client_secret_file).chmod(0o644)
+        with WosClient(cfg, "gw-test", tmp_path) as client:
+            client.post_status(DEPLOYMENT, installing())
+    assert "readable by others" in secret_free_logs.text
+
+
+def test_log_capture_sees_what_the_mask_hides(secret_free_logs):  # noqa: F811
+    # The secret check of every WOS test reads the records before masking too: prove it.
+    logs.register_secret(CLIENT_SECRET)
+    logging.getLogger("margo_lite.test").warning("value %s", CLIENT_SECRET)
+    assert CLIENT_SECRET not in secret_free_logs.text
+    assert find_secrets(secret_free_logs.raw_text) == [CLIENT_SECRET]
+    secret_free_logs.raw.lines.clear()  # this one leak was on purpose
+
+
+def test_simulator_runs_standalone(tmp_path):
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with out.open("w") as stdout:
+        sim = subprocess.Popen([sys.executable, "-m", "margo_lite.wossim"], stdout=stdout, env=env)
+    try:
+        first = wait_for(lambda: out.read_text().splitlines(), what="the simulator's address")
+        url = json.loads(first[0])["listening"]
+        with WosClient(WosConfig(url=url, timeout=5.0), "gw-test", tmp_path) as client:
+            client.post_status(DEPLOYMENT, installing())
+        lines = wait_for(lambda: out.read_text().splitlines()[1:], what="the request line")
+        assert json.loads(lines[0])["body"] == installing()
+    finally:
+        sim.terminate()
+        assert sim.wait(timeout=30) == 0
