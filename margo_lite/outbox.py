@@ -18,6 +18,7 @@ deployment is always kept, even if that means going past the limit.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -192,9 +193,12 @@ class Outbox:
         quiet: bool = False,
         max_sends: int = MAX_SENDS_PER_FLUSH,
     ) -> FlushResult:
-        """Deliver what is due, at most `max_sends` reports. Cheap when nothing is due.
+        """Deliver what is due, at most `max_sends` reports. Cheap when nothing is due, so
+        the agent may call it on every loop.
 
-        `quiet` (during a known downtime) logs failures at debug level only.
+        `now` may come from any clock, as long as every call uses the same one (default:
+        `time.monotonic()`). `quiet` (during a known downtime) logs failures at debug level.
+        Delivery is at least once: a report sent just before a crash may arrive twice.
         """
         now = self._clock() if now is None else now
         result = FlushResult()
@@ -249,7 +253,7 @@ class Outbox:
         if exc.retry_after is not None:
             delay = min(max(delay, exc.retry_after), self._backoff.cap)
         self._not_before = now + delay
-        level = 10 if quiet or not first else 30  # DEBUG / WARNING: once per outage
+        level = logging.DEBUG if quiet or not first else logging.WARNING  # once per outage
         log.log(
             level,
             "status reports not delivered (%d waiting), next try in %.0fs: %s",
