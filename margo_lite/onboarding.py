@@ -312,16 +312,11 @@ def onboard(
         )
     creds = parse_credentials(check(response, "onboarding").json())
 
-    # 3. only now, files: CA, secrets, configuration
+    # 3. the new configuration, checked before anything is written; then the files
     credentials = state_dir / CREDENTIALS
     ca_file = credentials / CA_FILE
-    _write(ca_file, pem, FILE_MODE)
     secret_file = credentials / CLIENT_SECRET_FILE
-    _write(secret_file, creds.client_secret.encode() + b"\n", SECRET_MODE)
-    token_file = None
-    if creds.git_token:
-        token_file = credentials / GIT_TOKEN_FILE
-        _write(token_file, creds.git_token.encode() + b"\n", SECRET_MODE)
+    token_file = credentials / GIT_TOKEN_FILE if creds.git_token else None
     new_data = updated_config(
         data,
         device_id=device_id,
@@ -334,6 +329,10 @@ def onboard(
     new_cfg = config.parse_config(
         new_data, source=str(config_path), base_dir=config_path.absolute().parent
     )
+    _write(ca_file, pem, FILE_MODE)
+    _write(secret_file, creds.client_secret.encode() + b"\n", SECRET_MODE)
+    if token_file is not None and creds.git_token:
+        _write(token_file, creds.git_token.encode() + b"\n", SECRET_MODE)
     try:
         mode = config_path.stat().st_mode & 0o777
     except FileNotFoundError:

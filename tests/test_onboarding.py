@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from margo_lite import config, onboarding
-from margo_lite.errors import OnboardingError, WosError
+from margo_lite.errors import ConfigError, OnboardingError, WosError
 from margo_lite.wos import WosClient, status_body
 from tests.support.wos import (
     CLIENT_SECRET,
@@ -209,3 +209,14 @@ def test_credentials_parsing():
         assert "sec-ret-1" not in str(caught.value)
     with pytest.raises(OnboardingError):
         onboarding.parse_credentials({**good, "git": {"token": "x"}})
+
+
+def test_unusable_answer_writes_nothing(tmp_path, pki):  # noqa: F811
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"device": {"id": "gw-x", "state_dir": str(tmp_path / "s")}}))
+    before = path.read_bytes()
+    sim = simulator(ca_pem=pki.ca_cert.read_bytes(), git={"url": "ftp://git/x"})
+    with sim, pytest.raises(ConfigError) as caught:
+        onboarding.onboard(path, sim.url, confirm=lambda fp: True)
+    assert caught.value.key == "git.url"
+    assert path.read_bytes() == before and not (tmp_path / "s").exists()
