@@ -146,9 +146,10 @@ def request(
     *,
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
+    what: str = "",
 ) -> Response:
     """One HTTP exchange; network and TLS trouble become `WosTransientError`."""
-    shown = logs.sanitize_url(url)
+    shown = what or f"{method} {logs.sanitize_url(url)}"
     try:
         raw = pool.urlopen(
             method,
@@ -161,29 +162,35 @@ def request(
         )
     except Urllib3SSLError as exc:
         raise WosTransientError(
-            f"{method} {shown}: TLS verification failed ({_reason(exc)})", code="WOS_TLS_FAILED"
+            f"{shown}: TLS verification failed ({_reason(exc)})", code="WOS_TLS_FAILED"
         ) from None
     except (Urllib3Error, OSError) as exc:
-        raise WosTransientError(f"{method} {shown}: {_reason(exc)}") from None
+        raise WosTransientError(f"{shown}: {_reason(exc)}") from None
     try:
         data = raw.read(MAX_RESPONSE + 1)
         complete = len(data) <= MAX_RESPONSE
         data = data[:MAX_RESPONSE]
     except (Urllib3Error, OSError) as exc:
         raw.close()
-        raise WosTransientError(f"{method} {shown}: {_reason(exc)}") from None
+        raise WosTransientError(f"{shown}: {_reason(exc)}") from None
     if complete:
         raw.release_conn()
     else:
         raw.close()  # do not read an unbounded answer just to reuse the connection
-    log.debug("%s %s -> %d", method, shown, raw.status)
+    log.debug("%s -> %d", shown, raw.status)
     return Response(raw.status, data, dict(raw.headers))
 
 
 def _reason(exc: BaseException) -> str:
     """A short, secret-free reason for a network error."""
     reason = getattr(exc, "reason", None) or exc
-    text = str(reason).split(": ", 1)[-1] if isinstance(reason, Urllib3Error) else str(reason)
+    args = getattr(reason, "args", ())
+    if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], BaseException):
+        text = f"{args[0].rstrip('.').lower()}: {args[1]}"  # ProtocolError(text, cause)
+    elif isinstance(reason, Urllib3Error):
+        text = str(reason).split(": ", 1)[-1]  # drop the connection object's repr
+    else:
+        text = str(reason)
     return logs.redact(text) or type(exc).__name__
 
 
@@ -312,7 +319,7 @@ class WosClient:
             token = self._bearer(renew=attempt == 2)
             if token:
                 headers["Authorization"] = f"Bearer {token}"
-            response = request(self._pool, method, url, body=data, headers=headers)
+            response = request(self._pool, method, url, body=data, headers=headers, what=what)
             if response.status == 401 and attempt == 1 and self.cfg.token_url:
                 log.info("%s: token refused (HTTP 401); fetching a new one", what)
                 continue
@@ -375,7 +382,9 @@ class WosClient:
             headers[SIGNATURE_HEADER] = self._signer.header(form)
         what = f"token request to {logs.sanitize_url(self.cfg.token_url)}"
         started = self._clock()
-        response = request(self._pool, "POST", self.cfg.token_url, body=form, headers=headers)
+        response = request(
+            self._pool, "POST", self.cfg.token_url, body=form, headers=headers, what=what
+        )
         self.token_requests += 1
         if response.status in (400, 401, 403):
             # Wrong or revoked credentials: a device-wide problem, so reports wait, not drop.

@@ -364,3 +364,14 @@ def test_simulator_runs_standalone(tmp_path):
     finally:
         sim.terminate()
         assert sim.wait(timeout=30) == 0
+
+
+def test_agent_modules_do_not_load_the_simulator():
+    code = (
+        "import sys, margo_lite.wos, margo_lite.outbox, margo_lite.capabilities, "
+        "margo_lite.onboarding, margo_lite.signing\n"
+        "assert 'margo_lite.wossim' not in sys.modules and 'http.server' not in sys.modules"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
