@@ -14,6 +14,8 @@ import pytest
 from margo_lite import __version__, logs, signing
 from margo_lite.config import WosConfig
 from margo_lite.errors import WosError, WosRejectedError, WosTransientError
+from margo_lite.outbox import Outbox
+from margo_lite.statestore import StateStore
 from margo_lite.wos import STATES, WosClient, encode_body, status_body
 from tests.conftest import ROOT
 from tests.support.wait import wait_for
@@ -375,3 +377,27 @@ def test_agent_modules_do_not_load_the_simulator():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_capabilities_put_meets_404_then_post(tmp_path):
+    with simulator() as sim, WosClient(wos_config(sim, tmp_path), "gw-test", tmp_path) as client:
+        client.send_capabilities(caps(1.0))
+        sim.capabilities.clear()  # the WOS lost them
+        assert client.send_capabilities(caps(2.0)) is True
+        answers = [(r.method, r.answer) for r in sim.requests("/device/")]
+        assert answers == [("POST", 201), ("PUT", 404), ("POST", 201)]
+        assert sim.capabilities["gw-test"] == caps(2.0)
+
+
+def test_missing_client_secret_file_is_an_error_reports_wait_for(tmp_path):
+    with simulator() as sim:
+        cfg = wos_config(sim, tmp_path, client_secret_file=str(tmp_path / "missing"))
+        with WosClient(cfg, "gw-test", tmp_path) as client:
+            with pytest.raises(WosError) as caught:
+                client.post_status(DEPLOYMENT, installing())
+            assert caught.value.code == "WOS_AUTH_CONFIG"
+            box = Outbox(StateStore(tmp_path / "state"), 10)
+            box.add(DEPLOYMENT, installing())
+            result = box.flush(client, now=0.0)
+        assert result.error is not None and result.dropped == 0 and len(box) == 1
+        assert sim.requests() == []
