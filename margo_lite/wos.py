@@ -229,7 +229,7 @@ def check(response: Response, what: str) -> Response:
 
 
 class WosClient:
-    """Calls the Device API for one device. Not shared between threads without a lock."""
+    """Calls the Device API for one device. The pool and the token cache are thread-safe."""
 
     def __init__(
         self,
