@@ -55,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="deployments and agent health")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("check-config", help="check the configuration file and exit")
+    caps = commands.add_parser("capabilities", help="print this device's capabilities")
+    caps.add_argument("--send", action="store_true", help="and send them to the WOS")
+    onboard = commands.add_parser(
+        "onboard", help="onboard with a WOS: trust its CA, get credentials, configure"
+    )
+    onboard.add_argument("--wos-url", required=True, metavar="URL", help="the WOS root URL")
+    onboard.add_argument(
+        "--ca-fingerprint",
+        metavar="SHA256",
+        help="expected SHA-256 fingerprint of the WOS root CA (else asked interactively)",
+    )
+    onboard.add_argument("--device-id", help="this device's id (default: from the configuration)")
     return parser
 
 
@@ -84,6 +96,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_capabilities(args: argparse.Namespace) -> int:
+    from margo_lite import capabilities, wos
+
+    cfg = _load(args)
+    body = capabilities.discover(cfg.device.id, cfg.state_dir, cfg.capabilities)
+    print(json.dumps(body, indent=2, sort_keys=True))
+    if args.send:
+        with wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir) as client:
+            client.send_capabilities(body, force=True)
+        print(f"sent to {logs.sanitize_url(cfg.wos.url)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _ask_fingerprint(fingerprint: str) -> bool:
+    print(f"WOS root CA fingerprint (SHA-256):\n  {fingerprint}")
+    try:
+        answer = input("Trust this certificate? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_onboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from margo_lite import onboarding
+
+    result = onboarding.onboard(
+        Path(args.config or config.default_path()),
+        args.wos_url,
+        device_id=args.device_id,
+        ca_fingerprint=args.ca_fingerprint,
+        confirm=_ask_fingerprint,
+    )
+    print(f"onboarded; WOS root CA SHA-256 {result.fingerprint}")
+    print(f"configuration written to {result.config_path}; capabilities sent")
+    return EXIT_OK
+
+
 def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         _load(args)
@@ -97,6 +148,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "once": _not_yet("once"),
     "status": cmd_status,
     "check-config": cmd_check_config,
+    "capabilities": cmd_capabilities,
+    "onboard": cmd_onboard,
 }
 
 

@@ -150,8 +150,35 @@ class EngineTransientError(EngineError, TransientError):
 
 
 class WosError(MargoLiteError):
+    """A Device API call failed. `status` is the HTTP status when the WOS answered, `body`
+    the start of its answer (secrets masked), so a dropped report can say why."""
+
     code = "WOS_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
 
 
 class WosTransientError(WosError, TransientError):
     code = "WOS_UNREACHABLE"
+
+
+class WosRejectedError(WosError):
+    """The WOS answered 4xx (not 401/408/429): this request will not get better by itself."""
+
+    code = "WOS_REJECTED"
+
+
+class OnboardingError(WosError):
+    code = "ONBOARDING_FAILED"
