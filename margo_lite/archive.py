@@ -213,7 +213,10 @@ class _TreeWriter:
             self.kinds[path] = "l"
             self.links.append(path)
         elif member.islnk():
-            source = member_path(member.linkname)
+            try:
+                source = member_path(member.linkname)
+            except PackageError as exc:
+                raise unsafe(f"member {member.name!r}: hard link: {exc.message}") from None
             if self.kinds.get(source) != "f":
                 raise unsafe(
                     f"member {member.name!r}: hard link to {member.linkname!r}, which is not "
