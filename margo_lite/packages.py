@@ -24,6 +24,7 @@ import posixpath
 import shutil
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -215,19 +216,20 @@ class PackageStore:
     def _fetch_package(self, url: str, used_urls: list[str]) -> _Raw:
         blob = self._fetch(url, self._cfg.max_size)
         used_urls.append(url)
-        basename = posixpath.basename(url.split("?", 1)[0].split("#", 1)[0])
+        basename = posixpath.basename(urllib.parse.urlsplit(url).path)
         return _Raw(logs.sanitize_url(url), blob, basename, blob.name)
 
     def _fetch_signature(self, url: str, used_urls: list[str]) -> bytes:
-        base = url.split("#", 1)[0]
         for suffix in SIGNATURE_SUFFIXES:
+            parts = urllib.parse.urlsplit(url)  # the suffix goes on the path, not the query
+            beside = urllib.parse.urlunsplit(parts._replace(path=parts.path + suffix, fragment=""))
             try:
-                blob = self._fetch(base + suffix, MAX_SIDE_FILE)
+                blob = self._fetch(beside, MAX_SIDE_FILE)
             except DownloadError as exc:
                 if exc.status in (404, 410):
                     continue
                 raise
-            used_urls.append(base + suffix)
+            used_urls.append(beside)
             return blob.read_bytes()
         raise PackageError(
             f"{logs.sanitize_url(url)}: no detached signature (.asc or .sig) beside the package",

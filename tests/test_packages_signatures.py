@@ -54,6 +54,12 @@ def test_signed_package_verifies(server, make_store, pgp_keys, tarball, suffix):
     assert prepared.compose_file.read_bytes() == COMPOSE
 
 
+def test_signature_url_keeps_the_query(server, make_store, pgp_keys, tarball):
+    url, key_url = publish(server, pgp_keys, tarball)
+    assert make_store().prepare(url + "?v=2", key_url, {}).compose_file.is_file()
+    assert server.downloads("/app.tar.gz.asc") == 1
+
+
 def test_tampered_package_is_refused(server, make_store, pgp_keys, tarball):
     url, key_url = publish(server, pgp_keys, tarball)
     server.put("/app.tar.gz", make_tar([("compose.yaml", COMPOSE + b"    privileged: true\n")]))
