@@ -141,40 +141,41 @@ class PackageStore:
     ) -> PreparedPackage:
         used_urls: list[str] = []
         keyring = self._keyring(key_location, repo_files, used_urls)
-        folder: dict[str, bytes] | None = None
-        if _is_url(location):
-            raw = self._fetch_package(location, used_urls)
-            signature = self._fetch_signature(location, used_urls) if keyring else None
-        elif "://" in location:
-            raise PackageError(
-                f"packageLocation {logs.sanitize_url(location)}: only http(s) URLs "
-                "or paths in the repository are supported",
-                code="PACKAGE_INVALID",
-            )
-        else:
-            path = _repo_path(location, "packageLocation")
-            if path in repo_files:
-                raw = self._raw_from_bytes(path, repo_files[path], work)
-                signature = _repo_signature(path, repo_files) if keyring else None
-            else:
-                folder = _repo_folder(path, repo_files)
-                if keyring:
-                    raise PackageError(
-                        f"package folder {path!r} in the repository cannot carry a detached "
-                        "signature; sign a tarball instead (or sign the commits: "
-                        "git.trusted_keys)",
-                        code="SIGNATURE_MISSING",
-                    )
-                raw = None
-                signature = None
+        raw, folder = self._source(location, repo_files, work, used_urls)
         if keyring is not None:
-            assert raw is not None and signature is not None
+            if raw is None:
+                raise PackageError(
+                    f"package folder {location!r} in the repository cannot carry a detached "
+                    "signature; sign a tarball instead (or sign the commits: git.trusted_keys)",
+                    code="SIGNATURE_MISSING",
+                )
+            if _is_url(location):
+                signature = self._fetch_signature(location, used_urls)
+            else:
+                signature = _repo_signature(raw.name, repo_files)
             signer = pgp.verify_detached(raw.file, signature, keyring, what=raw.name)
             log.info("package %s: signature verified (key %s)", raw.name, signer)
         source_id = raw.sha256 if raw else _folder_id(folder or {})
         prepared = self._cached(source_id) or self._build(raw, folder, location, work)
         self._remember(source_id, prepared.digest, used_urls)
         return prepared
+
+    def _source(
+        self, location: str, repo_files: Mapping[str, bytes], work: Path, used_urls: list[str]
+    ) -> tuple[_Raw | None, dict[str, bytes] | None]:
+        """The package as raw bytes in a file, or as the files of a repository folder."""
+        if _is_url(location):
+            return self._fetch_package(location, used_urls), None
+        if "://" in location:
+            raise PackageError(
+                f"packageLocation {logs.sanitize_url(location)}: only http(s) URLs "
+                "or paths in the repository are supported",
+                code="PACKAGE_INVALID",
+            )
+        path = _repo_path(location, "packageLocation")
+        if path in repo_files:
+            return self._raw_from_bytes(path, repo_files[path], work), None
+        return None, _repo_folder(path, repo_files)
 
     def _keyring(
         self, key_location: str | None, repo_files: Mapping[str, bytes], used_urls: list[str]

@@ -146,18 +146,10 @@ def test_untrusted_server_certificate_is_refused(server, make_store, tmp_path):
     assert server.downloads("/app/compose.yaml") == 0
 
 
-def test_size_limit_from_content_length(server, make_store, tmp_path):
-    store = make_store(max_size=1000)
-    url = server.put("/big.tar.gz", os.urandom(5000))
-    with pytest.raises(PackageError) as caught:
-        store.prepare(url, None, EMPTY)
-    assert caught.value.code == "PACKAGE_TOO_LARGE"
-    assert cache_leftovers(tmp_path / "cache") == []
-    assert list((tmp_path / "cache" / "blobs").iterdir()) == []
-
-
-def test_size_limit_while_streaming_without_content_length(server, make_store, tmp_path):
-    server.no_length.add("/big.tar.gz")
+@pytest.mark.parametrize("content_length", [True, False], ids=["content-length", "streaming"])
+def test_size_limit(server, make_store, tmp_path, content_length):
+    if not content_length:
+        server.no_length.add("/big.tar.gz")
     store = make_store(max_size=100_000)
     url = server.put("/big.tar.gz", os.urandom(1_000_000))
     with pytest.raises(PackageError) as caught:
