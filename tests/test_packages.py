@@ -40,6 +40,8 @@ def test_every_location_form_gives_the_same_ready_folder(server, make_store):
         ("apps/web/compose.yaml", {"apps/web/compose.yaml": COMPOSE}),
         ("./apps/web.tgz", {"apps/web.tgz": tarball}),
         ("apps/plain.tar", {"apps/plain.tar": make_tar([("compose.yaml", COMPOSE)], gzip=False)}),
+        ("x.tar.xz", {"x.tar.xz": make_tar([("compose.yaml", COMPOSE)], mode="w:xz")}),
+        ("b.tar.bz2", {"b.tar.bz2": make_tar([("compose.yaml", COMPOSE)], mode="w:bz2")}),
     ]
     results = [store.prepare(location, None, files) for location, files in forms]
     assert {r.digest for r in results} == {results[0].digest}

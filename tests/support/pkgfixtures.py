@@ -68,10 +68,16 @@ def make_store(tmp_path: Path, test_ca: TestCA) -> Callable[..., PackageStore]:
     return make
 
 
-def make_tar(entries: list[tarfile.TarInfo | tuple[str, bytes]], *, gzip: bool = True) -> bytes:
-    """A tarball of (name, content) files and ready-made TarInfo members (links, devices...)."""
+def make_tar(
+    entries: list[tarfile.TarInfo | tuple[str, bytes]], *, gzip: bool = True, mode: str = ""
+) -> bytes:
+    """A tarball of (name, content) files and ready-made TarInfo members (links, devices...).
+
+    gzip-compressed unless `gzip` is false; `mode` ("w:xz", "w:bz2") overrides both.
+    """
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz" if gzip else "w", format=tarfile.PAX_FORMAT) as tar:
+    mode = mode or ("w:gz" if gzip else "w")
+    with tarfile.open(fileobj=out, mode=mode, format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             if isinstance(entry, tarfile.TarInfo):
                 tar.addfile(entry, io.BytesIO(b"\0" * entry.size) if entry.isreg() else None)
