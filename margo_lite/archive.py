@@ -16,6 +16,7 @@ tarball, a bare compose file or a folder in the repository.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import io
@@ -36,6 +37,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _BZIP2_MAGIC = b"BZh"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _HEADER_ALLOWANCE = 1536  # bytes of tar headers and padding allowed per entry
+#: Errors creating an entry that come from its name, not from the disk (which is ours).
+_BAD_NAME_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, errno.ELOOP, errno.ENOTDIR}
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,14 @@ def extract(raw: BinaryIO, dest: Path, limits: Limits = Limits()) -> None:
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
-                writer.add(member, tar)
+                try:
+                    writer.add(member, tar)
+                except OSError as exc:
+                    if exc.errno not in _BAD_NAME_ERRNOS:
+                        raise
+                    raise PackageError(
+                        f"member {member.name!r}: {exc.strerror}", code="PACKAGE_INVALID"
+                    ) from None
     except PackageError:
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
@@ -288,14 +298,19 @@ def write_tree(files: dict[str, bytes], dest: Path, limits: Limits = Limits()) -
     made: set[str] = set()
     for path in sorted(normalized):
         parts = path.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            if parent in normalized:
-                raise PackageError(f"{parent!r} is a file and a folder", code="PACKAGE_INVALID")
-            if parent not in made:
-                os.mkdir(dest / parent, 0o755)
-                made.add(parent)
-        write_file(dest / path, normalized[path])
+        try:
+            for i in range(1, len(parts)):
+                parent = "/".join(parts[:i])
+                if parent in normalized:
+                    raise PackageError(f"{parent!r} is a file and a folder", code="PACKAGE_INVALID")
+                if parent not in made:
+                    os.mkdir(dest / parent, 0o755)
+                    made.add(parent)
+            write_file(dest / path, normalized[path])
+        except OSError as exc:
+            if exc.errno not in _BAD_NAME_ERRNOS:
+                raise
+            raise PackageError(f"file {path!r}: {exc.strerror}", code="PACKAGE_INVALID") from None
 
 
 def write_file(target: Path, data: bytes, mode: int = 0o644) -> None:

@@ -11,8 +11,8 @@ Host paths are compared after normalisation (`..`, `.`, repeated slashes), and, 
 exist, after resolving symbolic links on the host too, so that a link planted below an
 allowed folder (by an earlier container that could write there) cannot lead elsewhere.
 Relative paths name files of the package itself and must not leave it. Host paths also
-hide in named volumes (`driver_opts: {o: bind, device: ...}`) and in file-based secrets
-and configs; those are checked as bind mounts.
+hide in named volumes (`driver_opts: {o: bind, device: ...}`), file-based secrets and
+configs, env files and build contexts (all read from the host); those are checked too.
 """
 
 from __future__ import annotations
@@ -182,6 +182,14 @@ def _host_paths(
                 yield source, "bind mount"
             elif kind == "volume":
                 yield from _volume_paths(source, volumes)
+    for env_file in _as_list(service.get("env_file")):
+        path = env_file.get("path") if isinstance(env_file, Mapping) else env_file
+        if isinstance(path, str):
+            yield path, "env_file"
+    build = service.get("build")
+    context = build.get("context", ".") if isinstance(build, Mapping) else build
+    if isinstance(context, str) and "://" not in context:
+        yield context, "build context"
     for section in ("secrets", "configs"):
         definitions = compose.get(section)
         definitions = definitions if isinstance(definitions, Mapping) else {}

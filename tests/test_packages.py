@@ -231,6 +231,17 @@ def test_bad_repository_locations_are_refused(make_store, location):
     assert caught.value.code == "PACKAGE_INVALID"
 
 
+@pytest.mark.parametrize(
+    "files",
+    [{"p/compose.yaml": COMPOSE, "p/" + "n" * 300: b""}, {"p/a": b"", "p/a/b": b""}],
+    ids=["name too long", "file and folder"],
+)
+def test_bad_repository_folders_are_invalid(make_store, files):
+    with pytest.raises(PackageError) as caught:
+        make_store().prepare("p", None, files)
+    assert caught.value.code == "PACKAGE_INVALID"
+
+
 def test_unknown_repository_location(make_store):
     with pytest.raises(PackageError, match="no such file or folder"):
         make_store().prepare("apps/missing", None, {"apps/web/compose.yaml": COMPOSE})

@@ -80,6 +80,7 @@ def hostile_archives(outside: Path) -> dict[str, tuple[list, str]]:
             [COMPOSE, member("compose.yaml", SYM, linkname="x")],
             "UNSAFE_ARCHIVE",
         ),
+        "name too long": ([COMPOSE, ("n" * 300, b"x")], "PACKAGE_INVALID"),
         "size bomb": ([COMPOSE, ("zeros", b"\0" * (3 << 20))], "PACKAGE_TOO_LARGE"),
     }
 

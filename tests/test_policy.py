@@ -116,6 +116,20 @@ RULES = [
         {"allowed_bind_paths": ("/srv/x",)},
     ),
     (
+        "env file on the host",
+        {"env_file": ["/srv/env/app.env"]},
+        {},
+        "policy.allowed_bind_paths",
+        {"allowed_bind_paths": ("/srv/env",)},
+    ),
+    (
+        "build context on the host",
+        {"build": {"context": "/srv/src"}},
+        {},
+        "policy.allowed_bind_paths",
+        {"allowed_bind_paths": ("/srv/src",)},
+    ),
+    (
         "secret from a host file",
         {"secrets": ["token"]},
         {"secrets": {"token": {"file": "/srv/secrets/token"}}},
@@ -152,6 +166,9 @@ def test_each_rule_allows_when_configured(name, service, top, rule, allowing):
         {"volumes": [{"type": "bind", "source": "./conf", "target": "/conf"}]},
         {"volumes": [{"type": "tmpfs", "target": "/tmp"}]},
         {"cap_drop": ["ALL"]},
+        {"env_file": [".env", {"path": "conf/extra.env", "required": False}]},
+        {"build": "."},
+        {"build": {"context": "https://example.com/app.git"}},
     ],
 )
 def test_plain_containers_pass_a_deny_all_policy(service):
