@@ -115,6 +115,16 @@ def test_transient_failures_are_retried_with_backoff(server, make_store):
     assert store.sleeps == [1.0, 2.0]
 
 
+def test_a_body_cut_short_is_retried(server, make_store):
+    server.cut_first["/app.tar.gz"] = 1
+    store = make_store()
+    tarball = make_tar([("compose.yaml", COMPOSE), ("pad", os.urandom(200_000))])
+    prepared = store.prepare(server.put("/app.tar.gz", tarball), None, EMPTY)
+    assert prepared.compose_file.read_bytes() == COMPOSE
+    assert server.answers["/app.tar.gz"] == [-200, 200]
+    assert list((store._root / "tmp").iterdir()) == []
+
+
 def test_retries_are_bounded(server, make_store):
     server.fail_first["/app/compose.yaml"] = [503] * 10
     store = make_store(backoff=Backoff(attempts=4))

@@ -3,7 +3,7 @@
 It answers GET for the files put into it, with an ETag (and optionally Last-Modified) and
 "304 Not Modified" to matching conditional requests, so tests can count at the server
 whether a package was downloaded again. Faults are switched per path: answer with given
-statuses first, send no Content-Length, redirect, or hold the answer until stopped.
+statuses first, cut bodies short, send no Content-Length, redirect, or hold the answer.
 """
 
 from __future__ import annotations
@@ -72,6 +72,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers["Last-Modified"] = stamp
             if self.headers.get("If-Modified-Since") == stamp and "If-None-Match" not in headers:
                 return self._answer(path, 304, b"", headers)
+        with owner.lock:
+            cut = owner.cut_first.get(path, 0)
+            owner.cut_first[path] = max(0, cut - 1)
+        if cut:  # promise the whole body, send half of it, hang up
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            with owner.lock:
+                owner.answers[path].append(-200)
+            return
         self._answer(path, 200, data, headers, length=path not in owner.no_length)
 
     def _answer(
@@ -110,6 +122,7 @@ class PackageServer:
         self.fail_first: dict[str, list[int]] = {}
         self.redirects: dict[str, str] = {}
         self.no_length: set[str] = set()
+        self.cut_first: dict[str, int] = {}  # path -> how many answers to cut short (as -200)
         self.hold: set[str] = set()
         self.released = threading.Event()
         self.answers: dict[str, list[int]] = collections.defaultdict(list)
