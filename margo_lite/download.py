@@ -7,6 +7,9 @@ away by themselves (no connection, timeouts, a cut body, 5xx, 408, 429) are retr
 exponential backoff a bounded number of times. Redirects are followed by hand so that
 an https URL can never be redirected to plain http.
 
+Credentials in the URL (`https://user:password@host/...`) are sent as HTTP basic auth to
+that origin only, never to where it redirects, and are never logged.
+
 Conditional requests (If-None-Match / If-Modified-Since with the validators a previous
 answer gave) let an unchanged package cost one small request and no body. The body is
 taken as stored (no Content-Encoding decoding): a signature covers the bytes as served.
@@ -127,9 +130,19 @@ class Downloader:
             "Accept-Encoding": "identity",
             **(validators.headers() if validators else {}),
         }
-        current = url
+        parts = urllib.parse.urlsplit(url)
+        origin = _origin(url)
+        credentials = {}
+        if parts.username is not None:  # user:password@ in the URL: HTTP basic auth
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            logs.register_secret(password)
+            credentials = urllib3.make_headers(basic_auth=f"{user}:{password}")
+        current = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         for _ in range(MAX_REDIRECTS + 1):
-            response = self._request(current, headers)
+            # credentials go to the origin named in the URL only, never where it redirects
+            same_origin = _origin(current) == origin
+            response = self._request(current, {**headers, **(credentials if same_origin else {})})
             try:
                 if response.status in (301, 302, 303, 307, 308):
                     current = _redirect_target(current, response.headers.get("Location"))
@@ -236,6 +249,11 @@ def _redirect_target(current: str, location: str | None) -> str:
             f"{logs.sanitize_url(current)}: refusing a redirect from https to plain http"
         )
     return target
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
 
 
 def _content_length(value: str | None) -> int | None:

@@ -249,7 +249,7 @@ class PackageStore:
 
     def _fetch(self, url: str, limit: int) -> Path:
         """The body of `url` as a blob file, asking the server only whether it changed."""
-        entry = self._index["http"].get(url)
+        entry = self._index["http"].get(_url_key(url))
         validators = None
         if entry and (entry.get("etag") or entry.get("last_modified")):
             blob = self._blobs / entry["blob"]
@@ -271,7 +271,8 @@ class PackageStore:
             fsync_dir(self._blobs)
         log.info("downloaded %s (%d bytes)", logs.sanitize_url(url), fetched.size)
         same_blob = entry is not None and entry["blob"] == fetched.sha256
-        self._index["http"][url] = {
+        self._index["http"][_url_key(url)] = {
+            "url": logs.sanitize_url(url),
             "blob": fetched.sha256,
             "etag": fetched.validators.etag,
             "last_modified": fetched.validators.last_modified,
@@ -328,7 +329,7 @@ class PackageStore:
         now = time.time()
         self._index["sources"][source_id] = {"digest": digest, "used": now}
         for url in used_urls:
-            entry = self._index["http"].get(url)
+            entry = self._index["http"].get(_url_key(url))
             if entry is not None and digest not in entry["digests"]:
                 entry["digests"].append(digest)
         self._save_index()
@@ -360,10 +361,10 @@ class PackageStore:
         index["http"] = {u: e for u, e in index["http"].items() if keep & set(e["digests"])}
         self._drop_unreferenced_blobs()
         total = self._size()
-        for url in sorted(index["http"], key=lambda u: index["http"][u]["used"]):
+        for key in sorted(index["http"], key=lambda k: index["http"][k]["used"]):
             if total <= self._cfg.cache_size:
                 break
-            del index["http"][url]
+            del index["http"][key]
             total -= self._drop_unreferenced_blobs()
         if total > self._cfg.cache_size:
             log.warning(
@@ -394,6 +395,11 @@ class PackageStore:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _url_key(url: str) -> str:
+    """Index key of a URL: its digest, so a token in a query string is never written down."""
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 def _repo_path(location: str, what: str) -> str:

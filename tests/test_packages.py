@@ -72,7 +72,7 @@ def test_unchanged_package_is_not_downloaded_again(server, make_store):
     assert second == first
     assert server.downloads("/app.tar.gz") == 1
     assert server.answers["/app.tar.gz"] == [200, 304]
-    assert "If-None-Match" in server.headers_seen["/app.tar.gz"][1]
+    assert "if-none-match" in server.headers_seen["/app.tar.gz"][1]
 
 
 def test_last_modified_is_used_when_there_is_no_etag(server, make_store):
@@ -199,11 +199,31 @@ def test_redirects_are_followed_but_never_to_plain_http(server, make_store):
         assert plain.requests("/compose.yaml") == 0
 
 
-def test_credentials_in_a_url_never_reach_the_message(server, make_store):
+def test_credentials_in_a_url_never_reach_a_message_or_the_cache(server, make_store, tmp_path):
     url = server.url("/nothing.tar.gz").replace("https://", "https://bot:s3cr3t-t0ken@")
     with pytest.raises(DownloadError) as caught:
         make_store().prepare(url + "?token=s3cr3t-t0ken", None, EMPTY)
     assert "s3cr3t" not in str(caught.value)
+    server.put("/app/compose.yaml", COMPOSE)
+    url = server.url("/app/compose.yaml").replace("https://", "https://bot:s3cr3t-t0ken@")
+    make_store().prepare(url + "?token=s3cr3t-t0ken", None, EMPTY)
+    for path in (tmp_path / "cache").rglob("*"):
+        assert not path.is_file() or b"s3cr3t" not in path.read_bytes(), path
+
+
+def test_credentials_in_the_url_go_to_its_origin_only(server, make_store, test_ca):
+    store = make_store()
+    server.put("/app/compose.yaml", COMPOSE)
+    url = server.url("/app/compose.yaml").replace("https://", "https://bot:pa%40ss@")
+    store.prepare(url, None, EMPTY)
+    assert server.headers_seen["/app/compose.yaml"][0]["authorization"] == "Basic Ym90OnBhQHNz"
+    with PackageServer(test_ca) as other:
+        other.put("/c.yaml", COMPOSE + b"#other\n")
+        server.redirects["/moved.yaml"] = other.url("/c.yaml")
+        moved = server.url("/moved.yaml").replace("https://", "https://bot:pa%40ss@")
+        store.prepare(moved, None, EMPTY)
+        assert "authorization" in server.headers_seen["/moved.yaml"][0]
+        assert "authorization" not in other.headers_seen["/c.yaml"][0]
 
 
 def test_missing_compose_file_names_the_nested_one(server, make_store):

@@ -89,6 +89,21 @@ def test_garbage_signature_is_refused(server, make_store, pgp_keys, tarball):
     assert refused(make_store(), url, key_url, {}).code == "SIGNATURE_INVALID"
 
 
+def test_a_signed_message_of_something_else_is_not_a_signature(
+    server, make_store, pgp_keys, tarball
+):
+    """A vendor-signed message (not detached) must not vouch for the package beside it."""
+    url, key_url = publish(server, pgp_keys, tarball)
+    server.put("/app.tar.gz.asc", pgp_keys.sign("vendor", b"an old release note", detach=False))
+    assert refused(make_store(), url, key_url, {}).code == "SIGNATURE_INVALID"
+
+
+def test_without_gpgv_nothing_signed_is_used(server, make_store, pgp_keys, tarball, monkeypatch):
+    url, key_url = publish(server, pgp_keys, tarball)
+    monkeypatch.setenv("PATH", "/nonexistent")  # gpgv is not installed on this "device"
+    assert refused(make_store(), url, key_url, {}).code == "GPGV_MISSING"
+
+
 def test_unchanged_package_is_verified_again_when_its_signature_changes(
     server, make_store, pgp_keys, tarball
 ):

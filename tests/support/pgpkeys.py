@@ -42,9 +42,12 @@ class Keys:
     def public(self, name: str, *, armor: bool = True) -> bytes:
         return self._gpg(*(["--armor"] if armor else []), "--export", self.fingerprints[name])
 
-    def sign(self, name: str, data: bytes, *, armor: bool = True) -> bytes:
-        """A detached signature over `data` (armored `.asc` or binary `.sig`)."""
-        args = ["--local-user", self.fingerprints[name], "--detach-sign"]
+    def sign(self, name: str, data: bytes, *, armor: bool = True, detach: bool = True) -> bytes:
+        """A detached signature over `data` (armored `.asc` or binary `.sig`).
+
+        With `detach=False`, a signed message that holds `data` itself.
+        """
+        args = ["--local-user", self.fingerprints[name], "--detach-sign" if detach else "--sign"]
         return self._gpg(*args, *(["--armor"] if armor else []), input=data)
 
     def close(self) -> None:

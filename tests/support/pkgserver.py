@@ -48,7 +48,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         owner = self.server.owner
         path = urllib.parse.urlsplit(self.path).path
         with owner.lock:
-            owner.headers_seen[path].append(dict(self.headers))
+            owner.headers_seen[path].append({k.lower(): v for k, v in self.headers.items()})
             faults = owner.fail_first.get(path)
             status = faults.pop(0) if faults else None
             data = owner.files.get(path)
