@@ -108,6 +108,8 @@ class Downloader:
         Raises DownloadError (transient: the cause is remote) or PACKAGE_TOO_LARGE.
         """
         shown = logs.sanitize_url(url)
+        if not _valid_url(url):
+            raise PackageError(f"{shown}: not a valid http(s) URL", code="PACKAGE_INVALID")
         failures = 0
         while True:
             try:
@@ -241,14 +243,24 @@ def _redirect_target(current: str, location: str | None) -> str:
     if not location:
         raise DownloadError(f"{logs.sanitize_url(current)}: redirect without a Location")
     target = urllib.parse.urljoin(current, location)
+    if not _valid_url(target):
+        raise DownloadError(f"{logs.sanitize_url(current)}: redirect to an invalid URL")
     scheme = urllib.parse.urlsplit(target).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise DownloadError(f"{logs.sanitize_url(current)}: redirect to a {scheme!r} URL")
     if urllib.parse.urlsplit(current).scheme.lower() == "https" and scheme != "https":
         raise DownloadError(
             f"{logs.sanitize_url(current)}: refusing a redirect from https to plain http"
         )
     return target
+
+
+def _valid_url(url: str) -> bool:
+    """An http(s) URL with a host and, if any, a numeric port."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -252,6 +252,13 @@ def test_bare_compose_file_with_another_name_becomes_compose_yaml(server, make_s
     assert prepared.compose_file.name == "compose.yaml"
 
 
+@pytest.mark.parametrize("url", ["https://127.0.0.1:notaport/a.tgz", "https:///a.tgz"])
+def test_malformed_urls_are_invalid(make_store, url):
+    with pytest.raises(PackageError) as caught:
+        make_store().prepare(url, None, EMPTY)
+    assert caught.value.code == "PACKAGE_INVALID"
+
+
 @pytest.mark.parametrize(
     "location", ["../outside", "/etc/compose.yaml", "a/../../b", ".", "file:///etc/passwd"]
 )
