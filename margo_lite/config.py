@@ -329,6 +329,12 @@ class PackagesConfig:
     max_size: int = option(512 << 20, size, "Largest package download or extracted package.")
     cache_size: int = option(2 << 30, size, "Bound of the package cache; oldest unused go first.")
     timeout: float = option(60.0, positive_duration, "Connect and read timeout of downloads.")
+    ca_file: str | None = option(
+        None,
+        optional(file_path),
+        "CA bundle for package servers; default: the system store.",
+        is_file=True,
+    )
     require_signature: bool = option(
         False, boolean, "Refuse packages without keyLocation and a valid signature."
     )

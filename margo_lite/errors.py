@@ -115,8 +115,23 @@ class PackageTransientError(PackageError, TransientError):
     code = "PACKAGE_DOWNLOAD_FAILED"
 
 
+class DownloadError(PackageTransientError):
+    """A download failed after its retries; `status` is the HTTP status if one came back."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class PolicyError(PackageError):
+    """A compose file breaks the local policy; `rule` is the config key, `service` the service."""
+
     code = "POLICY_DENIED"
+
+    def __init__(self, message: str, *, rule: str = "", service: str = "") -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.service = service
 
 
 # --- container engines and compose drivers --------------------------------------------------

@@ -1,0 +1,492 @@
+"""Application packages: fetched, verified, extracted and cached as ready folders.
+
+`PackageStore.prepare` turns a component's `packageLocation` (+ `keyLocation`) into a
+folder with the compose file at its root. The order is fixed: get the raw bytes, verify
+the detached signature when one is required, and only then read the bytes (sniff,
+extract). Ready folders live under `cache_dir/pkgs/<hex>`, named by the digest of the
+extracted tree, each built in `cache_dir/tmp` and renamed into place once complete and
+synced, so a crash leaves either no folder or a whole one.
+
+Downloads are cached like an HTTP cache: the raw body under `blobs/<sha256>` and, per URL,
+the server's ETag / Last-Modified. The next `prepare` of the same URL sends a
+conditional request; "304 Not Modified" costs no body, and the raw bytes are still at
+hand to verify the signature again (a changed key or signature must be checked against
+the same package) and to find the ready folder. A URL-to-digest index without the raw
+bytes would save disk but would have to download again whenever a signature or key
+changed; caching by URL alone would never see a package republished under the same URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from margo_lite import archive, logs, pgp, yamlload
+from margo_lite.config import PackagesConfig
+from margo_lite.download import Downloader, Validators
+from margo_lite.errors import (
+    DownloadError,
+    InvalidYamlError,
+    PackageError,
+    PackageTransientError,
+    StateCorruptError,
+    StateError,
+)
+from margo_lite.statestore import StateStore, fsync_dir
+
+log = logs.get(__name__)
+
+#: Names of the compose file at the package root, in the order they are looked for.
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+SIGNATURE_SUFFIXES = (".asc", ".sig")
+MAX_SIDE_FILE = 1 << 20  # signatures and keys
+INDEX = "index.json"
+
+
+@dataclass(frozen=True)
+class PreparedPackage:
+    path: Path  # ready folder, compose file at its root
+    compose_file: Path
+    digest: str  # "sha256:<hex>" of the extracted tree; the cache key
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A package's bytes as they came, before anything trusts them."""
+
+    name: str  # for messages: a sanitized URL or a repository path
+    file: Path  # the bytes, on disk
+    basename: str  # last part of the location, to name a bare compose file
+    sha256: str
+
+
+def _is_url(location: str) -> bool:
+    return location.lower().startswith(("http://", "https://"))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(archive.CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PackageStore:
+    """The package cache under `cache_dir`, and the one way packages get into it."""
+
+    def __init__(
+        self, cfg: PackagesConfig, cache_dir: Path, *, downloader: Downloader | None = None
+    ) -> None:
+        self._cfg = cfg
+        self._root = Path(cache_dir)
+        self._pkgs = self._root / "pkgs"
+        self._blobs = self._root / "blobs"
+        self._tmp = self._root / "tmp"
+        self._limits = archive.Limits(max_bytes=cfg.max_size)
+        self._downloader = downloader or Downloader(timeout=cfg.timeout, ca_file=cfg.ca_file)
+        self._lock = threading.Lock()
+        try:
+            for folder in (self._root, self._pkgs, self._blobs, self._tmp):
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for leftover in self._tmp.iterdir():  # from a crash: never complete, never used
+                _remove(leftover)
+        except OSError as exc:
+            raise _cache_error(self._root, exc) from None
+        self._state = StateStore(self._root)
+        self._index = self._load_index()
+
+    # --- public -------------------------------------------------------------------------------
+
+    def prepare(
+        self, package_location: str, key_location: str | None, repo_files: Mapping[str, bytes]
+    ) -> PreparedPackage:
+        """A ready folder for the package; verified first when a signature is required."""
+        with self._lock:
+            work = self._tmp / f"prepare-{uuid.uuid4().hex}"
+            try:
+                work.mkdir(mode=0o700)
+                return self._prepare(package_location, key_location, repo_files, work)
+            except (OSError, StateError) as exc:
+                raise _cache_error(self._root, exc) from None
+            finally:
+                _remove(work)
+
+    def prune(self, keep: set[str]) -> None:
+        """Drop ready folders whose digest is not in `keep`, then hold the cache to its bound."""
+        with self._lock:
+            try:
+                self._prune(keep)
+            except (OSError, StateError) as exc:
+                raise _cache_error(self._root, exc) from None
+
+    # --- preparing -----------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        location: str,
+        key_location: str | None,
+        repo_files: Mapping[str, bytes],
+        work: Path,
+    ) -> PreparedPackage:
+        used_urls: list[str] = []
+        keyring = self._keyring(key_location, repo_files, used_urls)
+        raw, folder = self._source(location, repo_files, work, used_urls)
+        if keyring is not None:
+            if raw is None:
+                raise PackageError(
+                    f"package folder {location!r} in the repository cannot carry a detached "
+                    "signature; sign a tarball instead (or sign the commits: git.trusted_keys)",
+                    code="SIGNATURE_MISSING",
+                )
+            if _is_url(location):
+                signature = self._fetch_signature(location, used_urls)
+            else:
+                signature = _repo_signature(raw.name, repo_files)
+            signer = pgp.verify_detached(raw.file, signature, keyring, what=raw.name)
+            log.info("package %s: signature verified (key %s)", raw.name, signer)
+        source_id = raw.sha256 if raw else _folder_id(folder or {})
+        prepared = self._cached(source_id) or self._build(raw, folder, location, work)
+        self._remember(source_id, prepared.digest, used_urls)
+        return prepared
+
+    def _source(
+        self, location: str, repo_files: Mapping[str, bytes], work: Path, used_urls: list[str]
+    ) -> tuple[_Raw | None, dict[str, bytes] | None]:
+        """The package as raw bytes in a file, or as the files of a repository folder."""
+        if _is_url(location):
+            return self._fetch_package(location, used_urls), None
+        if "://" in location:
+            raise PackageError(
+                f"packageLocation {logs.sanitize_url(location)}: only http(s) URLs "
+                "or paths in the repository are supported",
+                code="PACKAGE_INVALID",
+            )
+        path = _repo_path(location, "packageLocation")
+        if path in repo_files:
+            return self._raw_from_bytes(path, repo_files[path], work), None
+        return None, _repo_folder(path, repo_files)
+
+    def _keyring(
+        self, key_location: str | None, repo_files: Mapping[str, bytes], used_urls: list[str]
+    ) -> bytes | None:
+        """The binary keys signatures must verify against; None when none is required."""
+        if key_location is None and not self._cfg.require_signature:
+            return None
+        if self._cfg.trusted_keys:  # pinned: whatever keyLocation says
+            keys = []
+            for key_file in self._cfg.trusted_keys:
+                try:
+                    keys.append(pgp.dearmor(Path(key_file).read_bytes(), source=key_file))
+                except OSError as exc:
+                    raise PackageError(
+                        f"packages.trusted_keys: cannot read {key_file}: {exc.strerror}",
+                        code="KEY_INVALID",
+                    ) from None
+            return b"".join(keys)
+        if key_location is None:
+            raise PackageError(
+                "packages.require_signature is set, but the component has no keyLocation "
+                "and no packages.trusted_keys are configured",
+                code="SIGNATURE_MISSING",
+            )
+        if _is_url(key_location):
+            blob = self._fetch(key_location, MAX_SIDE_FILE)
+            used_urls.append(key_location)
+            data = blob.read_bytes()
+            name = logs.sanitize_url(key_location)
+        else:
+            path = _repo_path(key_location, "keyLocation")
+            if path not in repo_files:
+                raise PackageError(
+                    f"keyLocation {path!r}: no such file in the repository", code="KEY_INVALID"
+                )
+            data, name = repo_files[path], path
+        return pgp.dearmor(data, source=f"keyLocation {name}")
+
+    def _fetch_package(self, url: str, used_urls: list[str]) -> _Raw:
+        blob = self._fetch(url, self._cfg.max_size)
+        used_urls.append(url)
+        basename = posixpath.basename(urllib.parse.urlsplit(url).path)
+        return _Raw(logs.sanitize_url(url), blob, basename, blob.name)
+
+    def _fetch_signature(self, url: str, used_urls: list[str]) -> bytes:
+        for suffix in SIGNATURE_SUFFIXES:
+            parts = urllib.parse.urlsplit(url)  # the suffix goes on the path, not the query
+            beside = urllib.parse.urlunsplit(parts._replace(path=parts.path + suffix, fragment=""))
+            try:
+                blob = self._fetch(beside, MAX_SIDE_FILE)
+            except DownloadError as exc:
+                if exc.status in (404, 410):
+                    continue
+                raise
+            used_urls.append(beside)
+            return blob.read_bytes()
+        raise PackageError(
+            f"{logs.sanitize_url(url)}: no detached signature (.asc or .sig) beside the package",
+            code="SIGNATURE_MISSING",
+        )
+
+    def _raw_from_bytes(self, path: str, data: bytes, work: Path) -> _Raw:
+        if len(data) > self._cfg.max_size:
+            raise PackageError(
+                f"{path} is {len(data)} bytes, more than packages.max_size",
+                code="PACKAGE_TOO_LARGE",
+            )
+        file = work / "raw"
+        archive.write_file(file, data)
+        return _Raw(path, file, posixpath.basename(path), hashlib.sha256(data).hexdigest())
+
+    def _fetch(self, url: str, limit: int) -> Path:
+        """The body of `url` as a blob file, asking the server only whether it changed."""
+        entry = self._index["http"].get(_url_key(url))
+        validators = None
+        if entry and (entry.get("etag") or entry.get("last_modified")):
+            blob = self._blobs / entry["blob"]
+            if blob.is_file() and _sha256_file(blob) == entry["blob"]:
+                validators = Validators(entry.get("etag"), entry.get("last_modified"))
+        tmp = self._tmp / f"download-{uuid.uuid4().hex}"
+        fetched = self._downloader.fetch(url, tmp, limit=limit, validators=validators)
+        now = time.time()
+        if not fetched.modified:
+            assert entry is not None
+            entry["used"] = now
+            log.debug("%s not modified; using the cached copy", logs.sanitize_url(url))
+            return self._blobs / entry["blob"]
+        blob = self._blobs / fetched.sha256
+        if blob.exists():
+            tmp.unlink()
+        else:
+            os.rename(tmp, blob)
+            fsync_dir(self._blobs)
+        log.info("downloaded %s (%d bytes)", logs.sanitize_url(url), fetched.size)
+        same_blob = entry is not None and entry["blob"] == fetched.sha256
+        self._index["http"][_url_key(url)] = {
+            "url": logs.sanitize_url(url),
+            "blob": fetched.sha256,
+            "etag": fetched.validators.etag,
+            "last_modified": fetched.validators.last_modified,
+            "used": now,
+            "digests": entry["digests"] if same_blob and entry else [],
+        }
+        self._save_index()
+        return blob
+
+    # --- building ready folders ---------------------------------------------------------------
+
+    def _cached(self, source_id: str) -> PreparedPackage | None:
+        known = self._index["sources"].get(source_id)
+        if not known:
+            return None
+        folder = self._pkgs / known["digest"].removeprefix("sha256:")
+        if not folder.is_dir():
+            return None
+        name = _compose_name(folder)
+        if name is None:
+            return None
+        return PreparedPackage(folder, folder / name, known["digest"])
+
+    def _build(
+        self, raw: _Raw | None, files: dict[str, bytes] | None, location: str, work: Path
+    ) -> PreparedPackage:
+        dest = work / "package"
+        dest.mkdir(mode=0o755)
+        if raw is None:
+            archive.write_tree(files or {}, dest, self._limits)
+        else:
+            with open(raw.file, "rb") as f:
+                head = f.read(512)
+                f.seek(0)
+                if archive.is_archive(head):
+                    archive.extract(f, dest, self._limits)
+                else:
+                    _write_bare_compose(raw, f.read(), dest)
+        name = _compose_name(dest)
+        if name is None:
+            raise PackageError(
+                _missing_compose_message(location, dest), code="COMPOSE_FILE_MISSING"
+            )
+        digest = archive.tree_digest(dest)
+        archive.sync_tree(dest)
+        final = self._pkgs / digest.removeprefix("sha256:")
+        if not final.exists():
+            os.rename(dest, final)
+            fsync_dir(self._pkgs)
+        log.info("package %s ready: %s", raw.name if raw else location, digest)
+        return PreparedPackage(final, final / name, digest)
+
+    def _remember(self, source_id: str, digest: str, used_urls: list[str]) -> None:
+        now = time.time()
+        self._index["sources"][source_id] = {"digest": digest, "used": now}
+        for url in used_urls:
+            entry = self._index["http"].get(_url_key(url))
+            if entry is not None and digest not in entry["digests"]:
+                entry["digests"].append(digest)
+        self._save_index()
+
+    # --- index and pruning --------------------------------------------------------------------
+
+    def _load_index(self) -> dict[str, Any]:
+        empty: dict[str, Any] = {"http": {}, "sources": {}}
+        try:
+            data = self._state.read_json(INDEX)
+        except StateCorruptError as exc:  # a cache: losing it costs downloads, nothing more
+            log.warning("package cache index unreadable (%s); starting afresh", exc.message)
+            return empty
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), dict) for k in ("http", "sources")
+        ):
+            return empty
+        return data
+
+    def _save_index(self) -> None:
+        self._state.write_json(INDEX, self._index)
+
+    def _prune(self, keep: set[str]) -> None:
+        for folder in list(self._pkgs.iterdir()):
+            if f"sha256:{folder.name}" not in keep:
+                self._discard(folder)
+        index = self._index
+        index["sources"] = {k: v for k, v in index["sources"].items() if v["digest"] in keep}
+        index["http"] = {u: e for u, e in index["http"].items() if keep & set(e["digests"])}
+        self._drop_unreferenced_blobs()
+        total = self._size()
+        for key in sorted(index["http"], key=lambda k: index["http"][k]["used"]):
+            if total <= self._cfg.cache_size:
+                break
+            del index["http"][key]
+            total -= self._drop_unreferenced_blobs()
+        if total > self._cfg.cache_size:
+            log.warning(
+                "package cache holds %d bytes of packages in use, more than packages.cache_size",
+                total,
+            )
+        self._save_index()
+
+    def _drop_unreferenced_blobs(self) -> int:
+        referenced = {entry["blob"] for entry in self._index["http"].values()}
+        freed = 0
+        for blob in list(self._blobs.iterdir()):
+            if blob.name not in referenced:
+                freed += blob.lstat().st_size
+                blob.unlink()
+        return freed
+
+    def _size(self) -> int:
+        blobs = sum(blob.lstat().st_size for blob in self._blobs.iterdir())
+        return blobs + sum(archive.tree_size(folder) for folder in self._pkgs.iterdir())
+
+    def _discard(self, folder: Path) -> None:
+        """Move out of the cache first, so a crash never leaves a half-deleted package."""
+        trash = self._tmp / f"trash-{uuid.uuid4().hex}"
+        os.rename(folder, trash)
+        fsync_dir(folder.parent)
+        _remove(trash)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _url_key(url: str) -> str:
+    """Index key of a URL: its digest, so a token in a query string is never written down."""
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def _repo_path(location: str, what: str) -> str:
+    try:
+        path = archive.normalize_relative(location.strip())
+    except ValueError as exc:
+        raise PackageError(f"{what} {location!r}: {exc}", code="PACKAGE_INVALID") from None
+    if not path:
+        raise PackageError(f"{what} {location!r}: names no file or folder", code="PACKAGE_INVALID")
+    return path
+
+
+def _repo_signature(path: str, repo_files: Mapping[str, bytes]) -> bytes:
+    for suffix in SIGNATURE_SUFFIXES:
+        if path + suffix in repo_files:
+            return repo_files[path + suffix]
+    raise PackageError(
+        f"{path}: no detached signature (.asc or .sig) beside the package in the repository",
+        code="SIGNATURE_MISSING",
+    )
+
+
+def _repo_folder(path: str, repo_files: Mapping[str, bytes]) -> dict[str, bytes]:
+    prefix = path + "/"
+    files = {
+        name[len(prefix) :]: data for name, data in repo_files.items() if name.startswith(prefix)
+    }
+    if not files:
+        raise PackageError(
+            f"packageLocation {path!r}: no such file or folder in the repository",
+            code="PACKAGE_INVALID",
+        )
+    return files
+
+
+def _folder_id(files: Mapping[str, bytes]) -> str:
+    digest = hashlib.sha256(b"margo-lite folder v1\n")
+    for name in sorted(files):
+        encoded = name.encode("utf-8", "surrogateescape")
+        digest.update(b"%d:%s %d\n" % (len(encoded), encoded, len(files[name])))
+        digest.update(files[name])
+    return "folder-" + digest.hexdigest()
+
+
+def _write_bare_compose(raw: _Raw, data: bytes, dest: Path) -> None:
+    """A package that is one compose file: it must at least be a YAML mapping."""
+    try:
+        document = yamlload.load_one(data)
+    except InvalidYamlError as exc:
+        raise PackageError(
+            f"{raw.name}: neither a tar archive nor a compose file ({exc.message})",
+            code="PACKAGE_INVALID",
+        ) from None
+    if not isinstance(document, dict):
+        raise PackageError(
+            f"{raw.name}: neither a tar archive nor a compose file (YAML mapping)",
+            code="PACKAGE_INVALID",
+        )
+    name = raw.basename if raw.basename in COMPOSE_NAMES else COMPOSE_NAMES[0]
+    archive.write_file(dest / name, data)
+
+
+def _compose_name(folder: Path) -> str | None:
+    for name in COMPOSE_NAMES:
+        if (folder / name).is_file():  # a link here was checked to stay inside the package
+            return name
+    return None
+
+
+def _missing_compose_message(location: str, dest: Path) -> str:
+    shown = logs.sanitize_url(location) if _is_url(location) else location
+    message = f"{shown}: no compose file ({', '.join(COMPOSE_NAMES)}) at the package root"
+    nested = sorted(
+        str(path.relative_to(dest)) for name in COMPOSE_NAMES for path in dest.glob(f"*/{name}")
+    )
+    if nested:
+        message += f"; found {nested[0]} (the compose file must be at the root)"
+    return message
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _cache_error(root: Path, exc: OSError | StateError) -> PackageTransientError:
+    detail = exc.message if isinstance(exc, StateError) else (exc.strerror or str(exc))
+    return PackageTransientError(f"package cache {root}: {detail}", code="PACKAGE_CACHE_IO")

@@ -1,0 +1,240 @@
+"""The local policy gate: what a compose file may ask of the device, decided by the device.
+
+The Margo specification leaves room for a "policy agent" on the device. Here it is a
+configuration section (`policy.*`) and one check over the final compose document (after
+interpolation and overlays), before anything of the deployment runs. Everything that
+reaches beyond a plain container is denied unless the configuration allows it:
+privileged mode, the host's network / PID / IPC namespaces, added capabilities, device
+access, and host paths outside `policy.allowed_bind_paths`.
+
+Host paths are compared after normalisation (`..`, `.`, repeated slashes), and, when they
+exist, after resolving symbolic links on the host too, so that a link planted below an
+allowed folder (by an earlier container that could write there) cannot lead elsewhere.
+Relative paths name files of the package itself and must not leave it. Host paths also
+hide in named volumes (`driver_opts: {o: bind, device: ...}`), file-based secrets and
+configs, env files and build contexts (all read from the host); those are checked too.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from margo_lite.config import PolicyConfig
+from margo_lite.errors import PackageError, PolicyError
+
+#: Pending reason while a deployment's compose file goes through this check.
+PENDING_REASON = "POLICY_CHECK"
+
+_OFF = {"", "0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Violation:
+    service: str
+    rule: str  # the configuration key that would allow it
+    detail: str
+
+    def __str__(self) -> str:
+        return f"service {self.service!r}: {self.detail} (allow with {self.rule})"
+
+
+def check_compose(
+    compose: Mapping[str, Any],
+    policy: PolicyConfig,
+    *,
+    realpath: Callable[[str], str] = os.path.realpath,
+) -> None:
+    """Raise PolicyError (POLICY_DENIED) naming each rule broken and its service."""
+    found = violations(compose, policy, realpath=realpath)
+    if found:
+        raise PolicyError("; ".join(map(str, found)), rule=found[0].rule, service=found[0].service)
+
+
+def violations(
+    compose: Mapping[str, Any],
+    policy: PolicyConfig,
+    *,
+    realpath: Callable[[str], str] = os.path.realpath,
+) -> list[Violation]:
+    """Every rule the compose document breaks, in service order."""
+    services = compose.get("services") if isinstance(compose, Mapping) else None
+    if not isinstance(services, Mapping):
+        raise PackageError("compose file: 'services' is not a mapping", code="PACKAGE_INVALID")
+    found: list[Violation] = []
+    for name, service in services.items():
+        if not isinstance(service, Mapping):
+            raise PackageError(
+                f"compose file: service {name!r} is not a mapping", code="PACKAGE_INVALID"
+            )
+        for rule, detail in _service_problems(service, compose, policy, realpath):
+            found.append(Violation(str(name), rule, detail))
+    return found
+
+
+def _service_problems(
+    service: Mapping[str, Any],
+    compose: Mapping[str, Any],
+    policy: PolicyConfig,
+    realpath: Callable[[str], str],
+) -> Iterator[tuple[str, str]]:
+    if _on(service.get("privileged")) and not policy.allow_privileged:
+        yield "policy.allow_privileged", "privileged mode"
+    if not policy.allow_host_network:
+        for key in ("network_mode", "net"):
+            if _is_host(service.get(key)):
+                yield "policy.allow_host_network", f"{key}: host"
+        for network in _host_networks(service, compose):
+            yield "policy.allow_host_network", f"network {network!r} is the host network"
+    if _is_host(service.get("pid")) and not policy.allow_host_pid:
+        yield "policy.allow_host_pid", "pid: host"
+    if _is_host(service.get("ipc")) and not policy.allow_host_ipc:
+        yield "policy.allow_host_ipc", "ipc: host"
+    allowed_caps = {_capability(c) for c in policy.allowed_capabilities}
+    for cap in _as_list(service.get("cap_add")):
+        if _capability(cap) not in allowed_caps:
+            yield "policy.allowed_capabilities", f"cap_add {cap}"
+    if not policy.allow_devices:
+        for detail in _device_requests(service):
+            yield "policy.allow_devices", detail
+    for source, how in _host_paths(service, compose):
+        if not _path_allowed(source, policy.allowed_bind_paths, realpath):
+            yield "policy.allowed_bind_paths", f"{how} of host path {source!r}"
+
+
+def _on(value: Any) -> bool:
+    """Deny by default: anything but an explicit false counts as set."""
+    if value is None or value is False:
+        return False
+    return str(value).strip().lower() not in _OFF
+
+
+def _is_host(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "host"
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def _capability(value: Any) -> str:
+    text = str(value).strip().upper()
+    return text.removeprefix("CAP_")
+
+
+def _host_networks(service: Mapping[str, Any], compose: Mapping[str, Any]) -> Iterator[str]:
+    """Networks of the service that are the host's own (driver host, or external "host")."""
+    networks = service.get("networks")
+    names = list(networks) if isinstance(networks, Mapping) else _as_list(networks)
+    definitions = compose.get("networks")
+    definitions = definitions if isinstance(definitions, Mapping) else {}
+    for name in names:
+        definition = definitions.get(name)
+        definition = definition if isinstance(definition, Mapping) else {}
+        external = definition.get("external")
+        real = definition.get("name", name)
+        if isinstance(external, Mapping):  # the old form: external: {name: ...}
+            real = external.get("name", real)
+        if _is_host(definition.get("driver")) or (_on(external) and _is_host(real)):
+            yield str(name)
+
+
+def _device_requests(service: Mapping[str, Any]) -> Iterator[str]:
+    for device in _as_list(service.get("devices")):
+        yield f"device {device}"
+    if _as_list(service.get("device_cgroup_rules")):
+        yield "device_cgroup_rules"
+    if service.get("gpus"):
+        yield "gpus"
+    deploy = service.get("deploy")
+    resources = deploy.get("resources") if isinstance(deploy, Mapping) else None
+    reservations = resources.get("reservations") if isinstance(resources, Mapping) else None
+    if isinstance(reservations, Mapping) and reservations.get("devices"):
+        yield "deploy.resources.reservations.devices"
+
+
+def _host_paths(
+    service: Mapping[str, Any], compose: Mapping[str, Any]
+) -> Iterator[tuple[str, str]]:
+    """(host path, how it is used) for every way the service reaches into the host's files."""
+    volumes = compose.get("volumes")
+    volumes = volumes if isinstance(volumes, Mapping) else {}
+    for entry in _as_list(service.get("volumes")):
+        if isinstance(entry, str):
+            source = entry.split(":", 1)[0] if ":" in entry else ""
+            if _looks_like_path(source):
+                yield source, "bind mount"
+            elif source:
+                yield from _volume_paths(source, volumes)
+        elif isinstance(entry, Mapping):
+            kind = entry.get("type")
+            source = entry.get("source", entry.get("src"))
+            if not isinstance(source, str):
+                continue
+            if kind == "bind" or (kind is None and _looks_like_path(source)):
+                yield source, "bind mount"
+            elif kind == "volume":
+                yield from _volume_paths(source, volumes)
+    for env_file in _as_list(service.get("env_file")):
+        path = env_file.get("path") if isinstance(env_file, Mapping) else env_file
+        if isinstance(path, str):
+            yield path, "env_file"
+    build = service.get("build")
+    context = build.get("context", ".") if isinstance(build, Mapping) else build
+    if isinstance(context, str) and "://" not in context:
+        yield context, "build context"
+    for section in ("secrets", "configs"):
+        definitions = compose.get(section)
+        definitions = definitions if isinstance(definitions, Mapping) else {}
+        for ref in _as_list(service.get(section)):
+            name = ref.get("source") if isinstance(ref, Mapping) else ref
+            definition = definitions.get(name) if isinstance(name, str) else None
+            if isinstance(definition, Mapping) and isinstance(definition.get("file"), str):
+                yield definition["file"], f"{section[:-1]} {name!r} read from a file"
+
+
+def _volume_paths(name: str, volumes: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """A named volume of the local driver can be a bind mount in disguise."""
+    definition = volumes.get(name)
+    options = definition.get("driver_opts") if isinstance(definition, Mapping) else None
+    if not isinstance(options, Mapping):
+        return
+    flags = {flag.strip() for flag in str(options.get("o", "")).split(",")}
+    device = options.get("device")
+    if flags & {"bind", "rbind"} and isinstance(device, str):
+        yield device, f"volume {name!r} bound to a host folder"
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~"))
+
+
+def _normalize(path: str) -> str:
+    """Absolute, without `.`, `..` or repeated slashes (`..` cannot climb above `/`)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return folder == "/" or path == folder or path.startswith(folder + "/")
+
+
+def _path_allowed(source: str, allowed: tuple[str, ...], realpath: Callable[[str], str]) -> bool:
+    if source.startswith("~"):  # a home folder on the host: never part of the package
+        return False
+    if not source.startswith("/"):  # relative: inside the package, the compose project
+        norm = posixpath.normpath(source)
+        return norm != ".." and not norm.startswith("../")
+    path = _normalize(source)
+    resolved = _normalize(realpath(path))
+    for folder in allowed:
+        base = _normalize(folder)
+        if _inside(path, base) and _inside(resolved, _normalize(realpath(base))):
+            return True
+    return False
