@@ -181,7 +181,11 @@ def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> 
 def _looks_like_deployment(doc: dict) -> bool:
     """A document missing `kind` but with a Margo application apiVersion is a broken one."""
     api = doc.get("apiVersion")
-    return "kind" not in doc and isinstance(api, str) and api.startswith("application.margo.org/")
+    return (
+        doc.get("kind") is None
+        and isinstance(api, str)
+        and api.startswith("application.margo.org/")
+    )
 
 
 def _peek_id(doc: Any) -> str | None:

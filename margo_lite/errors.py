@@ -105,7 +105,7 @@ class DesiredStateError(MargoLiteError):
 
 
 #: Every code a `DesiredStateError` (or a plan's Failed/Pending reason) carries, for docs and
-#: tests. The YAML codes come from `InvalidYamlError`; the last four come from the planner.
+#: tests. The YAML codes come from `InvalidYamlError`; the last three come from the planner.
 DESIRED_STATE_CODES = (
     "INVALID_YAML",  # not YAML, not text, duplicate keys
     "YAML_TOO_COMPLEX",  # too deep, too many nodes (alias bomb), too many documents
@@ -126,7 +126,6 @@ DESIRED_STATE_CODES = (
     "DEPENDENCY_CYCLE",  # planner: deployments wait for each other
     "WAITING_FOR_DEPENDENCY",  # planner: Pending reason
     "NOT_STARTED",  # planner: Pending reason of a component whose turn has not come
-    "DEPENDENCY_FAILED",  # planner: Pending reason after an earlier component of it failed
 )
 
 
