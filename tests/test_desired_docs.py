@@ -1,4 +1,4 @@
-"""The contract's example documents, and the document builders the other desired/planner tests use."""
+"""The contract's example documents, and builders of documents for the other tests."""
 
 from __future__ import annotations
 
