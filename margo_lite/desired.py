@@ -179,12 +179,14 @@ def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> 
 
 
 def _looks_like_deployment(doc: dict) -> bool:
-    """A document missing `kind` but with a Margo application apiVersion is a broken one."""
+    """A document without `kind` but with a Margo apiVersion or a deployment profile is a
+    broken deployment (a failure), not a document of another kind (ignored)."""
+    if doc.get("kind") is not None:
+        return False
     api = doc.get("apiVersion")
-    return (
-        doc.get("kind") is None
-        and isinstance(api, str)
-        and api.startswith("application.margo.org/")
+    spec = doc.get("spec")
+    return (isinstance(api, str) and api.startswith("application.margo.org/")) or (
+        isinstance(spec, dict) and "deploymentProfile" in spec
     )
 
 

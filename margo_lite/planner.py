@@ -72,7 +72,7 @@ class ComponentRecord:
     name: str
     state: State
     digest: str | None = None  # the spec installed and running; None: nothing installed
-    target: str | None = None  # the spec last applied or attempted
+    target: str | None = None  # the spec it is meant to run; None: it is to be removed
     error: Reason | None = None  # Failed: the error; Pending: the reason
     data: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # backend facts
 
@@ -199,7 +199,8 @@ def rollup(
     """The overall state of a deployment from its components (contract §4).
 
     Failed wins and carries the first failed component's error; Installed and Removed need
-    every component there; all Pending is Pending with the first one's reason; anything in
+    every component there (Installed counts once a component runs the spec it is meant to:
+    digest == target); all Pending is Pending with the first one's reason; anything in
     between is Installing (or Removing for a removal).
     """
     components = tuple(components)
@@ -210,12 +211,17 @@ def rollup(
     states = {c.state for c in components}
     if removal:
         return (State.REMOVED, None) if states <= {State.REMOVED} else (State.REMOVING, None)
-    if states == {State.INSTALLED}:
+    if components and all(_through(c) for c in components):
         return State.INSTALLED, None
     if not states or states == {State.PENDING}:
         first = components[0].error if components else None
         return State.PENDING, first or Reason("NOT_STARTED", "not started yet")
     return State.INSTALLING, None
+
+
+def _through(c: ComponentRecord) -> bool:
+    """Installed at the spec it is meant to run (a leaving component has no target)."""
+    return c.state is State.INSTALLED and c.target is not None and c.digest == c.target
 
 
 def _rolled(
@@ -515,10 +521,12 @@ def _planned_components(
         rec = record.component(c.name)
         if rec is None or rec.state is State.REMOVED:
             rec = ComponentRecord(c.name, State.PENDING, error=not_started)
-        listed.append(rec)
+        listed.append(replace(rec, target=c.digest))
     names = {c.name for c in d.components}
     leaving = tuple(
-        c for c in record.components if c.name not in names and c.state is not State.REMOVED
+        replace(c, target=None)
+        for c in record.components
+        if c.name not in names and c.state is not State.REMOVED
     )
     return (*listed, *leaving)
 
@@ -640,6 +648,11 @@ def status_event(old: DeploymentRecord | None, new: DeploymentRecord | None) -> 
     if new is None:
         return None
     event = StatusEvent.of(new)
-    if old is not None and StatusEvent.of(old) == event:
+    if old is not None and _news(StatusEvent.of(old)) == _news(event):
         return None
     return event
+
+
+def _news(event: StatusEvent) -> tuple:
+    """What the WOS sees; the order of the components is not news."""
+    return event.state, event.error, sorted(event.components)
