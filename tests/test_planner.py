@@ -327,9 +327,8 @@ def test_status_events_only_on_real_changes():
     other_error = DeploymentRecord("a", F, a.components, error=Reason("E2", "m"))
     assert planner.status_event(failed, other_error) is not None
     assert planner.status_event(a, None) is None
-    assert (
-        planner.status_event(a, DeploymentRecord("a", D, (ComponentRecord("web", ING),))) is not None
-    )
+    installing = DeploymentRecord("a", D, (ComponentRecord("web", ING),))
+    assert planner.status_event(a, installing) is not None
     assert planner.StatusEvent.of(failed).to_json() == {
         "deployment_id": "a",
         "state": "Failed",
