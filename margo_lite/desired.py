@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -69,12 +70,16 @@ class Component:
     name: str
     package_location: str | None
     key_location: str | None
-    properties: Mapping[str, Any]
-    env: Mapping[str, str]
-    overlays: Mapping[str, Any]  # dotted pointer -> value
-    digest: str
+    # Kept out of repr: parameter values and package URLs may hold secrets.
+    properties: Mapping[str, Any] = field(repr=False)
+    env: Mapping[str, str] = field(repr=False)
+    overlays: Mapping[str, Any] = field(repr=False)  # dotted pointer -> value
+    digest: str = ""
     package_in_repo: bool = False  # package_location is a path in the desired-state folder
     key_in_repo: bool = False
+
+    def __hash__(self) -> int:  # the mappings are not hashable; equal components share a digest
+        return hash((self.name, self.digest))
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ class Deployment:
     depends_on: tuple[str, ...]
     source: str  # "file document N"
     digest: str
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.digest))
 
     def component(self, name: str) -> Component | None:
         return next((c for c in self.components if c.name == name), None)
@@ -600,6 +608,10 @@ class _Parser:
                     f"scheme {scheme!r} is not supported (http, https, or a path in the "
                     "desired-state folder)",
                 )
+            try:
+                logs.register_secret(urllib.parse.urlsplit(value).password)
+            except ValueError:
+                raise self.fail("INVALID_FIELD", where, "not a valid URL") from None
             return value, {}
         path = value.strip()
         while path.startswith("./"):

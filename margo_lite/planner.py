@@ -76,6 +76,9 @@ class ComponentRecord:
     error: Reason | None = None  # Failed: the error; Pending: the reason
     data: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # backend facts
 
+    def __hash__(self) -> int:  # `data` is not hashable
+        return hash((self.name, self.state, self.digest, self.target, self.error))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,

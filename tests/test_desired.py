@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from margo_lite import desired
+from margo_lite import desired, logs
 from margo_lite.errors import DESIRED_STATE_CODES, DesiredStateError
 from tests.test_desired_docs import CONTRACT_COMPOSE_EXAMPLE, doc, dump, env_param, files_of
 from tests.test_yamlload import BILLION_LAUGHS
@@ -733,3 +733,23 @@ def test_apply_overlays():
 def test_depends_on_annotation():
     (d,) = desired.parse_files(files_of(doc(ID, depends_on=" a, b,,a ,"))).deployments
     assert d.depends_on == ("a", "b")
+
+
+def test_secrets_stay_out_of_reprs_and_logs():
+    d = doc(ID, params={"pw": env_param("hunter2-parameter", "PASSWORD", "web")})
+    url = "https://user:pkg-pass-7781@example.com/web.tgz"
+    d["spec"]["deploymentProfile"]["components"][0]["properties"]["packageLocation"] = url
+    (dep,) = desired.parse_files(files_of(d)).deployments
+    assert "hunter2-parameter" not in repr(dep)
+    assert "pkg-pass-7781" not in logs.redact(f"GET {url}")
+    assert {dep.components[0]: 1}  # hashable, though it holds mappings
+    assert len({dep, dep}) == 1
+
+
+def test_a_url_that_does_not_parse_is_invalid():
+    d = doc(ID, package="https://[::1/{name}.tgz")
+    failure = only_failure(files_of(d))
+    assert (failure.error.code, failure.error.field) == (
+        "INVALID_FIELD",
+        f"{FIELD0}.properties.packageLocation",
+    )
