@@ -318,7 +318,7 @@ def plan(desired: DesiredState, current: Mapping[str, DeploymentRecord]) -> Plan
         steps = tuple(
             Step(dep_id, c.name, Action.REMOVE, None, c, removal=True)
             for c in reversed(record.components)
-            if c.state is not State.REMOVED
+            if _on_device(c)
         )
         plans.append(DeploymentPlan(dep_id, None, steps, removal=True))
 
@@ -362,6 +362,11 @@ def plan(desired: DesiredState, current: Mapping[str, DeploymentRecord]) -> Plan
     return Plan(tuple(plans), frozenset(by_id))
 
 
+def _on_device(c: ComponentRecord) -> bool:
+    """Whether a component may have left anything on the device (never started: no)."""
+    return c.state is not State.REMOVED and not (c.state is State.PENDING and c.digest is None)
+
+
 def _component_steps(d: Deployment, record: DeploymentRecord | None) -> tuple[Step, ...]:
     steps: list[Step] = []
     names = {c.name for c in d.components}
@@ -369,7 +374,7 @@ def _component_steps(d: Deployment, record: DeploymentRecord | None) -> tuple[St
         steps.extend(
             Step(d.id, c.name, Action.REMOVE, None, c)
             for c in reversed(record.components)
-            if c.name not in names and c.state is not State.REMOVED
+            if c.name not in names and _on_device(c)
         )
     for c in d.components:
         rec = record.component(c.name) if record is not None else None
@@ -479,12 +484,21 @@ def planned_record(
 ) -> DeploymentRecord | None:
     """The record as the plan leaves it before anything runs (None: nothing to record).
 
+    A removal with nothing left to remove is Removed at once (report it, then delete it).
     Failed documents, profiles and cycles fail the deployment and leave what runs alone;
     a deployment whose dependencies are not Installed (`blockers`, default `dp.waits_for`)
     is Pending with WAITING_FOR_DEPENDENCY; otherwise the state is rolled up afresh.
     """
     if dp.removal:
-        return record
+        if record is None or dp.held:
+            return record
+        # Components never started left nothing behind: Removed already. With no step left,
+        # the whole deployment is Removed, to be reported and then deleted.
+        components = tuple(
+            c if _on_device(c) else replace(c, state=State.REMOVED, digest=None, error=None)
+            for c in record.components
+        )
+        return _rolled(record, components, removal=True)
     d = dp.deployment
     if record is None:
         record = DeploymentRecord(dp.id, State.PENDING)
@@ -523,13 +537,13 @@ def _planned_components(
     for c in d.components:
         rec = record.component(c.name)
         if rec is None or rec.state is State.REMOVED:
-            rec = ComponentRecord(c.name, State.PENDING, error=not_started)
+            rec = ComponentRecord(c.name, State.PENDING)
+        if rec.state is State.PENDING:
+            rec = replace(rec, error=not_started)
         listed.append(replace(rec, target=c.digest))
     names = {c.name for c in d.components}
     leaving = tuple(
-        replace(c, target=None)
-        for c in record.components
-        if c.name not in names and c.state is not State.REMOVED
+        replace(c, target=None) for c in record.components if c.name not in names and _on_device(c)
     )
     return (*listed, *leaving)
 

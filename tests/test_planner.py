@@ -99,6 +99,7 @@ def test_removed_deployment_is_removed_in_reverse_order_and_reports_removing_the
     records = run(p, records, events=events)
     assert "a" not in records
     assert [(e.state, tuple(s for _, s in e.components)) for e in events] == [
+        (State.REMOVING, (State.INSTALLED, State.INSTALLED)),
         (State.REMOVING, (State.INSTALLED, State.REMOVING)),
         (State.REMOVING, (State.INSTALLED, State.REMOVED)),
         (State.REMOVING, (State.REMOVING, State.REMOVED)),
@@ -408,3 +409,21 @@ def test_a_component_is_through_installing_only_at_the_spec_it_is_meant_to_run()
     assert planner.rollup([fresh, stale])[0] is State.INSTALLING
     assert planner.rollup([fresh, leaving])[0] is State.INSTALLING
     assert planner.rollup([fresh])[0] is State.INSTALLED
+
+
+def test_removal_skips_components_that_never_started():
+    records = run(planner.plan(parse(doc("a", ("db", "web"))), {}), {}, fail={("a", "db")})
+    assert [c.state for c in records["a"].components] == [State.FAILED, State.PENDING]
+    p = planner.plan(desired.DesiredState(), records)
+    assert actions(p) == [("a", "db", "remove")]
+    record = planner.planned_record(p.deployments[0], records["a"])
+    assert [c.state for c in record.components] == [State.FAILED, State.REMOVED]
+    assert run(p, records) == {}
+
+
+def test_a_dropped_component_that_never_started_just_leaves_the_record():
+    records = run(planner.plan(parse(doc("a", ("db", "web"))), {}), {}, fail={("a", "db")})
+    p = planner.plan(parse(doc("a", ("db",))), records)
+    assert actions(p) == [("a", "db", "install")]
+    record = planner.planned_record(p.deployments[0], records["a"])
+    assert [c.name for c in record.components] == ["db"]
