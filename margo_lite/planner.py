@@ -6,13 +6,14 @@ steps to take, in order. The record helpers (`planned_record`, `started`, `succe
 up from its components per the contract, and `status_event()` says whether the WOS must
 hear about a change. The agent's loop, for each `DeploymentPlan` in order:
 
-    record = planned_record(dp, records.get(dp.id), blockers=p.blocked_by(dp, records))
-    if dp.changes and not dp.failure and not p.blocked_by(dp, records):
-        for step in dp.changes:
-            record = started(record, step)      # save, report
-            ... run the step ...
-            record = succeeded(record, step)    # or failed(record, step, reason); stop
-    # a record that reached Removed is reported, then deleted
+    blockers = p.blocked_by(dp, records)
+    record = planned_record(dp, records.get(dp.id), blockers=blockers)  # save; report
+    for step in () if blockers else dp.changes:   # no changes when failed or held
+        record = started(record, step)           # save; report
+        ... run the step ...
+        record = succeeded(record, step, facts)  # or failed(record, step, reason); stop
+    # each save: report `status_event(old, new)` when not None; a Removed record is
+    # reported, then deleted
 
 A component is kept only when its record is Installed at the digest desired now, so
 nothing unchanged is touched and anything Failed is tried again (`Step.retry` tells the
@@ -561,7 +562,8 @@ def started(record: DeploymentRecord, step: Step) -> DeploymentRecord:
 def succeeded(
     record: DeploymentRecord, step: Step, data: Mapping[str, str] | None = None
 ) -> DeploymentRecord:
-    """The step completed: Installed at the desired digest, or Removed.
+    """The step completed: Installed at the desired digest, or Removed. `data` (backend
+    facts to keep, such as the compose project name) replaces the component's data.
 
     A component removed from a deployment that stays is dropped from the record.
     """
