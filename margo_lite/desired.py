@@ -55,7 +55,7 @@ class Limits:
     """Bounds on what one poll may feed the parser; `yaml` bounds each file."""
 
     max_file_bytes: int = 1024 * 1024
-    max_total_bytes: int = 16 * 1024 * 1024
+    max_total_bytes: int = 4 * 1024 * 1024  # the pure-Python parser reads ~100 KB/s here
     max_documents: int = 1000
     yaml: yamlload.Limits = _YAML_LIMITS
 
@@ -428,6 +428,7 @@ class _Parser:
         env: dict[str, dict[str, str]] = {n: {} for n in names}
         overlays: dict[str, dict[str, Any]] = {n: {} for n in names}
         setters: dict[tuple[str, str], str] = {}  # (component, pointer) -> parameter
+        below: dict[tuple[str, str], tuple[str, str]] = {}  # (component, prefix) -> setter
         if len(parameters) > MAX_PARAMETERS:
             raise self.fail("INVALID_FIELD", "spec.parameters", f"more than {MAX_PARAMETERS}")
         for pname, param in parameters.items():
@@ -467,7 +468,16 @@ class _Parser:
                             f"(components: {', '.join(names)})",
                         )
                     self.apply_target(
-                        pname, pointer, value, comp, profile_type, env, overlays, setters, tat
+                        pname,
+                        pointer,
+                        value,
+                        comp,
+                        profile_type,
+                        env,
+                        overlays,
+                        setters,
+                        below,
+                        tat,
                     )
         return env, overlays
 
@@ -481,6 +491,7 @@ class _Parser:
         env: dict[str, dict[str, str]],
         overlays: dict[str, dict[str, Any]],
         setters: dict[tuple[str, str], str],
+        below: dict[tuple[str, str], tuple[str, str]],
         at: str,
     ) -> None:
         where = f"{at}.pointer"
@@ -528,19 +539,24 @@ class _Parser:
                 f"{pointer!r}: a compose path must start with one of "
                 f"{', '.join(OVERLAY_ROOTS)} or x-",
             )
-        for other, setter in setters.items():
-            if other[0] != comp or other[1].startswith("ENV."):
-                continue
-            a, b = other[1] + ".", pointer + "."
-            if (a.startswith(b) or b.startswith(a)) and not (
-                other[1] == pointer and setter == pname
-            ):
-                raise self.fail(
-                    "CONFLICTING_PARAMETERS",
-                    where,
-                    f"parameters {setter!r} and {pname!r} set overlapping paths "
-                    f"{other[1]} and {pointer} of {comp!r}",
-                )
+        # Overlapping paths would make the result depend on the order of application.
+        clash = None
+        if setters.get((comp, pointer), pname) != pname:
+            clash = (pointer, setters[(comp, pointer)])
+        for n in range(1, len(segments)):
+            prefix = ".".join(segments[:n])
+            if (comp, prefix) in setters:
+                clash = (prefix, setters[(comp, prefix)])
+        clash = clash or below.get((comp, pointer))
+        if clash is not None:
+            raise self.fail(
+                "CONFLICTING_PARAMETERS",
+                where,
+                f"parameters {clash[1]!r} and {pname!r} set overlapping paths "
+                f"{clash[0]} and {pointer} of {comp!r}",
+            )
+        for n in range(1, len(segments)):
+            below.setdefault((comp, ".".join(segments[:n])), (pointer, pname))
         setters[(comp, pointer)] = pname
         overlays[comp][pointer] = value
 

@@ -523,6 +523,13 @@ def test_parameters_resolve_per_component():
             "a": {"value": 1, "targets": [{"pointer": "x-a.b", "components": ["web"]}]},
             "b": {"value": 2, "targets": [{"pointer": "x-a.b", "components": ["web"]}]},
         },
+        {
+            "a": {
+                "value": 1,
+                "targets": [{"pointer": "services.web.image", "components": ["web"]}],
+            },
+            "b": {"value": 2, "targets": [{"pointer": "services.web", "components": ["web"]}]},
+        },
     ],
 )
 def test_conflicting_parameters(params):
