@@ -134,6 +134,7 @@ class DesiredState:
 def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> DesiredState:
     """Every ApplicationDeployment in the `*.yaml`/`*.yml` files of `files`; never raises.
 
+    Failures whose deployment id is unknown are logged here (the agent reports the rest).
     `files` maps posix paths relative to the desired-state folder to their bytes; other
     files (in-repository package content) are only read to digest packages.
     """
@@ -183,6 +184,9 @@ def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> 
                 failures.append(DocumentFailure(source, exc.deployment_id, exc))
     deployments = _drop_duplicates(parsed, failures)
     _log_ignored(ignored, deployments)
+    for f in failures:
+        if f.deployment_id is None:
+            log.warning("%s; its deployment id is unknown, so no deployment is removed", f.error)
     return DesiredState(tuple(deployments), tuple(failures))
 
 

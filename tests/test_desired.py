@@ -392,6 +392,16 @@ def test_unreadable_files_fail_without_an_id(data, code):
     assert not desired.parse_files({"x.yaml": data}).complete
 
 
+def test_failures_without_an_id_are_logged(caplog):
+    caplog.set_level(logging.INFO, logger="margo_lite")
+    bad = doc("b")
+    bad["metadata"]["namespace"] = 1
+    desired.parse_files({"a.yaml": b"[", "b.yaml": dump(bad)})
+    assert "a.yaml: line 1, column 2: expected the node content" in caplog.text
+    assert "no deployment is removed" in caplog.text
+    assert "b.yaml" not in caplog.text  # its id is known: the agent reports it
+
+
 def test_billion_laughs_fails_fast():
     started = time.monotonic()
     failure = only_failure({"bomb.yaml": BILLION_LAUGHS.encode(), "notes.txt": b"x"})
