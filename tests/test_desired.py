@@ -383,6 +383,7 @@ def test_every_parser_code_is_exercised():
         (b"- 1\n", "NOT_A_MAPPING"),
         (b"just text\n", "NOT_A_MAPPING"),
     ],
+    ids=["syntax", "dup-key", "binary", "python-tag", "alias-bomb", "deep", "list", "scalar"],
 )
 def test_unreadable_files_fail_without_an_id(data, code):
     failure = only_failure({"x.yaml": data})
