@@ -590,7 +590,7 @@ class _Parser:
             self.string(props, "repository", f"{at}.repository", limit=2048)
             for name in ("revision", "timeout"):
                 if props.get(name) is not None and not isinstance(props[name], str | int | float):
-                    raise self.fail("INVALID_FIELD", f"{at}.{name}", "must be a string")
+                    raise self.fail("INVALID_FIELD", f"{at}.{name}", "must be a string or number")
             if props.get("wait") is not None and not isinstance(props["wait"], bool):
                 raise self.fail("INVALID_FIELD", f"{at}.wait", "must be true or false")
         frozen_props = _freeze(props)
@@ -629,7 +629,9 @@ class _Parser:
                     "desired-state folder)",
                 )
             try:
-                logs.register_secret(urllib.parse.urlsplit(value).password)
+                parts = urllib.parse.urlsplit(value)
+                # user:password, or a lone token in the user part
+                logs.register_secret(parts.password or parts.username)
             except ValueError:
                 raise self.fail("INVALID_FIELD", where, "not a valid URL") from None
             return value, {}

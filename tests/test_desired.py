@@ -760,6 +760,11 @@ def test_secrets_stay_out_of_reprs_and_logs():
     (dep,) = desired.parse_files(files_of(d)).deployments
     assert "hunter2-parameter" not in repr(dep)
     assert "pkg-pass-7781" not in logs.redact(f"GET {url}")
+    d["spec"]["deploymentProfile"]["components"][0]["properties"]["packageLocation"] = (
+        "https://ghp-token-5521@example.com/web.tgz"
+    )
+    desired.parse_files(files_of(d))
+    assert "ghp-token-5521" not in logs.redact("https://ghp-token-5521@example.com/web.tgz")
     assert {dep.components[0]: 1}  # hashable, though it holds mappings
     assert len({dep, dep}) == 1
 
