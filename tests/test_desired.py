@@ -776,3 +776,22 @@ def test_a_url_that_does_not_parse_is_invalid():
         "INVALID_FIELD",
         f"{FIELD0}.properties.packageLocation",
     )
+
+
+@pytest.mark.parametrize(
+    ("prop", "value", "code"),
+    [
+        ("repository", None, "MISSING_FIELD"),
+        ("wait", "yes", "INVALID_FIELD"),
+        ("timeout", ["8m"], "INVALID_FIELD"),
+    ],
+)
+def test_helm_properties_are_checked(prop, value, code):
+    d = doc(ID, profile="helm.v3")
+    props = d["spec"]["deploymentProfile"]["components"][0]["properties"]
+    if value is None:
+        del props[prop]
+    else:
+        props[prop] = value
+    failure = only_failure(files_of(d))
+    assert (failure.error.code, failure.error.field) == (code, f"{FIELD0}.properties.{prop}")
