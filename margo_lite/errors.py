@@ -104,6 +104,31 @@ class DesiredStateError(MargoLiteError):
         self.deployment_id = deployment_id
 
 
+#: Every code a `DesiredStateError` (or a plan's Failed/Pending reason) carries, for docs and
+#: tests. The YAML codes come from `InvalidYamlError`; the last three come from the planner.
+DESIRED_STATE_CODES = (
+    "INVALID_YAML",  # not YAML, not text, duplicate keys
+    "YAML_TOO_COMPLEX",  # too deep, too many nodes (alias bomb), too many documents
+    "YAML_TOO_LARGE",  # a file, or all files together, over the size limit
+    "NOT_A_MAPPING",  # a document or a field that must be a mapping is not
+    "MISSING_FIELD",
+    "INVALID_FIELD",
+    "INVALID_DEPLOYMENT_ID",
+    "INVALID_APPLICATION_ID",
+    "UNSUPPORTED_API_VERSION",
+    "UNSUPPORTED_PROFILE",
+    "DUPLICATE_DEPLOYMENT_ID",
+    "DUPLICATE_COMPONENT",
+    "UNKNOWN_COMPONENT_IN_PARAMETER",
+    "UNSUPPORTED_POINTER",
+    "CONFLICTING_PARAMETERS",  # two parameters set the same variable or overlapping paths
+    "MISSING_PACKAGE",  # an in-repository packageLocation/keyLocation names nothing
+    "DEPENDENCY_CYCLE",  # planner: deployments wait for each other
+    "WAITING_FOR_DEPENDENCY",  # planner: Pending reason
+    "NOT_STARTED",  # planner: Pending reason of a component whose turn has not come
+)
+
+
 # --- application packages and local policy --------------------------------------------------
 
 

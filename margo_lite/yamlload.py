@@ -29,6 +29,7 @@ class Limits:
     max_depth: int = 64
     max_nodes: int = 200_000  # after alias expansion
     max_documents: int = 1_000
+    max_bytes: int = 4 * 1024 * 1024  # of one stream, checked before parsing
 
 
 DEFAULT_LIMITS = Limits()
@@ -115,6 +116,8 @@ class _Loader(Reader, Scanner, Parser, _LimitedComposer, _StrictConstructor, Res
 def load_all(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
     """Every document in `data`, or `InvalidYamlError` (never another exception)."""
     documents: list[Any] = []
+    if len(data) > limits.max_bytes:
+        raise InvalidYamlError(f"larger than {limits.max_bytes} bytes", code="YAML_TOO_LARGE")
     loader = None
     try:
         loader = _Loader(data, limits)

@@ -1,0 +1,677 @@
+"""From desired state and recorded state to an ordered plan, states and status events.
+
+Pure: `plan()` compares component digests with the records the agent keeps and returns the
+steps to take, in order. The record helpers (`planned_record`, `started`, `succeeded`,
+`failed`) are the state machine: each returns a new record whose overall state is rolled
+up from its components per the contract, and `status_event()` says whether the WOS must
+hear about a change. The agent's loop, for each `DeploymentPlan` in order:
+
+    blockers = p.blocked_by(dp, records)
+    record = planned_record(dp, records.get(dp.id), blockers=blockers)  # save; report
+    for step in () if blockers else dp.changes:   # no changes when failed or held
+        record = started(record, step)           # save; report
+        ... run the step ...
+        record = succeeded(record, step, facts)  # or failed(record, step, reason); stop
+    # each save: report `status_event(old, new)` when not None; a Removed record is
+    # reported, then deleted
+
+A component is kept only when its record is Installed at the digest desired now, so
+nothing unchanged is touched and anything Failed is tried again (`Step.retry` tells the
+agent it is the same spec that failed, so it can back off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from margo_lite.desired import COMPOSE, Component, Deployment, DesiredState
+from margo_lite.errors import MargoLiteError, StateCorruptError
+
+SUPPORTED_PROFILES = (COMPOSE,)
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class State(StrEnum):
+    PENDING = "Pending"
+    INSTALLING = "Installing"
+    INSTALLED = "Installed"
+    FAILED = "Failed"
+    REMOVING = "Removing"
+    REMOVED = "Removed"
+
+
+class Action(StrEnum):
+    INSTALL = "install"
+    UPDATE = "update"
+    REMOVE = "remove"
+    KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """The code and message of a Failed state, or the reason of a Pending one."""
+
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, error: MargoLiteError) -> Reason:
+        return cls(error.code, error.message)
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComponentRecord:
+    """What the agent knows about one component on the device."""
+
+    name: str
+    state: State
+    digest: str | None = None  # the spec installed and running; None: nothing installed
+    target: str | None = None  # the spec it is meant to run; None: it is to be removed
+    error: Reason | None = None  # Failed: the error; Pending: the reason
+    data: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # backend facts
+
+    def __hash__(self) -> int:  # `data` is not hashable
+        return hash((self.name, self.state, self.digest, self.target, self.error))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "digest": self.digest,
+            "target": self.target,
+            "error": _reason_json(self.error),
+            "data": dict(self.data),
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> ComponentRecord:
+        if not isinstance(value, dict):
+            raise _corrupt("a component is not an object")
+        data = value.get("data") or {}
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise _corrupt("component data is not a mapping of strings")
+        return cls(
+            name=_str(value, "name"),
+            state=_state(value.get("state")),
+            digest=_opt_str(value, "digest"),
+            target=_opt_str(value, "target"),
+            error=_reason_from(value.get("error")),
+            data=MappingProxyType(dict(data)),
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """A deployment as last recorded; what `margo-lite status` shows and reports derive from."""
+
+    id: str
+    state: State
+    components: tuple[ComponentRecord, ...] = ()
+    error: Reason | None = None
+    digest: str | None = None  # the desired deployment digest this record follows
+    depends_on: tuple[str, ...] = ()
+    last_change: str | None = None  # set by the agent; not part of the state
+
+    def component(self, name: str) -> ComponentRecord | None:
+        return next((c for c in self.components if c.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "error": _reason_json(self.error),
+            "components": [c.to_json() for c in self.components],
+            "digest": self.digest,
+            "depends_on": list(self.depends_on),
+            "last_change": self.last_change,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> DeploymentRecord:
+        """The record, or `StateCorruptError`: a bad record must never read as "nothing"."""
+        if not isinstance(value, dict):
+            raise _corrupt("a deployment record is not an object")
+        components = value.get("components")
+        depends_on = value.get("depends_on") or []
+        if not isinstance(components, list):
+            raise _corrupt("components is not a list")
+        if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
+            raise _corrupt("depends_on is not a list of ids")
+        return cls(
+            id=_str(value, "id"),
+            state=_state(value.get("state")),
+            components=tuple(ComponentRecord.from_json(c) for c in components),
+            error=_reason_from(value.get("error")),
+            digest=_opt_str(value, "digest"),
+            depends_on=tuple(depends_on),
+            last_change=_opt_str(value, "last_change"),
+        )
+
+
+def _reason_json(reason: Reason | None) -> dict[str, str] | None:
+    return None if reason is None else {"code": reason.code, "message": reason.message}
+
+
+def _reason_from(value: Any) -> Reason | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("code"), str)
+        or not isinstance(value.get("message"), str)
+    ):
+        raise _corrupt("error is not {code, message}")
+    return Reason(value["code"], value["message"])
+
+
+def _state(value: Any) -> State:
+    try:
+        return State(value)
+    except ValueError:
+        raise _corrupt(f"unknown state {value!r}") from None
+
+
+def _str(value: dict, key: str) -> str:
+    if not isinstance(value.get(key), str):
+        raise _corrupt(f"{key} is not a string")
+    return value[key]
+
+
+def _opt_str(value: dict, key: str) -> str | None:
+    return None if value.get(key) is None else _str(value, key)
+
+
+def _corrupt(message: str) -> StateCorruptError:
+    return StateCorruptError(f"deployment record: {message}")
+
+
+# --- rollup --------------------------------------------------------------------------------
+
+
+def rollup(
+    components: Iterable[ComponentRecord], *, removal: bool = False
+) -> tuple[State, Reason | None]:
+    """The overall state of a deployment from its components (contract §4).
+
+    Failed wins and carries the first failed component's error; Installed and Removed need
+    every component there (Installed counts once a component runs the spec it is meant to:
+    digest == target); all Pending is Pending with the first one's reason; anything in
+    between is Installing (or Removing for a removal).
+    """
+    components = tuple(components)
+    failed = next((c for c in components if c.state is State.FAILED), None)
+    if failed is not None:
+        error = failed.error or Reason("FAILED", "failed")
+        return State.FAILED, Reason(error.code, f"{failed.name}: {error.message}")
+    states = {c.state for c in components}
+    if removal:
+        return (State.REMOVED, None) if states <= {State.REMOVED} else (State.REMOVING, None)
+    if components and all(_through(c) for c in components):
+        return State.INSTALLED, None
+    if not states or states == {State.PENDING}:
+        first = components[0].error if components else None
+        return State.PENDING, first or Reason("NOT_STARTED", "not started yet")
+    return State.INSTALLING, None
+
+
+def _through(c: ComponentRecord) -> bool:
+    """Installed at the spec it is meant to run (a leaving component has no target)."""
+    return c.state is State.INSTALLED and c.target is not None and c.digest == c.target
+
+
+def _rolled(
+    record: DeploymentRecord, components: tuple[ComponentRecord, ...], *, removal: bool = False
+) -> DeploymentRecord:
+    state, error = rollup(components, removal=removal)
+    return replace(record, components=components, state=state, error=error)
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    deployment_id: str
+    component: str
+    action: Action
+    desired: Component | None  # None for remove
+    record: ComponentRecord | None  # None for install of a new component
+    removal: bool = False  # part of removing the whole deployment
+    retry: bool = False  # this exact spec failed before: the agent may back off
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    id: str
+    deployment: Deployment | None  # None when removed, or when its document failed
+    steps: tuple[Step, ...] = ()  # every component, keeps included, in order
+    failure: Reason | None = None  # document, profile or cycle: no step is taken
+    waits_for: tuple[str, ...] = ()  # dependencies not Installed when planned
+    removal: bool = False
+    held: bool = False  # not in the desired state, but the desired state is incomplete
+
+    @property
+    def changes(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.action is not Action.KEEP)
+
+
+@dataclass(frozen=True)
+class Plan:
+    deployments: tuple[DeploymentPlan, ...]
+    desired_ids: frozenset[str] = frozenset()
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return tuple(s for dp in self.deployments for s in dp.steps)
+
+    @property
+    def changes(self) -> tuple[Step, ...]:
+        return tuple(s for dp in self.deployments for s in dp.changes)
+
+    def get(self, deployment_id: str) -> DeploymentPlan | None:
+        return next((dp for dp in self.deployments if dp.id == deployment_id), None)
+
+    def blocked_by(
+        self, dp: DeploymentPlan, records: Mapping[str, DeploymentRecord]
+    ) -> tuple[str, ...]:
+        """Dependencies of `dp` not desired or not Installed in `records` now.
+
+        A deployment with nothing to change never waits: what runs keeps running.
+        """
+        if dp.deployment is None or not dp.changes:
+            return ()
+        return tuple(
+            dep
+            for dep in dp.deployment.depends_on
+            if dep not in self.desired_ids
+            or (rec := records.get(dep)) is None
+            or rec.state is not State.INSTALLED
+        )
+
+
+def plan(desired: DesiredState, current: Mapping[str, DeploymentRecord]) -> Plan:
+    """The ordered plan: removals (dependents first), then desired deployments in dependency
+    order, components in listed order (and dropped components removed first, in reverse).
+    """
+    by_id = {d.id: d for d in desired.deployments}
+    failed_docs: dict[str, Reason] = {}
+    for f in desired.failures:
+        if f.deployment_id is not None and f.deployment_id not in failed_docs:
+            failed_docs[f.deployment_id] = Reason.of(f.error)
+    cycles = _cycles(desired.deployments)
+
+    removed = [i for i in current if i not in by_id and i not in failed_docs]
+    plans: list[DeploymentPlan] = []
+    for dep_id in _removal_order(removed, current):
+        record = current[dep_id]
+        if not desired.complete:
+            plans.append(DeploymentPlan(dep_id, None, removal=True, held=True))
+            continue
+        steps = tuple(
+            Step(dep_id, c.name, Action.REMOVE, None, c, removal=True)
+            for c in reversed(record.components)
+            if _on_device(c)
+        )
+        plans.append(DeploymentPlan(dep_id, None, steps, removal=True))
+
+    for dep_id in sorted(failed_docs):
+        plans.append(DeploymentPlan(dep_id, None, failure=failed_docs[dep_id]))
+
+    changing: set[str] = set()
+    planned: dict[str, DeploymentPlan] = {}
+    for d in _install_order(desired.deployments, cycles):
+        failure = None
+        if d.id in cycles:
+            failure = Reason("DEPENDENCY_CYCLE", f"deployments wait for each other: {cycles[d.id]}")
+        elif d.profile_type not in SUPPORTED_PROFILES:
+            failure = Reason(
+                "UNSUPPORTED_PROFILE",
+                f"profile {d.profile_type} needs a Kubernetes cluster and a Helm backend; "
+                f"this device runs containers only (supported: {', '.join(SUPPORTED_PROFILES)})",
+            )
+        if failure is not None:
+            dp = DeploymentPlan(d.id, d, failure=failure)
+        else:
+            steps = _component_steps(d, current.get(d.id))
+            dp = DeploymentPlan(d.id, d, steps)
+            if dp.changes:
+                waits = tuple(
+                    dep
+                    for dep in d.depends_on
+                    if dep not in by_id
+                    or dep in changing
+                    or (p := planned.get(dep)) is None
+                    or p.failure is not None
+                    or (rec := current.get(dep)) is None
+                    or rec.state is not State.INSTALLED
+                )
+                dp = replace(dp, waits_for=waits)
+                changing.add(d.id)
+        if dp.failure is not None:
+            changing.add(d.id)
+        planned[d.id] = dp
+        plans.append(dp)
+    return Plan(tuple(plans), frozenset(by_id))
+
+
+def _on_device(c: ComponentRecord) -> bool:
+    """Whether a component may have left anything on the device (never started: no)."""
+    return c.state is not State.REMOVED and not (c.state is State.PENDING and c.digest is None)
+
+
+def _component_steps(d: Deployment, record: DeploymentRecord | None) -> tuple[Step, ...]:
+    steps: list[Step] = []
+    names = {c.name for c in d.components}
+    if record is not None:
+        steps.extend(
+            Step(d.id, c.name, Action.REMOVE, None, c)
+            for c in reversed(record.components)
+            if c.name not in names and _on_device(c)
+        )
+    for c in d.components:
+        rec = record.component(c.name) if record is not None else None
+        if rec is not None and rec.state is State.INSTALLED and rec.digest == c.digest:
+            action = Action.KEEP
+        elif rec is None or rec.digest is None:
+            action = Action.INSTALL
+        else:
+            action = Action.UPDATE
+        retry = rec is not None and rec.state is State.FAILED and rec.target == c.digest
+        steps.append(Step(d.id, c.name, action, c, rec, retry=retry))
+    return tuple(steps)
+
+
+def _cycles(deployments: Iterable[Deployment]) -> dict[str, str]:
+    """Ids in a dependency cycle -> the ids of their cycle (Tarjan's strongly connected sets)."""
+    graph = {d.id: list(d.depends_on) for d in deployments}
+    graph = {node: [dep for dep in deps if dep in graph] for node, deps in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: dict[str, str] = {}
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+
+    for root in graph:
+        if root in index:
+            continue
+        visit(root)
+        work = [(root, iter(graph[root]))]
+        while work:
+            node, deps = work[-1]
+            for dep in deps:
+                if dep not in index:
+                    visit(dep)
+                    work.append((dep, iter(graph[dep])))
+                    break
+                if dep in on_stack:
+                    low[node] = min(low[node], index[dep])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    members = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        members.append(member)
+                        if member == node:
+                            break
+                    if len(members) > 1 or node in graph[node]:
+                        text = ", ".join(sorted(members))
+                        found.update((m, text) for m in members)
+    return found
+
+
+def _install_order(
+    deployments: tuple[Deployment, ...], cycles: Mapping[str, str]
+) -> list[Deployment]:
+    """Dependencies first; otherwise the order of the files; cycle members last."""
+    ids = {d.id for d in deployments}
+    done: set[str] = set()
+    order: list[Deployment] = []
+    remaining = [d for d in deployments if d.id not in cycles]
+    while remaining:
+        ready = [
+            d
+            for d in remaining
+            if all(dep in done or dep not in ids or dep in cycles for dep in d.depends_on)
+        ]
+        if not ready:  # only behind cycle members: they go in file order
+            ready = remaining
+        for d in ready:
+            done.add(d.id)
+            order.append(d)
+        remaining = [d for d in remaining if d.id not in done]
+    order.extend(d for d in deployments if d.id in cycles)
+    return order
+
+
+def _removal_order(removed: list[str], current: Mapping[str, DeploymentRecord]) -> list[str]:
+    """Dependents before what they depend on; ids sorted otherwise."""
+    remaining = sorted(removed)
+    order: list[str] = []
+    while remaining:
+        needed = {dep for i in remaining for dep in current[i].depends_on}
+        ready = [i for i in remaining if i not in needed] or remaining
+        order.extend(ready)
+        remaining = [i for i in remaining if i not in ready]
+    return order
+
+
+# --- the state machine ---------------------------------------------------------------------
+
+
+def planned_record(
+    dp: DeploymentPlan,
+    record: DeploymentRecord | None,
+    *,
+    blockers: tuple[str, ...] | None = None,
+) -> DeploymentRecord | None:
+    """The record as the plan leaves it before anything runs (None: nothing to record).
+
+    A removal with nothing left to remove is Removed at once (report it, then delete it).
+    Failed documents, profiles and cycles fail the deployment and leave what runs alone;
+    a deployment whose dependencies are not Installed (`blockers`, default `dp.waits_for`)
+    is Pending with WAITING_FOR_DEPENDENCY; otherwise the state is rolled up afresh.
+    """
+    if dp.removal:
+        if record is None or dp.held:
+            return record
+        # Components never started left nothing behind: Removed already. With no step left,
+        # the whole deployment is Removed, to be reported and then deleted.
+        components = tuple(
+            c if _on_device(c) else replace(c, state=State.REMOVED, digest=None, error=None)
+            for c in record.components
+        )
+        return _rolled(record, components, removal=True)
+    d = dp.deployment
+    if record is None:
+        record = DeploymentRecord(dp.id, State.PENDING)
+    if d is not None:
+        record = replace(record, digest=d.digest, depends_on=d.depends_on)
+    components = _planned_components(dp, record)
+    if dp.failure is not None:
+        if d is not None and d.profile_type not in SUPPORTED_PROFILES:
+            components = tuple(
+                replace(c, state=State.FAILED, error=dp.failure) if c.state is State.PENDING else c
+                for c in components
+            )
+        return replace(record, components=components, state=State.FAILED, error=dp.failure)
+    blockers = dp.waits_for if blockers is None else blockers
+    if dp.changes and blockers:
+        reason = Reason(
+            "WAITING_FOR_DEPENDENCY",
+            f"waits for deployment{'s' if len(blockers) > 1 else ''} "
+            f"{', '.join(blockers)} to be Installed",
+        )
+        components = tuple(
+            replace(c, error=reason) if c.state is State.PENDING else c for c in components
+        )
+        return replace(record, components=components, state=State.PENDING, error=reason)
+    return _rolled(record, components)
+
+
+def _planned_components(
+    dp: DeploymentPlan, record: DeploymentRecord
+) -> tuple[ComponentRecord, ...]:
+    d = dp.deployment
+    if d is None:
+        return record.components
+    not_started = Reason("NOT_STARTED", "not started yet")
+    listed = []
+    for c in d.components:
+        rec = record.component(c.name)
+        if rec is None or rec.state is State.REMOVED:
+            rec = ComponentRecord(c.name, State.PENDING)
+        if rec.state is State.PENDING:
+            rec = replace(rec, error=not_started)
+        listed.append(replace(rec, target=c.digest))
+    names = {c.name for c in d.components}
+    leaving = tuple(
+        replace(c, target=None) for c in record.components if c.name not in names and _on_device(c)
+    )
+    return (*listed, *leaving)
+
+
+def started(record: DeploymentRecord, step: Step) -> DeploymentRecord:
+    """The step began: Installing (install, update) or Removing."""
+    if step.action is Action.KEEP:
+        return record
+    if step.action is Action.REMOVE:
+        return _set(record, step, state=State.REMOVING, error=None)
+    assert step.desired is not None
+    return _set(record, step, state=State.INSTALLING, target=step.desired.digest, error=None)
+
+
+def succeeded(
+    record: DeploymentRecord, step: Step, data: Mapping[str, str] | None = None
+) -> DeploymentRecord:
+    """The step completed: Installed at the desired digest, or Removed. `data` (backend
+    facts to keep, such as the compose project name) replaces the component's data.
+
+    A component removed from a deployment that stays is dropped from the record.
+    """
+    if step.action is Action.KEEP:
+        return record
+    if step.action is Action.REMOVE:
+        if not step.removal:
+            kept = tuple(c for c in record.components if c.name != step.component)
+            return _rolled(record, kept)
+        return _set(record, step, state=State.REMOVED, digest=None, error=None)
+    assert step.desired is not None
+    facts = None if data is None else MappingProxyType(dict(data))
+    return _set(
+        record,
+        step,
+        state=State.INSTALLED,
+        digest=step.desired.digest,
+        target=step.desired.digest,
+        error=None,
+        data=facts,
+    )
+
+
+def failed(
+    record: DeploymentRecord, step: Step, reason: Reason, *, restored: bool = True
+) -> DeploymentRecord:
+    """The step failed. `restored`: the previous version runs again (else nothing runs)."""
+    if step.action is Action.KEEP:
+        return record
+    changes: dict[str, Any] = {"state": State.FAILED, "error": reason}
+    if not restored:
+        changes["digest"] = None
+    return _set(record, step, **changes)
+
+
+_UNSET: Any = object()
+
+
+def _set(
+    record: DeploymentRecord,
+    step: Step,
+    *,
+    state: State,
+    error: Reason | None,
+    digest: str | None = _UNSET,
+    target: str | None = _UNSET,
+    data: Mapping[str, str] | None = None,
+) -> DeploymentRecord:
+    changes: dict[str, Any] = {"state": state, "error": error}
+    if digest is not _UNSET:
+        changes["digest"] = digest
+    if target is not _UNSET:
+        changes["target"] = target
+    if data is not None:
+        changes["data"] = data
+    found = False
+    components = []
+    name = step.component
+    for c in record.components:
+        if c.name == name:
+            c = replace(c, **changes)
+            found = True
+        components.append(c)
+    if not found:
+        components.append(replace(ComponentRecord(name, state), **changes))
+    return _rolled(record, tuple(components), removal=step.removal)
+
+
+# --- status events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """One deployment status the WOS must hear (contract §4), as data; wos.py makes the body."""
+
+    deployment_id: str
+    state: State
+    error: Reason | None
+    components: tuple[tuple[str, State], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deployment_id": self.deployment_id,
+            "state": self.state.value,
+            "error": _reason_json(self.error),
+            "components": [{"name": n, "state": s.value} for n, s in self.components],
+        }
+
+    @classmethod
+    def of(cls, record: DeploymentRecord) -> StatusEvent:
+        return cls(
+            record.id,
+            record.state,
+            record.error,
+            tuple((c.name, c.state) for c in record.components),
+        )
+
+
+def status_event(old: DeploymentRecord | None, new: DeploymentRecord | None) -> StatusEvent | None:
+    """The event to report for `old` -> `new`, or None when nothing the WOS sees changed."""
+    if new is None:
+        return None
+    event = StatusEvent.of(new)
+    if old is not None and _news(StatusEvent.of(old)) == _news(event):
+        return None
+    return event
+
+
+def _news(event: StatusEvent) -> tuple:
+    """What the WOS sees; the order of the components is not news."""
+    return event.state, event.error, sorted(event.components)
