@@ -321,8 +321,10 @@ class Gateway:
 
     def sh(self, script: str, *, check: bool = True, timeout: float = 120) -> str:
         result = _podman("exec", self.name, "sh", "-c", script, env=self.env, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"{script}\n{result.stdout}{result.stderr}"
+        if check and result.returncode != 0:
+            tail = ["journalctl", "-q", "-n", "40", "-o", "short-monotonic"]
+            journal = _podman("exec", self.name, *tail, env=self.env).stdout
+            pytest.fail(f"{script}\n{result.stdout}{result.stderr}\n-- journal:\n{journal}")
         return result.stdout.strip()
 
     def copy_in(self, source: Path, target: str) -> None:
