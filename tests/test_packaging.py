@@ -141,6 +141,14 @@ def test_every_package_carries_the_version_of_the_code() -> None:
     assert f'"margo-lite {__version__}"' in MAN_PAGE.read_text()
 
 
+def test_yocto_recipe_installs_files_that_exist() -> None:
+    recipe = (ROOT / "packaging" / "yocto" / f"margo-lite_{__version__}.bb").read_text()
+    sources = re.findall(r"\$\{S\}/(\S+)", recipe)
+    assert "systemd/margo-lite.service" in sources
+    assert [path for path in sources if not (ROOT / path).is_file()] == []
+    assert re.search(r'^SYSTEMD_SERVICE:\$\{PN\} = "margo-lite.service"$', recipe, re.MULTILINE)
+
+
 def test_debian_package_depends_on_what_the_issue_names() -> None:
     control = (ROOT / "packaging" / "debian" / "control").read_text()
     depends = re.search(r"^Depends:(.*?)^Description", control, re.MULTILINE | re.DOTALL)
@@ -259,6 +267,7 @@ def test_rpm_is_noarch_with_generated_python_requires_and_systemd_scriptlets(
 
 # --- for real: the .deb on Debian 12 with systemd as PID 1 ----------------------------------
 
+# Bump the ":1" (and the tarball's "-1") when the debootstrap command below changes.
 IMAGE = "localhost/margo-lite-test-bookworm:1"
 CACHE = Path(os.environ.get("MARGO_LITE_TEST_CACHE", "/var/cache/margo-lite-tests"))
 HANG_FILE = "/run/margo-lite-test-hang"
