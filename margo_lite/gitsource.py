@@ -1,0 +1,837 @@
+"""The desired-state repository: one-request polls, shallow fetches, files of a commit.
+
+A poll asks the server for one ref with Git protocol v2 `ls-refs` and a `ref-prefix` (one
+small POST whatever the number of refs) and compares it with the commit held locally; only
+when they differ does it fetch, with `deepen 1`, the new tip's objects that are not held
+yet (one more POST). Both requests are built here on urllib3 instead of going through
+dulwich's HTTP client, because that client differs between dulwich 0.21.2 and newer
+releases (v0 only vs. v2 with an extra discovery request per call, dict vs. result object,
+shallow handling) and sets no timeouts; dulwich still parses and stores the pack.
+
+The local copy is a bare repository under `state_dir/git/repo`: packs written by dulwich
+and fsynced, the tip in `refs/heads/desired` and the shallow list written atomically after
+the objects are durable. It is a cache of the remote: without it the next poll fetches the
+tip again. Every fetch adds a pack; past `COMPACT_AFTER_PACKS` packs the tip's objects are
+written to one new pack and the others deleted, so the repository holds at most the tip's
+objects plus that many changes, however many commits go by. An idle poll reads the token
+and the ref file and writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import urllib3
+from dulwich.errors import NotGitRepository
+from dulwich.objects import S_ISGITLINK, Commit, ShaFile, Tree
+from dulwich.refs import check_ref_format
+from dulwich.repo import Repo
+
+from margo_lite import __version__, logs
+from margo_lite.config import GitConfig
+from margo_lite.errors import ConfigError, GitError, GitTransientError
+from margo_lite.statestore import fsync_dir, write_file_atomic
+
+log = logs.get(__name__)
+
+MAX_SNAPSHOT_BYTES = 64 << 20  # all files of a snapshot together
+MAX_SNAPSHOT_FILES = 10_000
+MAX_PACK_BYTES = 256 << 20  # one fetch
+MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything near this is wrong)
+MAX_TOKEN_BYTES = 16 << 10
+COMPACT_AFTER_PACKS = 16
+LOCAL_REF = "refs/heads/desired"  # under refs/heads so that git tools see it as a branch
+AGENT = f"margo-lite/{__version__}"
+SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file under state_dir
+
+_HEX40 = re.compile(rb"^[0-9a-f]{40}$")
+_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+_FLUSH, _DELIM, _END = b"0000", b"0001", b"0002"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The desired-state files of one commit."""
+
+    commit: str  # hex sha of the commit
+    files: Mapping[str, bytes]  # every regular file below git.path; posix path relative to it
+
+
+@dataclass(frozen=True)
+class PollResult:
+    commit: str  # remote tip (hex)
+    changed: bool  # differs from the commit held locally before this poll
+
+
+class GitSource:
+    """The configured branch of the desired-state repository, held in `state_dir/git`."""
+
+    def __init__(self, cfg: GitConfig, state_dir: Path) -> None:
+        self._cfg = cfg
+        self._branch = _check_branch(cfg.branch)
+        self._path = _check_path(cfg.path)
+        self._store = _Store(Path(state_dir) / "git")
+        self._remote: _HttpRemote | _LocalRemote = _remote_for(cfg)
+
+    def poll(self) -> PollResult:
+        """Ask for the branch tip (one request); fetch it (one more) only when it changed."""
+        self._remote.authorize(_auth_header(self._cfg))
+        try:
+            tip = self._remote.tip(self._branch)
+            if tip is None:
+                raise GitError(
+                    f"branch {self._branch!r} does not exist in "
+                    f"{logs.sanitize_url(self._cfg.url)}; keeping the last desired state",
+                    code="GIT_BRANCH_MISSING",
+                )
+            held = self.held_commit()
+            if tip == held:
+                return PollResult(tip, changed=False)
+            log.info("branch %s moved to %s; fetching", self._branch, tip)
+            self._store.fetch(self._remote, tip, held)
+            return PollResult(tip, changed=True)
+        finally:
+            self._remote.close()
+
+    def held_commit(self) -> str | None:
+        """The tip held locally (no network), or None before the first fetch."""
+        return self._store.tip()
+
+    def snapshot(self, commit: str) -> Snapshot:
+        """Every regular file below `git.path` at `commit`, from the local repository."""
+        with self._store.open() as repo:
+            try:
+                obj = repo.object_store[commit.encode("ascii")]
+            except (KeyError, ValueError, UnicodeEncodeError):
+                raise GitError(
+                    f"commit {commit!r} is not held locally", code="GIT_COMMIT_MISSING"
+                ) from None
+            if not isinstance(obj, Commit):
+                raise GitError(f"{commit} is not a commit", code="GIT_COMMIT_MISSING")
+            if self._cfg.trusted_keys:
+                verify_commit_signature(obj.as_raw_string(), self._cfg.trusted_keys)
+            return Snapshot(commit, read_files(repo.object_store, obj.tree, self._path))
+
+
+# --- configuration checks ---------------------------------------------------------------------
+
+
+def _check_branch(branch: str) -> str:
+    if not check_ref_format(f"refs/heads/{branch}".encode()):
+        raise ConfigError(f"{branch!r} is not a valid branch name", key="git.branch")
+    return branch
+
+
+def _check_path(path: str) -> tuple[bytes, ...]:
+    parts = tuple(p for p in path.strip("/").split("/") if p not in ("", "."))
+    if any(p == ".." for p in parts):
+        raise ConfigError(f"{path!r} must not contain '..'", key="git.path")
+    return tuple(p.encode() for p in parts)
+
+
+def _remote_for(cfg: GitConfig) -> _HttpRemote | _LocalRemote:
+    url = cfg.url
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                "must not contain a user or password: use git.username and git.token_file",
+                key="git.url",
+            )
+        if cfg.token_file and cfg.auth == "basic" and not cfg.username:
+            raise ConfigError("git.auth basic with a token_file needs it", key="git.username")
+        return _HttpRemote(url, ca_file=cfg.ca_file, timeout=cfg.timeout)
+    if scheme == "file":
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError("file:// URLs must name a local path", key="git.url")
+        return _LocalRemote(Path(urllib.parse.unquote(parts.path)))
+    if scheme == "":
+        return _LocalRemote(Path(url))
+    raise ConfigError(
+        f"the {scheme}:// transport is not supported (http, https, file)", key="git.url"
+    )
+
+
+def _auth_header(cfg: GitConfig) -> str | None:
+    """The Authorization value, from the token file read now (tokens rotate)."""
+    if not cfg.token_file:
+        return None
+    try:
+        with open(cfg.token_file, "rb") as f:
+            raw = f.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise GitError(
+            f"cannot read git.token_file {cfg.token_file}: {exc.strerror}",
+            code="GIT_TOKEN_UNREADABLE",
+        ) from None
+    token = raw.decode("utf-8", "replace").strip()
+    logs.register_secret(token)
+    if len(raw) > MAX_TOKEN_BYTES or not _TOKEN.match(token):
+        raise GitError(
+            f"git.token_file {cfg.token_file} does not hold one token "
+            "(printable characters without spaces)",
+            code="GIT_TOKEN_UNREADABLE",
+        )
+    if cfg.auth == "bearer":
+        return f"Bearer {token}"
+    credentials = base64.b64encode(f"{cfg.username}:{token}".encode()).decode("ascii")
+    logs.register_secret(credentials)
+    return f"Basic {credentials}"
+
+
+# --- smart HTTP, protocol v2 ------------------------------------------------------------------
+
+
+class _HttpRemote:
+    """Git protocol v2 over smart HTTP: `ls-refs` and `fetch`, one POST each.
+
+    The first poll after start asks for the server's capabilities (a GET); later polls
+    reuse them. Connections are closed after each poll, so nothing lingers between polls.
+    """
+
+    def __init__(self, url: str, *, ca_file: str | None, timeout: float) -> None:
+        self._url = url.rstrip("/")
+        self._shown = logs.sanitize_url(url)
+        retries = urllib3.Retry(
+            total=1, connect=1, read=0, redirect=0, status=0, other=0, raise_on_status=False
+        )
+        self._pool = urllib3.PoolManager(
+            num_pools=2,
+            retries=retries,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=ca_file,
+        )
+        self._authorization: str | None = None
+        self._capabilities: dict[bytes, bytes] | None = None
+
+    def authorize(self, header: str | None) -> None:
+        self._authorization = header
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def tip(self, branch: str) -> str | None:
+        caps = self._discover()
+        ref = f"refs/heads/{branch}".encode()
+        body = self._command(b"ls-refs", caps, [b"ref-prefix " + ref + b"\n"])
+        with self._post(body) as resp:
+            found = None
+            for line in _pkt_lines(_Reader(resp, MAX_REFS_BYTES, self._shown)):
+                if line in (_DELIM, _END):
+                    raise _protocol_error(self._shown, "unexpected delimiter in ls-refs")
+                if line == _FLUSH:
+                    return found
+                oid, _, rest = line.rstrip(b"\n").partition(b" ")
+                if rest.split(b" ")[0] == ref and _HEX40.match(oid):
+                    found = oid.decode()
+            raise _protocol_error(self._shown, "ls-refs answer ends early")
+
+    def fetch(
+        self, want: str, have: str | None, shallow: set[str], write: Callable[[bytes], None]
+    ) -> None:
+        """Fetch `want` with depth 1, telling the server what is held; the pack goes to `write`.
+
+        The server's shallow-info is checked but not kept: with depth 1 the new shallow
+        commit is `want` itself whenever it has parents, which the caller knows.
+        """
+        caps = self._discover()
+        args = [b"thin-pack\n", b"ofs-delta\n", b"no-progress\n", b"deepen 1\n"]
+        args += [b"shallow %s\n" % s.encode() for s in sorted(shallow)]
+        args.append(b"want %s\n" % want.encode())
+        if have:
+            args.append(b"have %s\n" % have.encode())
+        args.append(b"done\n")
+        with self._post(self._command(b"fetch", caps, args)) as resp:
+            lines = _pkt_lines(_Reader(resp, MAX_PACK_BYTES, self._shown))
+            section = None
+            for line in lines:
+                if line in (_DELIM, _END):
+                    section = None
+                    continue
+                if line == _FLUSH:
+                    raise _protocol_error(self._shown, "fetch answer has no pack")
+                if section is None:
+                    section = line.rstrip(b"\n")
+                    if section == b"packfile":
+                        break
+                    if section not in (b"acknowledgments", b"shallow-info", b"wanted-refs"):
+                        raise _protocol_error(self._shown, f"unexpected section {section!r}")
+                elif section == b"shallow-info":
+                    kind, _, oid = line.rstrip(b"\n").partition(b" ")
+                    if kind not in (b"shallow", b"unshallow") or not _HEX40.match(oid):
+                        raise _protocol_error(self._shown, "bad shallow-info line")
+            else:
+                raise _pack_error(self._shown, "the answer ends before the pack")
+            for line in lines:
+                if line == _FLUSH:
+                    return
+                if line in (_DELIM, _END) or not line:
+                    raise _pack_error(self._shown, "unexpected packet in the pack stream")
+                band, data = line[0], line[1:]
+                if band == 1:
+                    write(data)
+                elif band == 3:
+                    raise GitTransientError(
+                        f"{self._shown}: server error: {_printable(data)}", code="GIT_SERVER_ERROR"
+                    )
+            raise _pack_error(self._shown, "the pack was cut short")
+
+    def _discover(self) -> dict[bytes, bytes]:
+        if self._capabilities is not None:
+            return self._capabilities
+        url = f"{self._url}/info/refs?service=git-upload-pack"
+        caps: dict[bytes, bytes] = {}
+        with self._request("GET", url, None, {"Accept": "*/*"}) as resp:
+            lines = _pkt_lines(_Reader(resp, MAX_REFS_BYTES, self._shown))
+            first = next(lines, _FLUSH)
+            if first.startswith(b"# service="):  # sent by some servers before "version 2"
+                next(lines, None)
+                first = next(lines, _FLUSH)
+            if first.rstrip(b"\n") != b"version 2":
+                raise GitError(
+                    f"{self._shown} does not speak Git protocol v2 (git 2.18 or later needed)",
+                    code="GIT_PROTOCOL_UNSUPPORTED",
+                )
+            for line in lines:
+                if line == _FLUSH:
+                    break
+                key, _, value = line.rstrip(b"\n").partition(b"=")
+                caps[key] = value
+        if b"shallow" not in caps.get(b"fetch", b"").split() or b"ls-refs" not in caps:
+            raise GitError(
+                f"{self._shown} cannot serve shallow fetches over protocol v2",
+                code="GIT_PROTOCOL_UNSUPPORTED",
+            )
+        if caps.get(b"object-format", b"sha1") != b"sha1":
+            raise GitError(f"{self._shown} uses SHA-256 objects", code="GIT_PROTOCOL_UNSUPPORTED")
+        self._capabilities = caps
+        return caps
+
+    @staticmethod
+    def _command(name: bytes, caps: Mapping[bytes, bytes], args: list[bytes]) -> bytes:
+        head = [b"command=%s\n" % name]
+        if b"agent" in caps:
+            head.append(b"agent=%s\n" % AGENT.encode())
+        return b"".join(map(_pkt, head)) + _DELIM + b"".join(map(_pkt, args)) + _FLUSH
+
+    def _post(self, body: bytes) -> contextlib.AbstractContextManager[urllib3.BaseHTTPResponse]:
+        headers = {
+            "Content-Type": "application/x-git-upload-pack-request",
+            "Accept": "application/x-git-upload-pack-result",
+        }
+        return self._request("POST", f"{self._url}/git-upload-pack", body, headers)
+
+    @contextlib.contextmanager
+    def _request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> Iterator[urllib3.BaseHTTPResponse]:
+        headers = {**headers, "User-Agent": AGENT, "Git-Protocol": "version=2"}
+        if self._authorization:
+            headers["Authorization"] = self._authorization
+        try:
+            resp = self._pool.request(
+                method, url, body=body, headers=headers, preload_content=False, redirect=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise _network_error(exc, self._shown) from exc
+        try:
+            _check_status(resp, self._shown)
+            try:
+                yield resp
+            except urllib3.exceptions.HTTPError as exc:
+                raise _network_error(exc, self._shown) from exc
+        except GitError:
+            self._capabilities = None  # ask again next time: the server may have changed
+            raise
+        finally:
+            resp.release_conn()
+
+
+def _check_status(resp: urllib3.BaseHTTPResponse, shown: str) -> None:
+    status = resp.status
+    if status == 200:
+        content_type = resp.headers.get("Content-Type", "")
+        if not content_type.startswith("application/x-git-"):
+            raise GitError(
+                f"{shown} is not a Git smart HTTP server (content type {content_type!r})",
+                code="GIT_PROTOCOL_UNSUPPORTED",
+            )
+        return
+    if status in (401, 403):
+        what = "rejected the credentials" if status == 401 else "denied access"
+        raise GitError(f"{shown} {what} (HTTP {status})", code="GIT_AUTH_FAILED")
+    if status in (404, 410):
+        raise GitError(f"{shown}: repository not found (HTTP {status})", code="GIT_NOT_FOUND")
+    if 300 <= status < 400:
+        raise GitError(
+            f"{shown} redirects (HTTP {status}) to "
+            f"{logs.sanitize_url(resp.headers.get('Location', '?'))}; set git.url to the new place",
+            code="GIT_REDIRECTED",
+        )
+    if status >= 500 or status == 429:
+        raise GitTransientError(f"{shown}: server error (HTTP {status})", code="GIT_SERVER_ERROR")
+    raise GitError(f"{shown}: unexpected HTTP status {status}", code="GIT_SERVER_ERROR")
+
+
+def _network_error(exc: Exception, shown: str) -> GitError:
+    """A typed error for what urllib3 raised; the cause stays attached by the caller."""
+    errors = urllib3.exceptions
+    reason = exc.reason if isinstance(exc, errors.MaxRetryError) and exc.reason else exc
+    if isinstance(reason, errors.SSLError):
+        return GitError(f"{shown}: TLS failed: {_short(reason)}", code="GIT_TLS_FAILED")
+    if isinstance(reason, errors.NewConnectionError):
+        return GitTransientError(
+            f"cannot connect to {shown}: {_short(reason)}", code="GIT_UNREACHABLE"
+        )
+    if isinstance(reason, errors.TimeoutError):
+        return GitTransientError(f"{shown} did not answer in time", code="GIT_TIMEOUT")
+    return GitTransientError(
+        f"{shown}: connection failed: {_short(reason)}", code="GIT_UNREACHABLE"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Failed to establish a new connection: ", "Caused by "):
+        text = text.split(marker, 1)[-1]
+    return logs.redact(text.strip("()'\" "))[:200]
+
+
+def _protocol_error(shown: str, what: str) -> GitError:
+    return GitTransientError(f"{shown}: bad answer: {what}", code="GIT_PROTOCOL_ERROR")
+
+
+def _pack_error(shown: str, what: str) -> GitError:
+    return GitTransientError(f"{shown}: invalid pack: {what}", code="GIT_PACK_INVALID")
+
+
+def _printable(data: bytes) -> str:
+    return logs.redact(data.decode("utf-8", "replace").strip())[:200]
+
+
+def _pkt(payload: bytes) -> bytes:
+    return b"%04x" % (len(payload) + 4) + payload
+
+
+class _Reader:
+    """Exact reads from a response, within a byte budget; a short read means a cut stream."""
+
+    def __init__(self, resp: urllib3.BaseHTTPResponse, limit: int, shown: str) -> None:
+        self._resp, self._left, self._shown = resp, limit, shown
+
+    def __call__(self, n: int) -> bytes:
+        if n > self._left:
+            raise GitError(f"{self._shown}: answer larger than allowed", code="GIT_TOO_LARGE")
+        chunks = []
+        want = n
+        while want:
+            try:
+                chunk = self._resp.read(want)
+            except urllib3.exceptions.ProtocolError:  # the connection broke: a cut answer
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        data = b"".join(chunks)
+        self._left -= len(data)
+        return data
+
+
+def _pkt_lines(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    """Payloads of pkt-lines; flush, delim and response-end as their four-byte markers.
+
+    Ends quietly at the end of the stream, so callers detect a cut answer by what is missing.
+    An "ERR" line becomes an error.
+    """
+    while True:
+        head = read(4)
+        if not head:
+            return
+        try:
+            size = int(head, 16) if len(head) == 4 else -1
+        except ValueError:
+            size = -1
+        if size in (0, 1, 2):
+            yield head
+            continue
+        if size < 4:
+            raise GitTransientError(
+                "bad pkt-line length in the server's answer", code="GIT_PROTOCOL_ERROR"
+            )
+        payload = read(size - 4)
+        if len(payload) != size - 4:
+            return
+        if payload.startswith(b"ERR "):
+            raise GitTransientError(
+                f"server error: {_printable(payload[4:])}", code="GIT_SERVER_ERROR"
+            )
+        yield payload
+
+
+# --- local repositories (file:// and paths) ---------------------------------------------------
+
+
+class _LocalRemote:
+    """A repository on a local filesystem (tests, demo, USB sticks): read with dulwich."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def authorize(self, header: str | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[Repo]:
+        try:
+            repo = Repo(str(self._path))
+        except (NotGitRepository, FileNotFoundError, NotADirectoryError):
+            raise GitError(f"{self._path}: repository not found", code="GIT_NOT_FOUND") from None
+        try:
+            yield repo
+        finally:
+            repo.close()
+
+    def tip(self, branch: str) -> str | None:
+        with self._open() as repo:
+            try:
+                return repo.refs[f"refs/heads/{branch}".encode()].decode()
+            except KeyError:
+                return None
+
+    def objects(self, want: str, held: Callable[[bytes], bool]) -> list[ShaFile]:
+        """The objects of commit `want` (without its parents) that `held` says are missing."""
+        with self._open() as repo:
+            store = repo.object_store
+            commit = store[want.encode()]
+            found: list[ShaFile] = [commit]
+            pending = [commit.tree]
+            while pending:
+                sha = pending.pop()
+                if held(sha):
+                    continue  # a held tree is held with everything below it
+                tree = store[sha]
+                found.append(tree)
+                for entry in tree.iteritems():
+                    if stat.S_ISDIR(entry.mode):
+                        pending.append(entry.sha)
+                    elif not S_ISGITLINK(entry.mode) and not held(entry.sha):
+                        found.append(store[entry.sha])
+            return found
+
+
+# --- the local repository ---------------------------------------------------------------------
+
+
+class _Store:
+    """The bare repository under `state_dir/git/repo`, written only when the tip changes."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._repo = folder / "repo"
+        self._tmp = folder / "tmp"
+
+    def tip(self) -> str | None:
+        try:
+            data = (self._repo / LOCAL_REF).read_bytes().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise GitError(f"cannot read {self._repo / LOCAL_REF}: {exc.strerror}",
+                           code="GIT_STORE_FAILED") from None  # fmt: skip
+        if not _HEX40.match(data):
+            log.warning("%s is damaged; the tip will be fetched again", self._repo / LOCAL_REF)
+            return None
+        return data.decode()
+
+    def shallow(self) -> set[str]:
+        try:
+            lines = (self._repo / "shallow").read_bytes().split()
+        except FileNotFoundError:
+            return set()
+        return {line.decode() for line in lines if _HEX40.match(line)}
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Repo]:
+        if not (self._repo / "HEAD").exists():
+            raise GitError("no commit has been fetched yet", code="GIT_COMMIT_MISSING")
+        repo = Repo(str(self._repo))
+        try:
+            yield repo
+        finally:
+            repo.close()
+
+    def _create(self) -> None:
+        """Make the bare repository in a temporary folder, then rename it into place."""
+        if (self._repo / "HEAD").exists():
+            return
+        self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        building = self._folder / "repo.new"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(mode=0o700)
+        Repo.init_bare(str(building)).close()
+        write_file_atomic(building / "HEAD", f"ref: {LOCAL_REF}\n".encode())
+        shutil.rmtree(self._repo, ignore_errors=True)  # a leftover without HEAD
+        os.rename(building, self._repo)
+        fsync_dir(self._folder)
+
+    def fetch(self, remote: _HttpRemote | _LocalRemote, want: str, held: str | None) -> None:
+        """Get `want`'s objects, make them durable, then record it as the tip."""
+        try:
+            self._create()
+            doomed: set[str] = set()
+            with self.open() as repo:
+                store = repo.object_store
+                before = _pack_files(self._repo)
+                if want.encode() in store:
+                    log.info("commit %s is already held", want)
+                elif isinstance(remote, _LocalRemote):
+                    objects = remote.objects(want, lambda sha: sha in store)
+                    store.add_objects([(obj, None) for obj in objects])
+                else:
+                    self._fetch_pack(remote, store, want, held)
+                _check_complete(store, want)
+                _fsync_new(self._repo, before)
+                commit = store[want.encode()]
+                shallow = self.shallow() | ({want} if commit.parents else set())
+                if len(_pack_files(self._repo)) > COMPACT_AFTER_PACKS:
+                    shallow, doomed = self._compact(store, commit)
+            self._set_tip(want, shallow)
+            self._clean(doomed)
+        except OSError as exc:
+            raise GitError(
+                f"cannot write the local repository: {exc}", code="GIT_STORE_FAILED"
+            ) from exc
+
+    def _fetch_pack(self, remote: _HttpRemote, store, want: str, held: str | None) -> None:
+        self._tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=self._tmp) as spool:
+            remote.fetch(want, held, self.shallow(), spool.write)
+            if not spool.tell():
+                return
+            spool.seek(0)
+            try:
+                store.add_thin_pack(spool.read, None)
+            except OSError:
+                raise
+            except Exception as exc:  # dulwich raises many types for a broken pack
+                raise GitTransientError(
+                    f"the pack for {want} is invalid: {type(exc).__name__}: {_short(exc)}",
+                    code="GIT_PACK_INVALID",
+                ) from exc
+
+    def _compact(self, store, commit: Commit) -> tuple[set[str], set[str]]:
+        """Write the tip's objects to one new pack; return the new shallow list and the
+        packs to delete once the tip is recorded."""
+        objects: list[ShaFile] = [commit]
+        pending = [commit.tree]
+        while pending:
+            tree = store[pending.pop()]
+            objects.append(tree)
+            for entry in tree.iteritems():
+                if stat.S_ISDIR(entry.mode):
+                    pending.append(entry.sha)
+                elif not S_ISGITLINK(entry.mode):
+                    objects.append(store[entry.sha])
+        before = _pack_files(self._repo)
+        store.add_objects([(obj, None) for obj in objects])
+        if not _pack_files(self._repo) - before:
+            return self.shallow(), set()  # an existing pack holds exactly these objects
+        _fsync_new(self._repo, before)
+        log.info("compacted the local repository to %d objects", len(objects))
+        return ({commit.id.decode()} if commit.parents else set()), before
+
+    def _set_tip(self, want: str, shallow: set[str]) -> None:
+        """Record the shallow list, then the tip: only after the objects are durable."""
+        if shallow:
+            write_file_atomic(
+                self._repo / "shallow", "".join(f"{s}\n" for s in sorted(shallow)).encode()
+            )
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (self._repo / "shallow").unlink()
+        ref = self._repo / LOCAL_REF
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(ref, f"{want}\n".encode())
+
+    def _clean(self, doomed: set[str]) -> None:
+        """Delete replaced packs and what an interrupted fetch left behind."""
+        pack_dir = self._repo / "objects" / "pack"
+        if doomed:
+            for name in doomed:
+                for suffix in (".pack", ".idx"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (pack_dir / (name + suffix)).unlink()
+            fsync_dir(pack_dir)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        for leftover in pack_dir.glob("tmp_pack_*"):
+            leftover.unlink(missing_ok=True)
+        for leftover in (self._repo / "objects").glob("incoming-*"):
+            leftover.unlink(missing_ok=True)
+
+
+def _pack_files(repo: Path) -> set[str]:
+    pack_dir = repo / "objects" / "pack"
+    return {p.name[: -len(".pack")] for p in pack_dir.glob("pack-*.pack")}
+
+
+def _fsync_new(repo: Path, before: set[str]) -> None:
+    pack_dir = repo / "objects" / "pack"
+    for name in _pack_files(repo) - before:
+        for suffix in (".pack", ".idx"):
+            fd = os.open(pack_dir / (name + suffix), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(pack_dir)
+
+
+def _check_complete(store, want: str) -> None:
+    """The commit and every tree and blob of it are held: never record a partial tip."""
+    try:
+        commit = store[want.encode()]
+        if not isinstance(commit, Commit):
+            raise KeyError(want)
+        pending = [commit.tree]
+        while pending:
+            tree = store[pending.pop()]
+            for entry in tree.iteritems():
+                if stat.S_ISDIR(entry.mode):
+                    pending.append(entry.sha)
+                elif not S_ISGITLINK(entry.mode) and entry.sha not in store:
+                    raise KeyError(entry.sha)
+    except KeyError as exc:
+        raise GitTransientError(
+            f"the fetched commit {want} is incomplete (missing {exc.args[0]!r})",
+            code="GIT_PACK_INVALID",
+        ) from None
+
+
+# --- reading files ----------------------------------------------------------------------------
+
+
+def read_files(store, tree_id: bytes, path: tuple[bytes, ...]) -> dict[str, bytes]:
+    """Every regular file below `path` in the tree, keyed by its posix path relative to it.
+
+    A missing folder gives no files: Git cannot hold an empty folder, so a WOS that removed
+    the last deployment removed the folder too.
+    """
+    tree = store[tree_id]
+    for name in path:
+        entry = next((e for e in tree.iteritems() if e.path == name), None)
+        if entry is None:
+            return {}
+        if not stat.S_ISDIR(entry.mode):
+            raise GitError(
+                f"git.path {b'/'.join(path).decode(errors='replace')!r} is not a folder",
+                code="GIT_PATH_INVALID",
+            )
+        tree = store[entry.sha]
+    files: dict[str, bytes] = {}
+    total = 0
+    pending: list[tuple[str, Tree]] = [("", tree)]
+    while pending:
+        prefix, tree = pending.pop()
+        for entry in tree.iteritems():
+            name = prefix + entry.path.decode("utf-8", "surrogateescape")
+            if stat.S_ISDIR(entry.mode):
+                pending.append((name + "/", store[entry.sha]))
+            elif stat.S_ISREG(entry.mode):
+                data = store[entry.sha].as_raw_string()
+                total += len(data)
+                if total > MAX_SNAPSHOT_BYTES or len(files) >= MAX_SNAPSHOT_FILES:
+                    raise GitError(
+                        f"the desired-state files are larger than {MAX_SNAPSHOT_BYTES >> 20} MiB "
+                        f"or more than {MAX_SNAPSHOT_FILES} files",
+                        code="GIT_TOO_LARGE",
+                    )
+                files[name] = data
+    return files
+
+
+# --- commit signatures ------------------------------------------------------------------------
+
+
+def split_signature(raw: bytes) -> tuple[bytes, bytes | None]:
+    """(the signed payload, the signature) of a raw commit: git's own rule, the `gpgsig`
+    header and its continuation lines removed from the headers."""
+    head, sep, message = raw.partition(b"\n\n")
+    kept, signature, in_sig = [], [], False
+    for line in head.split(b"\n"):
+        if line.startswith(b"gpgsig "):
+            in_sig = True
+            signature.append(line[len(b"gpgsig ") :])
+        elif in_sig and line.startswith(b" "):
+            signature.append(line[1:])
+        else:
+            in_sig = False
+            kept.append(line)
+    payload = b"\n".join(kept) + sep + message
+    return payload, (b"\n".join(signature) + b"\n" if signature else None)
+
+
+def dearmor(data: bytes) -> bytes:
+    """Binary OpenPGP data from ASCII armor (gpgv reads binary keyrings only)."""
+    text = data.decode("ascii", "replace")
+    if "-----BEGIN PGP" not in text:
+        return data
+    body = text.split("-----BEGIN PGP", 1)[1].split("\n", 1)[1]
+    body = body.split("-----END PGP", 1)[0]
+    if "\n\n" in body.replace("\r", ""):
+        body = body.replace("\r", "").split("\n\n", 1)[1]
+    lines = [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.startswith("=")]
+    return base64.b64decode("".join(lines))
+
+
+def verify_commit_signature(raw: bytes, key_files: tuple[str, ...]) -> None:
+    """Raise GIT_SIGNATURE_INVALID unless a trusted key made the commit's signature."""
+    payload, signature = split_signature(raw)
+    if signature is None:
+        raise GitError("the commit is not signed", code="GIT_SIGNATURE_INVALID")
+    with tempfile.TemporaryDirectory(prefix="margo-lite-gpgv-") as tmp:
+        keyring, sig, data = Path(tmp, "keys.gpg"), Path(tmp, "commit.sig"), Path(tmp, "commit")
+        try:
+            keyring.write_bytes(b"".join(dearmor(Path(k).read_bytes()) for k in key_files))
+        except (OSError, ValueError, binascii.Error) as exc:
+            raise GitError(
+                f"cannot read git.trusted_keys: {exc}", code="GIT_SIGNATURE_INVALID"
+            ) from None
+        sig.write_bytes(signature)
+        data.write_bytes(payload)
+        argv = ["gpgv", "--status-fd", "1", "--keyring", str(keyring), str(sig), str(data)]
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=60, env={"LANG": "C"})
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise GitError(f"cannot run gpgv: {exc}", code="GIT_SIGNATURE_INVALID") from None
+        log.debug("gpgv took %.0f ms", (time.monotonic() - started) * 1000)
+    if proc.returncode != 0 or b"[GNUPG:] VALIDSIG " not in proc.stdout:
+        status = proc.stdout.decode(errors="replace")
+        reason = next(
+            (w for w in ("BADSIG", "NO_PUBKEY", "EXPKEYSIG", "REVKEYSIG", "ERRSIG") if w in status),
+            "no valid signature",
+        )
+        raise GitError(
+            f"the commit's signature does not verify against git.trusted_keys ({reason})",
+            code="GIT_SIGNATURE_INVALID",
+        )
