@@ -88,7 +88,8 @@ class GitError(MargoLiteError):
 class GitTransientError(GitError, TransientError):
     """Worth retrying with backoff. Codes: GIT_UNREACHABLE (refused, DNS, reset),
     GIT_TIMEOUT, GIT_SERVER_ERROR (5xx, 429, ERR lines), GIT_PROTOCOL_ERROR (a malformed or
-    cut answer), GIT_PACK_INVALID (a truncated or corrupt pack)."""
+    cut answer), GIT_PACK_INVALID (a truncated or corrupt pack), GIT_STORE_CORRUPT (the local
+    repository was damaged and is discarded: the next poll fetches again)."""
 
     code = "GIT_UNREACHABLE"
 

@@ -30,12 +30,13 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
-from dulwich.errors import NotGitRepository
+from dulwich.errors import ChecksumMismatch, NotGitRepository, ObjectFormatException
 from dulwich.objects import S_ISGITLINK, Commit, ShaFile, Tree
 from dulwich.refs import check_ref_format
 from dulwich.repo import Repo
@@ -60,6 +61,8 @@ SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file u
 _HEX40 = re.compile(rb"^[0-9a-f]{40}$")
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")
 _FLUSH, _DELIM, _END = b"0000", b"0001", b"0002"
+# What reading a damaged local repository raises (a missing object, a bad zlib stream, ...).
+_CORRUPT = (KeyError, OSError, ValueError, zlib.error, ChecksumMismatch, ObjectFormatException)
 
 
 @dataclass(frozen=True)
@@ -112,18 +115,25 @@ class GitSource:
 
     def snapshot(self, commit: str) -> Snapshot:
         """Every regular file below `git.path` at `commit`, from the local repository."""
+        if not _HEX40.match(commit.encode("utf-8", "replace")):
+            raise GitError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
         with self._store.open() as repo:
             try:
-                obj = repo.object_store[commit.encode("ascii")]
-            except (KeyError, ValueError, UnicodeEncodeError):
-                raise GitError(
-                    f"commit {commit!r} is not held locally", code="GIT_COMMIT_MISSING"
-                ) from None
-            if not isinstance(obj, Commit):
-                raise GitError(f"{commit} is not a commit", code="GIT_COMMIT_MISSING")
-            if self._cfg.trusted_keys:
-                verify_commit_signature(obj.as_raw_string(), self._cfg.trusted_keys)
-            return Snapshot(commit, read_files(repo.object_store, obj.tree, self._path))
+                return Snapshot(commit, self._read(repo.object_store, commit))
+            except _CORRUPT as exc:  # KeyError here: an object missing below a held commit
+                damage = f"{type(exc).__name__}: {_short(exc)}"
+        # Raised outside the block: the caught exception's frames pin dulwich's pack maps.
+        raise self._store.discard(damage)
+
+    def _read(self, store, commit: str) -> dict[str, bytes]:
+        if commit.encode() not in store:
+            raise GitError(f"commit {commit} is not held locally", code="GIT_COMMIT_MISSING")
+        obj = store[commit.encode()]
+        if not isinstance(obj, Commit):
+            raise GitError(f"{commit} is not a commit", code="GIT_COMMIT_MISSING")
+        if self._cfg.trusted_keys:
+            verify_commit_signature(obj.as_raw_string(), self._cfg.trusted_keys)
+        return read_files(store, obj.tree, self._path)
 
 
 # --- configuration checks ---------------------------------------------------------------------
@@ -522,20 +532,34 @@ class _LocalRemote:
         """The objects of commit `want` (without its parents) that `held` says are missing."""
         with self._open() as repo:
             store = repo.object_store
-            commit = store[want.encode()]
-            found: list[ShaFile] = [commit]
-            pending = [commit.tree]
-            while pending:
-                sha = pending.pop()
-                if held(sha):
-                    continue  # a held tree is held with everything below it
-                tree = store[sha]
-                found.append(tree)
-                for entry in tree.iteritems():
-                    if stat.S_ISDIR(entry.mode):
-                        pending.append(entry.sha)
-                    elif not S_ISGITLINK(entry.mode) and not held(entry.sha):
-                        found.append(store[entry.sha])
+            try:
+                commit = store[want.encode()]
+                found: list[ShaFile] = [commit]
+                pending = [commit.tree]
+                total = 0
+                while pending:
+                    sha = pending.pop()
+                    if held(sha):
+                        continue  # a held tree is held with everything below it
+                    tree = store[sha]
+                    found.append(tree)
+                    for entry in tree.iteritems():
+                        if stat.S_ISDIR(entry.mode):
+                            pending.append(entry.sha)
+                        elif not S_ISGITLINK(entry.mode) and not held(entry.sha):
+                            found.append(store[entry.sha])
+                            total += len(found[-1].as_raw_string())
+                            if total > MAX_PACK_BYTES:
+                                raise GitError(
+                                    f"{self._path}: commit {want} holds more than "
+                                    f"{MAX_PACK_BYTES >> 20} MiB",
+                                    code="GIT_TOO_LARGE",
+                                )
+            except KeyError as exc:
+                raise GitError(
+                    f"{self._path} is incomplete (missing object {exc.args[0]!r})",
+                    code="GIT_PACK_INVALID",
+                ) from None
             return found
 
 
@@ -556,8 +580,9 @@ class _Store:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise GitError(f"cannot read {self._repo / LOCAL_REF}: {exc.strerror}",
-                           code="GIT_STORE_FAILED") from None  # fmt: skip
+            raise GitError(
+                f"cannot read {self._repo / LOCAL_REF}: {exc.strerror}", code="GIT_STORE_FAILED"
+            ) from None
         if not _HEX40.match(data):
             log.warning("%s is damaged; the tip will be fetched again", self._repo / LOCAL_REF)
             return None
@@ -578,12 +603,28 @@ class _Store:
         try:
             yield repo
         finally:
-            repo.close()
+            try:
+                repo.close()
+            except BufferError:  # an exception in flight pins a pack map; the GC closes it
+                log.debug("pack files of %s left to the garbage collector", self._repo)
+
+    def discard(self, cause: object) -> GitError:
+        """Delete a damaged repository, so that the next poll fetches the tip afresh."""
+        log.warning("the local repository is damaged (%s); it will be fetched again", cause)
+        shutil.rmtree(self._repo, ignore_errors=True)
+        return GitTransientError(
+            f"the local repository {self._repo} was damaged and is fetched again",
+            code="GIT_STORE_CORRUPT",
+        )
 
     def _create(self) -> None:
         """Make the bare repository in a temporary folder, then rename it into place."""
         if (self._repo / "HEAD").exists():
-            return
+            try:
+                Repo(str(self._repo)).close()
+                return
+            except (NotGitRepository, OSError, ValueError) as exc:
+                self.discard(exc)
         self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         building = self._folder / "repo.new"
         shutil.rmtree(building, ignore_errors=True)

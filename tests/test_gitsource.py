@@ -358,12 +358,11 @@ def test_local_path_and_file_url(tmp_path):
     assert err.value.code == "GIT_NOT_FOUND"
 
 
-def test_state_stays_bounded_over_1000_commits(tmp_path):
-    upstream = Upstream(tmp_path / "up.git")
-    upstream.commit({f"apps/app{i}.yaml": DEPLOYMENT.format(n=i) for i in range(10)})
-    # 1000 commits made at once by fast-import, then shown to the source one by one.
+def commit_chain(upstream: Upstream, count: int) -> list[str]:
+    """`count` commits on top of main, each changing one of ten files, made at once by
+    fast-import; returned oldest first (main's tip first)."""
     script = []
-    for n in range(1000):
+    for n in range(count):
         data = DEPLOYMENT.format(n=1000 + n).encode()
         script.append(
             f"commit refs/heads/chain\ncommitter WOS <wos@example.com> {1700000000 + n} +0000\n"
@@ -372,10 +371,21 @@ def test_state_stays_bounded_over_1000_commits(tmp_path):
             + f"M 100644 inline apps/app{n % 10}.yaml\ndata {len(data)}\n"
         )
         script.append(data.decode() + "\n")
-    upstream.git("fast-import", "--quiet", "--export-marks=" + str(tmp_path / "marks"),
-                 input="".join(script).encode())  # fmt: skip
+    upstream.git("fast-import", "--quiet", input="".join(script).encode())
     chain = upstream.git("rev-list", "--reverse", "chain").split()
-    assert len(chain) == 1001
+    assert len(chain) == count + 1
+    return chain
+
+
+@pytest.mark.parametrize(
+    "count", [60, pytest.param(1000, marks=pytest.mark.slow)], ids=["60-commits", "1000-commits"]
+)
+def test_state_stays_bounded_as_commits_go_by(tmp_path, count):
+    """Fetched one by one, however many commits: at most the tip's objects plus
+    COMPACT_AFTER_PACKS changes are held."""
+    upstream = Upstream(tmp_path / "up.git")
+    upstream.commit({f"apps/app{i}.yaml": DEPLOYMENT.format(n=i) for i in range(10)})
+    chain = commit_chain(upstream, count)
     source = GitSource(GitConfig(url=str(upstream.path)), tmp_path / "state")
     source.poll()
     after_first = state_bytes(tmp_path / "state")
@@ -384,7 +394,9 @@ def test_state_stays_bounded_over_1000_commits(tmp_path):
         upstream.set_branch(sha)
         assert source.poll().changed
         peak = max(peak, state_bytes(tmp_path / "state"))
-    assert source.snapshot(chain[-1]).files["apps/app9.yaml"] == DEPLOYMENT.format(n=1999).encode()
+    last = count - 1
+    expected = DEPLOYMENT.format(n=1000 + last).encode()
+    assert source.snapshot(chain[-1]).files[f"apps/app{last % 10}.yaml"] == expected
     # Bound: the tip's objects plus COMPACT_AFTER_PACKS small changes (pack + index each).
     assert peak < after_first + gitsource.COMPACT_AFTER_PACKS * 4096 + 16384, peak
     assert len(list((tmp_path / "state").rglob("*.pack"))) <= gitsource.COMPACT_AFTER_PACKS + 1
@@ -444,3 +456,21 @@ def test_configuration_mistakes(options, key, tmp_path):
         GitSource(GitConfig(**options), tmp_path)
     assert err.value.key == key
     assert "pw" not in str(err.value)
+
+
+def test_damaged_pack_is_discarded_and_fetched_again(make_source, upstream, tmp_path):
+    upstream.commit({"apps/big.yaml": os.urandom(3000).hex()})
+    source = make_source()
+    tip = source.poll().commit
+    for pack in (tmp_path / "state").rglob("*.pack"):
+        data = bytearray(pack.read_bytes())
+        for i in range(12, len(data) - 20, 7):  # past the header, before the checksum
+            data[i] ^= 0x55
+        pack.chmod(0o644)
+        pack.write_bytes(bytes(data))
+    with pytest.raises(GitTransientError) as err:
+        source.snapshot(tip)
+    assert err.value.code == "GIT_STORE_CORRUPT"
+    assert source.held_commit() is None
+    assert source.poll() == gitsource.PollResult(tip, changed=True)
+    assert source.snapshot(tip).files["apps/big.yaml"]
