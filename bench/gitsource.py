@@ -21,24 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from margo_lite import gitsource
 from margo_lite.config import GitConfig
-from tests.support.gitserver import BearerAuth, GitServer, Upstream
-
-DEPLOYMENT = """\
-apiVersion: application.margo.org/v1alpha1
-kind: ApplicationDeployment
-metadata:
-  annotations: {{id: ad9b614e-8912-45f4-a523-37235876{n:04d}, applicationId: app-{n}}}
-  name: app-{n}-deployment
-  namespace: margo-poc
-spec:
-  deploymentProfile:
-    type: docker-compose
-    components:
-      - name: app-{n}
-        properties: {{packageLocation: "https://example.com/app-{n}/app.tar.gz"}}
-  parameters:
-    siteId: {{value: SID-{n}, targets: [{{pointer: ENV.SITE_ID, components: [app-{n}]}}]}}
-"""
+from tests.support.gitserver import DEPLOYMENT, BearerAuth, GitServer, Upstream
 
 
 def folder_bytes(folder: Path) -> int:

@@ -14,6 +14,7 @@ from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError
 from margo_lite.gitsource import GitSource
 from tests.support.gitserver import (
+    DEPLOYMENT,
     BasicAuth,
     BearerAuth,
     Fault,
@@ -22,30 +23,6 @@ from tests.support.gitserver import (
     make_test_ca,
     refused_url,
 )
-
-DEPLOYMENT = """\
-apiVersion: application.margo.org/v1alpha1
-kind: ApplicationDeployment
-metadata:
-  annotations:
-    id: ad9b614e-8912-45f4-a523-37235876{n:04d}
-    applicationId: app-{n}
-  name: app-{n}-deployment
-  namespace: margo-poc
-spec:
-  deploymentProfile:
-    type: docker-compose
-    components:
-      - name: app-{n}
-        properties:
-          packageLocation: https://example.com/app-{n}/docker/app.tar.gz
-  parameters:
-    siteId:
-      value: SID-{n}
-      targets:
-        - pointer: ENV.SITE_ID
-          components: [app-{n}]
-"""
 
 _names = itertools.count()
 

@@ -32,6 +32,32 @@ GIT = "git"
 STALL_LIMIT = 30.0  # a stalled request is held at most this long (or until the server stops)
 
 
+# A Margo ApplicationDeployment, numbered by `n`, as desired-state content for tests.
+DEPLOYMENT = """\
+apiVersion: application.margo.org/v1alpha1
+kind: ApplicationDeployment
+metadata:
+  annotations:
+    id: ad9b614e-8912-45f4-a523-37235876{n:04d}
+    applicationId: app-{n}
+  name: app-{n}-deployment
+  namespace: margo-poc
+spec:
+  deploymentProfile:
+    type: docker-compose
+    components:
+      - name: app-{n}
+        properties:
+          packageLocation: https://example.com/app-{n}/docker/app.tar.gz
+  parameters:
+    siteId:
+      value: SID-{n}
+      targets:
+        - pointer: ENV.SITE_ID
+          components: [app-{n}]
+"""
+
+
 class Fault(enum.Enum):
     UNAUTHORIZED = 401
     FORBIDDEN = 403
