@@ -3,10 +3,12 @@
 A poll asks the server for one ref with Git protocol v2 `ls-refs` and a `ref-prefix` (one
 small POST whatever the number of refs) and compares it with the commit held locally; only
 when they differ does it fetch, with `deepen 1`, the new tip's objects that are not held
-yet (one more POST). Both requests are built here on urllib3 instead of going through
-dulwich's HTTP client, because that client differs between dulwich 0.21.2 and newer
-releases (v0 only vs. v2 with an extra discovery request per call, dict vs. result object,
-shallow handling) and sets no timeouts; dulwich still parses and stores the pack.
+yet (one more POST). A server that speaks only protocol v0 gets the same in its terms
+(the ref advertisement, then one POST). The requests are built here on urllib3 instead of
+going through dulwich's HTTP client, because that client differs between dulwich 0.21.2
+and newer releases (v0 only vs. v2 with an extra discovery request per call, dict vs.
+result object, shallow handling) and sets no timeouts; dulwich still checks and stores the
+pack and reads the objects.
 
 The local copy is a bare repository under `state_dir/git/repo`: packs written by dulwich
 and fsynced, the tip in `refs/heads/desired` and the shallow list written atomically after
@@ -22,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -52,6 +55,7 @@ MAX_SNAPSHOT_BYTES = 64 << 20  # all files of a snapshot together
 MAX_SNAPSHOT_FILES = 10_000
 MAX_PACK_BYTES = 256 << 20  # one fetch
 MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything near this is wrong)
+MAX_ADVERTISEMENT_BYTES = 16 << 20  # a protocol v0 server names every ref of the repository
 MAX_TOKEN_BYTES = 16 << 10
 COMPACT_AFTER_PACKS = 16
 LOCAL_REF = "refs/heads/desired"  # under refs/heads so that git tools see it as a branch
@@ -208,7 +212,8 @@ def _auth_header(cfg: GitConfig) -> str | None:
 
 
 class _HttpRemote:
-    """Git protocol v2 over smart HTTP: `ls-refs` and `fetch`, one POST each.
+    """The Git smart HTTP protocol: v2 (`ls-refs` and `fetch`, one POST each), or v0 for
+    servers that only speak that (the ref advertisement GET, and one POST to fetch).
 
     The first poll after start asks for the server's capabilities (a GET); later polls
     reuse them. Connections are closed after each poll, so nothing lingers between polls.
@@ -229,6 +234,7 @@ class _HttpRemote:
         )
         self._authorization: str | None = None
         self._capabilities: dict[bytes, bytes] | None = None
+        self._version = 2
 
     def authorize(self, header: str | None) -> None:
         self._authorization = header
@@ -237,8 +243,12 @@ class _HttpRemote:
         self._pool.clear()
 
     def tip(self, branch: str) -> str | None:
-        caps = self._discover()
         ref = f"refs/heads/{branch}".encode()
+        if self._capabilities is None or self._version == 0:
+            advertised = self._discover()
+            if advertised is not None:  # protocol v0: the GET named every ref
+                return advertised.get(ref)
+        caps = self._capabilities or {}
         body = self._command(b"ls-refs", caps, [b"ref-prefix " + ref + b"\n"])
         with self._post(body) as resp:
             found = None
@@ -260,35 +270,33 @@ class _HttpRemote:
         The server's shallow-info is checked but not kept: with depth 1 the new shallow
         commit is `want` itself whenever it has parents, which the caller knows.
         """
-        caps = self._discover()
-        args = [b"thin-pack\n", b"ofs-delta\n", b"no-progress\n", b"deepen 1\n"]
-        args += [b"shallow %s\n" % s.encode() for s in sorted(shallow)]
-        args.append(b"want %s\n" % want.encode())
-        if have:
-            args.append(b"have %s\n" % have.encode())
-        args.append(b"done\n")
-        with self._post(self._command(b"fetch", caps, args)) as resp:
+        if self._capabilities is None:
+            self._discover()
+        caps = self._capabilities or {}
+        shallow_lines = [b"shallow %s\n" % s.encode() for s in sorted(shallow)]
+        have_lines = [b"have %s\n" % have.encode()] if have else []
+        if self._version == 0:
+            asked = [c for c in _V0_CAPABILITIES if c in caps]
+            if b"agent" in caps:
+                asked.append(b"agent=" + AGENT.encode())
+            body = b"".join(
+                map(
+                    _pkt,
+                    [b"want %s %s\n" % (want.encode(), b" ".join(asked)), *shallow_lines,
+                     b"deepen 1\n"],
+                )
+            )  # fmt: skip
+            body += _FLUSH + b"".join(map(_pkt, [*have_lines, b"done\n"]))
+        else:
+            args = [b"thin-pack\n", b"ofs-delta\n", b"no-progress\n", b"deepen 1\n"]
+            args += [*shallow_lines, b"want %s\n" % want.encode(), *have_lines, b"done\n"]
+            body = self._command(b"fetch", caps, args)
+        with self._post(body) as resp:
             lines = _pkt_lines(_Reader(resp, MAX_PACK_BYTES, self._shown))
-            section = None
-            for line in lines:
-                if line in (_DELIM, _END):
-                    section = None
-                    continue
-                if line == _FLUSH:
-                    raise _protocol_error(self._shown, "fetch answer has no pack")
-                if section is None:
-                    section = line.rstrip(b"\n")
-                    if section == b"packfile":
-                        break
-                    if section not in (b"acknowledgments", b"shallow-info", b"wanted-refs"):
-                        raise _protocol_error(self._shown, f"unexpected section {section!r}")
-                elif section == b"shallow-info":
-                    kind, _, oid = line.rstrip(b"\n").partition(b" ")
-                    if kind not in (b"shallow", b"unshallow") or not _HEX40.match(oid):
-                        raise _protocol_error(self._shown, "bad shallow-info line")
-            else:
+            first = _skip_v0_head(lines) if self._version == 0 else _skip_v2_sections(lines)
+            if first is None:
                 raise _pack_error(self._shown, "the answer ends before the pack")
-            for line in lines:
+            for line in itertools.chain((first,), lines):
                 if line == _FLUSH:
                     return
                 if line in (_DELIM, _END) or not line:
@@ -302,36 +310,38 @@ class _HttpRemote:
                     )
             raise _pack_error(self._shown, "the pack was cut short")
 
-    def _discover(self) -> dict[bytes, bytes]:
-        if self._capabilities is not None:
-            return self._capabilities
+    def _discover(self) -> dict[bytes, str] | None:
+        """Learn the server's protocol and capabilities; for v0, return the refs it named."""
         url = f"{self._url}/info/refs?service=git-upload-pack"
-        caps: dict[bytes, bytes] = {}
         with self._request("GET", url, None, {"Accept": "*/*"}) as resp:
-            lines = _pkt_lines(_Reader(resp, MAX_REFS_BYTES, self._shown))
+            lines = _pkt_lines(_Reader(resp, MAX_ADVERTISEMENT_BYTES, self._shown))
             first = next(lines, _FLUSH)
-            if first.startswith(b"# service="):  # sent by some servers before "version 2"
+            if first.startswith(b"# service="):  # v0, and some v2 servers, start with this
                 next(lines, None)
                 first = next(lines, _FLUSH)
-            if first.rstrip(b"\n") != b"version 2":
-                raise GitError(
-                    f"{self._shown} does not speak Git protocol v2 (git 2.18 or later needed)",
-                    code="GIT_PROTOCOL_UNSUPPORTED",
-                )
-            for line in lines:
-                if line == _FLUSH:
-                    break
-                key, _, value = line.rstrip(b"\n").partition(b"=")
-                caps[key] = value
-        if b"shallow" not in caps.get(b"fetch", b"").split() or b"ls-refs" not in caps:
+            if first.rstrip(b"\n") == b"version 2":
+                caps, refs = {}, None
+                for line in lines:
+                    if line == _FLUSH:
+                        break
+                    key, _, value = line.rstrip(b"\n").partition(b"=")
+                    caps[key] = value
+                version = 2
+                usable = b"ls-refs" in caps and b"shallow" in caps.get(b"fetch", b"").split()
+            else:
+                caps, refs = _parse_advertisement(first, lines, self._shown)
+                if not refs:  # an empty repository: v0 servers send no capabilities then
+                    return refs
+                version = 0
+                usable = all(c in caps for c in (b"shallow", b"side-band-64k"))
+        if not usable:
             raise GitError(
-                f"{self._shown} cannot serve shallow fetches over protocol v2",
-                code="GIT_PROTOCOL_UNSUPPORTED",
+                f"{self._shown} cannot serve shallow fetches", code="GIT_PROTOCOL_UNSUPPORTED"
             )
         if caps.get(b"object-format", b"sha1") != b"sha1":
             raise GitError(f"{self._shown} uses SHA-256 objects", code="GIT_PROTOCOL_UNSUPPORTED")
-        self._capabilities = caps
-        return caps
+        self._capabilities, self._version = caps, version
+        return refs
 
     @staticmethod
     def _command(name: bytes, caps: Mapping[bytes, bytes], args: list[bytes]) -> bytes:
@@ -351,7 +361,9 @@ class _HttpRemote:
     def _request(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
     ) -> Iterator[urllib3.BaseHTTPResponse]:
-        headers = {**headers, "User-Agent": AGENT, "Git-Protocol": "version=2"}
+        headers = {**headers, "User-Agent": AGENT}
+        if self._version == 2 or method == "GET":
+            headers["Git-Protocol"] = "version=2"
         if self._authorization:
             headers["Authorization"] = self._authorization
         try:
@@ -371,6 +383,72 @@ class _HttpRemote:
             raise
         finally:
             resp.release_conn()
+
+
+_V0_CAPABILITIES = (b"side-band-64k", b"thin-pack", b"ofs-delta", b"shallow", b"no-progress")
+
+
+def _parse_advertisement(
+    first: bytes, lines: Iterator[bytes], shown: str
+) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
+    """Capabilities and refs of a protocol v0 ref advertisement."""
+    if first == _FLUSH:  # an empty repository advertises nothing
+        return {}, {}
+    head, nul, cap_text = first.rstrip(b"\n").partition(b"\0")
+    if not nul:
+        raise _protocol_error(shown, "no capabilities in the ref advertisement")
+    caps = {}
+    for word in cap_text.split():
+        key, _, value = word.partition(b"=")
+        caps[key] = value
+    refs: dict[bytes, str] = {}
+    for line in itertools.chain((head,), lines):
+        if line == _FLUSH:
+            return caps, refs
+        oid, _, name = line.rstrip(b"\n").partition(b" ")
+        if not _HEX40.match(oid):
+            raise _protocol_error(shown, "bad line in the ref advertisement")
+        refs[name] = oid.decode()
+    raise _protocol_error(shown, "the ref advertisement ends early")
+
+
+def _skip_v0_head(lines: Iterator[bytes]) -> bytes | None:
+    """Skip the shallow-update lines and the ACK/NAK lines of a v0 fetch answer; return
+    the first pack packet (None when the answer ends first)."""
+    for line in lines:
+        if line == _FLUSH:
+            break
+        if not line.startswith((b"shallow ", b"unshallow ")):
+            raise GitTransientError("bad shallow line in the answer", code="GIT_PROTOCOL_ERROR")
+    for line in lines:
+        if line.startswith(b"ACK ") or line == b"NAK\n":
+            continue
+        return line
+    return None
+
+
+def _skip_v2_sections(lines: Iterator[bytes]) -> bytes | None:
+    """Skip the sections of a v2 fetch answer up to "packfile"; return the first pack
+    packet (None when the answer ends first)."""
+    section = None
+    for line in lines:
+        if line in (_DELIM, _END):
+            section = None
+        elif line == _FLUSH:
+            raise GitTransientError("fetch answer has no pack", code="GIT_PROTOCOL_ERROR")
+        elif section is None:
+            section = line.rstrip(b"\n")
+            if section == b"packfile":
+                return next(lines, None)
+            if section not in (b"acknowledgments", b"shallow-info", b"wanted-refs"):
+                raise GitTransientError(
+                    f"unexpected section {section!r} in the answer", code="GIT_PROTOCOL_ERROR"
+                )
+        elif section == b"shallow-info":
+            kind, _, oid = line.rstrip(b"\n").partition(b" ")
+            if kind not in (b"shallow", b"unshallow") or not _HEX40.match(oid):
+                raise GitTransientError("bad shallow-info line", code="GIT_PROTOCOL_ERROR")
+    return None
 
 
 def _check_status(resp: urllib3.BaseHTTPResponse, shown: str) -> None:

@@ -34,8 +34,19 @@ def server(tmp_path_factory):
         yield srv
 
 
+@pytest.fixture(params=["v2"])
+def protocol(request, server):
+    """The protocol the server speaks; tests that also take "v0" parametrize it indirectly."""
+    server.protocol_v2 = request.param == "v2"
+    yield request.param
+    server.protocol_v2 = True
+
+
+BOTH_PROTOCOLS = pytest.mark.parametrize("protocol", ["v2", "v0"], indirect=True)
+
+
 @pytest.fixture
-def upstream(server):
+def upstream(server, protocol):
     srv_repo = Upstream(server.root / f"dev{next(_names)}.git")
     srv_repo.commit({"apps/a.yaml": DEPLOYMENT.format(n=1), "README": "hello\n"}, "first")
     yield srv_repo
@@ -70,6 +81,7 @@ def state_bytes(folder: Path) -> int:
 # --- polls, fetches, snapshots --------------------------------------------------------------
 
 
+@BOTH_PROTOCOLS
 def test_first_poll_fetches_and_snapshot_reads_the_folder(make_source, upstream):
     upstream.commit({"apps/sub/b.yml": "b: 1\n", "elsewhere.yaml": "x: 1\n"})
     source = make_source(path="apps")
@@ -94,6 +106,20 @@ def test_idle_poll_is_one_small_request_and_writes_nothing(make_source, upstream
     assert source.poll() == gitsource.PollResult(upstream.tip(), changed=False)
     assert server.requests == 1
     assert server.bytes_sent + server.bytes_received <= 1024, server.log
+    assert disk_state(tmp_path / "state") == before
+
+
+@pytest.mark.parametrize("protocol", ["v0"], indirect=True)
+def test_a_server_speaking_only_protocol_v0_costs_one_request_per_idle_poll(
+    make_source, upstream, server, tmp_path
+):
+    source = make_source()
+    source.poll()
+    before = disk_state(tmp_path / "state")
+    server.reset_counters()
+    assert source.poll() == gitsource.PollResult(upstream.tip(), changed=False)
+    assert server.requests == 1
+    assert server.bytes_sent + server.bytes_received <= 1024, server.log  # one branch only
     assert disk_state(tmp_path / "state") == before
 
 
@@ -143,6 +169,7 @@ def test_a_change_costs_no_more_than_c_git_fetch_depth_1(
     assert all(files[name] == text.encode() for name, text in change.items())
 
 
+@BOTH_PROTOCOLS
 def test_repeated_shallow_fetches_send_only_the_difference(make_source, upstream, server):
     """Each fetch is depth 1 with the held tip as "have" and "shallow": dulwich 0.21.2
     fails a fetch into a shallow repository without an explicit depth, and a tip kept
@@ -166,6 +193,7 @@ def test_repeated_shallow_fetches_send_only_the_difference(make_source, upstream
     )
 
 
+@BOTH_PROTOCOLS
 def test_force_push_and_orphan_history(make_source, upstream):
     source = make_source()
     first = upstream.tip()
@@ -179,6 +207,7 @@ def test_force_push_and_orphan_history(make_source, upstream):
     assert dict(source.snapshot(orphan).files) == {"new.yaml": b"fresh: true\n"}
 
 
+@BOTH_PROTOCOLS
 def test_deleted_branch_keeps_the_last_state(make_source, upstream):
     source = make_source()
     tip = source.poll().commit
@@ -207,6 +236,7 @@ def test_deleted_repository_is_not_found(make_source, upstream):
 # --- auth -----------------------------------------------------------------------------------
 
 
+@BOTH_PROTOCOLS
 def test_bearer_token_rotation_without_restart(make_source, upstream, server, tmp_path):
     token = tmp_path / "token"
     token.write_text("first-token-abc")
@@ -276,6 +306,7 @@ def test_http_faults_on_poll(make_source, server, fault, code, transient):
     server.release_stalled()
 
 
+@BOTH_PROTOCOLS
 @pytest.mark.parametrize("fault", [Fault.TRUNCATE, Fault.CORRUPT, Fault.STALL])
 def test_broken_fetch_keeps_the_held_commit(make_source, upstream, server, fault):
     source = make_source(timeout=0.5)

@@ -224,7 +224,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "REMOTE_USER": "device",
             "HOME": str(self.server.owner.root),
         }
-        if self.headers.get("Git-Protocol"):
+        if self.headers.get("Git-Protocol") and self.server.owner.protocol_v2:
             env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
         if self.headers.get("Content-Encoding"):
             env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
@@ -281,6 +281,7 @@ class GitServer:
         self.auth: BasicAuth | BearerAuth | None = None
         self.fault: Fault | None = None
         self.fault_skip = 0  # requests let through before `fault` applies
+        self.protocol_v2 = True  # False: behave as a server that speaks protocol v0 only
         self._lock = threading.Lock()
         self._log: list[Request] = []
         self._release = threading.Event()
