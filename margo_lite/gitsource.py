@@ -40,6 +40,7 @@ from pathlib import Path
 
 import urllib3
 from dulwich.errors import ChecksumMismatch, NotGitRepository, ObjectFormatException
+from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
 from dulwich.objects import S_ISGITLINK, Commit, ShaFile, Tree
 from dulwich.refs import check_ref_format
 from dulwich.repo import Repo
@@ -129,8 +130,10 @@ class GitSource:
         # Raised outside the block: the caught exception's frames pin dulwich's pack maps.
         raise self._store.discard(damage)
 
-    def _read(self, store, commit: str) -> dict[str, bytes]:
+    def _read(self, store: BaseObjectStore, commit: str) -> dict[str, bytes]:
         if commit.encode() not in store:
+            if commit == self._store.tip():
+                raise KeyError(commit)  # the recorded tip is gone: a damaged repository
             raise GitError(f"commit {commit} is not held locally", code="GIT_COMMIT_MISSING")
         obj = store[commit.encode()]
         if not isinstance(obj, Commit):
@@ -168,6 +171,8 @@ def _remote_for(cfg: GitConfig) -> _HttpRemote | _LocalRemote:
             )
         if cfg.token_file and cfg.auth == "basic" and not cfg.username:
             raise ConfigError("git.auth basic with a token_file needs it", key="git.username")
+        if scheme == "http" and cfg.token_file:
+            log.warning("git.url is plain http: the access token travels unencrypted")
         return _HttpRemote(url, ca_file=cfg.ca_file, timeout=cfg.timeout)
     if scheme == "file":
         parts = urllib.parse.urlsplit(url)
@@ -741,7 +746,9 @@ class _Store:
                 f"cannot write the local repository: {exc}", code="GIT_STORE_FAILED"
             ) from exc
 
-    def _fetch_pack(self, remote: _HttpRemote, store, want: str, held: str | None) -> None:
+    def _fetch_pack(
+        self, remote: _HttpRemote, store: PackBasedObjectStore, want: str, held: str | None
+    ) -> None:
         self._tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=self._tmp) as spool:
             remote.fetch(want, held, self.shallow(), spool.write)
@@ -758,7 +765,7 @@ class _Store:
                     code="GIT_PACK_INVALID",
                 ) from exc
 
-    def _compact(self, store, commit: Commit) -> tuple[set[str], set[str]]:
+    def _compact(self, store: PackBasedObjectStore, commit: Commit) -> tuple[set[str], set[str]]:
         """Write the tip's objects to one new pack; return the new shallow list and the
         packs to delete once the tip is recorded."""
         objects: list[ShaFile] = [commit]
@@ -825,7 +832,7 @@ def _fsync_new(repo: Path, before: set[str]) -> None:
     fsync_dir(pack_dir)
 
 
-def _check_complete(store, want: str) -> None:
+def _check_complete(store: BaseObjectStore, want: str) -> None:
     """The commit and every tree and blob of it are held: never record a partial tip."""
     try:
         commit = store[want.encode()]
@@ -849,7 +856,7 @@ def _check_complete(store, want: str) -> None:
 # --- reading files ----------------------------------------------------------------------------
 
 
-def read_files(store, tree_id: bytes, path: tuple[bytes, ...]) -> dict[str, bytes]:
+def read_files(store: BaseObjectStore, tree_id: bytes, path: tuple[bytes, ...]) -> dict[str, bytes]:
     """Every regular file below `path` in the tree, keyed by its posix path relative to it.
 
     A missing folder gives no files: Git cannot hold an empty folder, so a WOS that removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import gitsource
+from margo_lite import gitsource, logs
 from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError
 from margo_lite.gitsource import GitSource
@@ -482,3 +483,38 @@ def test_damaged_pack_is_discarded_and_fetched_again(make_source, upstream, tmp_
     assert source.held_commit() is None
     assert source.poll() == gitsource.PollResult(tip, changed=True)
     assert source.snapshot(tip).files["apps/big.yaml"]
+
+
+def test_recorded_tip_missing_from_the_store_is_damage(make_source, upstream, tmp_path):
+    source = make_source()
+    tip = source.poll().commit
+    for pack in (tmp_path / "state").rglob("pack-*"):
+        pack.unlink()
+    with pytest.raises(GitTransientError) as err:
+        source.snapshot(tip)
+    assert err.value.code == "GIT_STORE_CORRUPT"
+    assert source.poll().changed
+    assert source.snapshot(tip).files
+
+
+def test_the_token_never_reaches_a_log_line(make_source, upstream, server, tmp_path):
+    stream = io.StringIO()
+    logger = logs.setup("DEBUG", stream=stream)
+    try:
+        token = tmp_path / "token"
+        token.write_text("log-secret-token-77")
+        server.auth = BasicAuth("device", "other")
+        source = make_source(username="device", token_file=str(token))
+        with pytest.raises(GitError) as err:
+            source.poll()
+        logs.get(__name__).error("poll failed: %s (Authorization: %s)", err.value,
+                                 "Basic " + "ZGV2aWNlOmxvZy1zZWNyZXQtdG9rZW4tNzc=")  # fmt: skip
+        server.auth = BasicAuth("device", "log-secret-token-77")
+        upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=9)})
+        source.poll()
+    finally:
+        logger.handlers.clear()
+    output = stream.getvalue()
+    assert "log-secret-token-77" not in output
+    assert "ZGV2aWNlOmxvZy1zZWNyZXQtdG9rZW4tNzc=" not in output
+    assert "moved to" in output
