@@ -298,7 +298,8 @@ class _HttpRemote:
             body = self._command(b"fetch", caps, args)
         with self._post(body) as resp:
             lines = _pkt_lines(_Reader(resp, MAX_PACK_BYTES, self._shown))
-            first = _skip_v0_head(lines) if self._version == 0 else _skip_v2_sections(lines)
+            skip = _skip_v0_head if self._version == 0 else _skip_v2_sections
+            first = skip(lines, self._shown)
             if first is None:
                 raise _pack_error(self._shown, "the answer ends before the pack")
             for line in itertools.chain((first,), lines):
@@ -355,7 +356,7 @@ class _HttpRemote:
             head.append(b"agent=%s\n" % AGENT.encode())
         return b"".join(map(_pkt, head)) + _DELIM + b"".join(map(_pkt, args)) + _FLUSH
 
-    def _post(self, body: bytes) -> contextlib.AbstractContextManager[urllib3.BaseHTTPResponse]:
+    def _post(self, body: bytes) -> contextlib.AbstractContextManager[urllib3.HTTPResponse]:
         headers = {
             "Content-Type": "application/x-git-upload-pack-request",
             "Accept": "application/x-git-upload-pack-result",
@@ -365,7 +366,7 @@ class _HttpRemote:
     @contextlib.contextmanager
     def _request(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
-    ) -> Iterator[urllib3.BaseHTTPResponse]:
+    ) -> Iterator[urllib3.HTTPResponse]:
         headers = {**headers, "User-Agent": AGENT}
         if self._version == 2 or method == "GET":
             headers["Git-Protocol"] = "version=2"
@@ -417,14 +418,14 @@ def _parse_advertisement(
     raise _protocol_error(shown, "the ref advertisement ends early")
 
 
-def _skip_v0_head(lines: Iterator[bytes]) -> bytes | None:
+def _skip_v0_head(lines: Iterator[bytes], shown: str) -> bytes | None:
     """Skip the shallow-update lines and the ACK/NAK lines of a v0 fetch answer; return
     the first pack packet (None when the answer ends first)."""
     for line in lines:
         if line == _FLUSH:
             break
         if not line.startswith((b"shallow ", b"unshallow ")):
-            raise GitTransientError("bad shallow line in the answer", code="GIT_PROTOCOL_ERROR")
+            raise _protocol_error(shown, "bad shallow line")
     for line in lines:
         if line.startswith(b"ACK ") or line == b"NAK\n":
             continue
@@ -432,7 +433,7 @@ def _skip_v0_head(lines: Iterator[bytes]) -> bytes | None:
     return None
 
 
-def _skip_v2_sections(lines: Iterator[bytes]) -> bytes | None:
+def _skip_v2_sections(lines: Iterator[bytes], shown: str) -> bytes | None:
     """Skip the sections of a v2 fetch answer up to "packfile"; return the first pack
     packet (None when the answer ends first)."""
     section = None
@@ -440,23 +441,21 @@ def _skip_v2_sections(lines: Iterator[bytes]) -> bytes | None:
         if line in (_DELIM, _END):
             section = None
         elif line == _FLUSH:
-            raise GitTransientError("fetch answer has no pack", code="GIT_PROTOCOL_ERROR")
+            raise _protocol_error(shown, "no pack in the fetch answer")
         elif section is None:
             section = line.rstrip(b"\n")
             if section == b"packfile":
                 return next(lines, None)
             if section not in (b"acknowledgments", b"shallow-info", b"wanted-refs"):
-                raise GitTransientError(
-                    f"unexpected section {section!r} in the answer", code="GIT_PROTOCOL_ERROR"
-                )
+                raise _protocol_error(shown, f"unexpected section {section!r}")
         elif section == b"shallow-info":
             kind, _, oid = line.rstrip(b"\n").partition(b" ")
             if kind not in (b"shallow", b"unshallow") or not _HEX40.match(oid):
-                raise GitTransientError("bad shallow-info line", code="GIT_PROTOCOL_ERROR")
+                raise _protocol_error(shown, "bad shallow-info line")
     return None
 
 
-def _check_status(resp: urllib3.BaseHTTPResponse, shown: str) -> None:
+def _check_status(resp: urllib3.HTTPResponse, shown: str) -> None:
     status = resp.status
     if status == 200:
         content_type = resp.headers.get("Content-Type", "")
@@ -525,12 +524,12 @@ def _pkt(payload: bytes) -> bytes:
 class _Reader:
     """Exact reads from a response, within a byte budget; a short read means a cut stream."""
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse, limit: int, shown: str) -> None:
-        self._resp, self._left, self._shown = resp, limit, shown
+    def __init__(self, resp: urllib3.HTTPResponse, limit: int, shown: str) -> None:
+        self._resp, self._left, self.shown = resp, limit, shown
 
     def __call__(self, n: int) -> bytes:
         if n > self._left:
-            raise GitError(f"{self._shown}: answer larger than allowed", code="GIT_TOO_LARGE")
+            raise GitError(f"{self.shown}: answer larger than allowed", code="GIT_TOO_LARGE")
         chunks = []
         want = n
         while want:
@@ -547,33 +546,31 @@ class _Reader:
         return data
 
 
-def _pkt_lines(read: Callable[[int], bytes]) -> Iterator[bytes]:
+def _pkt_lines(read: _Reader) -> Iterator[bytes]:
     """Payloads of pkt-lines; flush, delim and response-end as their four-byte markers.
 
-    Ends quietly at the end of the stream, so callers detect a cut answer by what is missing.
+    Ends quietly where the stream ends, so callers detect a cut answer by what is missing.
     An "ERR" line becomes an error.
     """
     while True:
         head = read(4)
-        if not head:
+        if len(head) < 4:
             return
         try:
-            size = int(head, 16) if len(head) == 4 else -1
+            size = int(head, 16)
         except ValueError:
             size = -1
         if size in (0, 1, 2):
             yield head
             continue
         if size < 4:
-            raise GitTransientError(
-                "bad pkt-line length in the server's answer", code="GIT_PROTOCOL_ERROR"
-            )
+            raise _protocol_error(read.shown, f"bad pkt-line length {head!r}")
         payload = read(size - 4)
         if len(payload) != size - 4:
             return
         if payload.startswith(b"ERR "):
             raise GitTransientError(
-                f"server error: {_printable(payload[4:])}", code="GIT_SERVER_ERROR"
+                f"{read.shown}: server error: {_printable(payload[4:])}", code="GIT_SERVER_ERROR"
             )
         yield payload
 
