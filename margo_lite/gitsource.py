@@ -499,9 +499,13 @@ def _network_error(exc: Exception, shown: str) -> GitError:
 
 
 def _short(exc: BaseException) -> str:
+    """The useful end of an exception's text: urllib3 nests causes inside its messages."""
     text = str(exc)
+    if re.search(r"Name or service not known|Failed to resolve|failure in name resolution", text):
+        return "cannot resolve the host name"
     for marker in ("Failed to establish a new connection: ", "Caused by "):
         text = text.split(marker, 1)[-1]
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", text)
     return logs.redact(text.strip("()'\" "))[:200]
 
 

@@ -296,6 +296,7 @@ def test_unreadable_token_file(make_source, tmp_path):
         (Fault.NOT_FOUND, "GIT_NOT_FOUND", False),
         (Fault.SERVER_ERROR, "GIT_SERVER_ERROR", True),
         (Fault.STALL, "GIT_TIMEOUT", True),
+        (Fault.DROP, "GIT_UNREACHABLE", True),
     ],
 )
 def test_http_faults_on_poll(make_source, server, fault, code, transient):
@@ -325,10 +326,14 @@ def test_broken_fetch_keeps_the_held_commit(make_source, upstream, server, fault
 
 
 def test_connection_refused_and_dns_failure(tmp_path):
-    for url in (refused_url(), "http://no-such-host.invalid/dev.git"):
+    for url, why in (
+        (refused_url(), "Connection refused"),
+        ("http://no-such-host.invalid/dev.git", "cannot resolve the host name"),
+    ):
         with pytest.raises(GitTransientError) as err:
             GitSource(GitConfig(url=url, timeout=5), tmp_path).poll()
         assert err.value.code == "GIT_UNREACHABLE"
+        assert why in str(err.value)
 
 
 @pytest.fixture(scope="module")

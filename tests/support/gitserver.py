@@ -3,8 +3,9 @@
 The bridge listens on 127.0.0.1 only, runs `git http-backend` as a CGI program for each
 request, and in front of it checks credentials (basic or bearer), optionally speaks TLS
 with a test CA made by `openssl`, counts requests and bytes in both directions, and can be
-switched into faults (HTTP 401/403/404/500, a stall past the client's timeout, a pack cut
-short). `refused_url()` gives a URL where nothing listens.
+switched into faults (HTTP 401/403/404/500, a stall past the client's timeout, a dropped
+connection, an answer cut short or corrupted), or made to speak only protocol v0.
+`refused_url()` gives a URL where nothing listens (connection refused).
 
     with GitServer(root) as server:               # repositories are folders under root
         server.auth = BearerAuth("tok")           # or BasicAuth("user", "pw"), or None
@@ -12,6 +13,11 @@ short). `refused_url()` gives a URL where nothing listens.
         server.reset_counters(); ...; server.requests, server.bytes_sent
         server.fault = Fault.STALL                # until set back to None
         server.fault_skip = 1                     # ... but let the next request through
+
+    upstream = Upstream(root / "dev.git")         # a bare repository, committed to by C git
+    sha = upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=1)})   # None deletes a file
+    upstream.set_branch(old_sha); upstream.delete_branch(); upstream.add_refs(2000)
+    ca = make_test_ca(folder); GitServer(root, tls=ca); GitConfig(ca_file=str(ca.ca_cert))
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class Fault(enum.Enum):
     NOT_FOUND = 404
     SERVER_ERROR = 500
     STALL = "stall"  # read the request, then send nothing until released
+    DROP = "drop"  # read the request, then close the connection without an answer
     TRUNCATE = "truncate"  # announce the full length, send half of the body, close
     CORRUPT = "corrupt"  # flip one byte in the middle of the body (inside a pack's data)
 
@@ -97,7 +104,7 @@ class Request:
 
 
 @dataclass(frozen=True)
-class TestCA:
+class TlsFiles:
     """Files of a test certificate authority and a server certificate for 127.0.0.1."""
 
     ca_cert: Path
@@ -105,7 +112,7 @@ class TestCA:
     server_key: Path
 
 
-def make_test_ca(folder: Path, *, hostname: str = "localhost") -> TestCA:
+def make_test_ca(folder: Path, *, hostname: str = "localhost") -> TlsFiles:
     """A CA and a server certificate for 127.0.0.1 / `hostname`, made by `openssl`."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = folder / "ca.key", folder / "ca.pem"
@@ -122,7 +129,7 @@ def make_test_ca(folder: Path, *, hostname: str = "localhost") -> TestCA:
     run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={hostname}")
     run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
-    return TestCA(ca_cert, cert, key)
+    return TlsFiles(ca_cert, cert, key)
 
 
 def refused_url(path: str = "dev.git") -> str:
@@ -183,9 +190,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, headers, payload = 401, {"WWW-Authenticate": 'Basic realm="git"'}, b""
         elif isinstance(fault, Fault) and isinstance(fault.value, int):
             status, headers, payload = fault.value, {}, b"fault\n"
-        elif fault is Fault.STALL:
+        elif fault in (Fault.STALL, Fault.DROP):
             self._record(0, 0)
-            owner._release.wait(STALL_LIMIT)
+            if fault is Fault.STALL:
+                owner._release.wait(STALL_LIMIT)
             self.close_connection = True
             return
         else:
@@ -276,7 +284,7 @@ class _Server(http.server.ThreadingHTTPServer):
 class GitServer:
     """Serves every repository folder below `root` at http(s)://127.0.0.1:PORT/<name>."""
 
-    def __init__(self, root: Path, *, tls: TestCA | None = None) -> None:
+    def __init__(self, root: Path, *, tls: TlsFiles | None = None) -> None:
         self.root = Path(root)
         self.auth: BasicAuth | BearerAuth | None = None
         self.fault: Fault | None = None
