@@ -89,7 +89,8 @@ class GitTransientError(GitError, TransientError):
     """Worth retrying with backoff. Codes: GIT_UNREACHABLE (refused, DNS, reset),
     GIT_TIMEOUT, GIT_SERVER_ERROR (5xx, 429, ERR lines), GIT_PROTOCOL_ERROR (a malformed or
     cut answer), GIT_PACK_INVALID (a truncated or corrupt pack), GIT_STORE_CORRUPT (the local
-    repository was damaged and is discarded: the next poll fetches again)."""
+    repository was damaged and is discarded: the next poll fetches again), GIT_STORE_BUSY
+    (another margo-lite process holds the local repository)."""
 
     code = "GIT_UNREACHABLE"
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
 import itertools
 import os
 import re
@@ -59,6 +60,7 @@ MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything ne
 MAX_ADVERTISEMENT_BYTES = 16 << 20  # a protocol v0 server names every ref of the repository
 MAX_TOKEN_BYTES = 16 << 10
 COMPACT_AFTER_PACKS = 16
+LOCK_WAIT = 60.0  # seconds another process may hold the local repository
 LOCAL_REF = "refs/heads/desired"  # under refs/heads so that git tools see it as a branch
 AGENT = f"margo-lite/{__version__}"
 SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file under state_dir
@@ -681,8 +683,14 @@ class _Store:
 
     @contextlib.contextmanager
     def open(self) -> Iterator[Repo]:
+        """The repository to read, shared with other readers; a fetch waits for them."""
         if not (self._repo / "HEAD").exists():
             raise GitError("no commit has been fetched yet", code="GIT_COMMIT_MISSING")
+        with self._lock(fcntl.LOCK_SH), self._open_unlocked() as repo:
+            yield repo
+
+    @contextlib.contextmanager
+    def _open_unlocked(self) -> Iterator[Repo]:
         repo = Repo(str(self._repo))
         try:
             yield repo
@@ -692,8 +700,35 @@ class _Store:
             except BufferError:  # an exception in flight pins a pack map; the GC closes it
                 log.debug("pack files of %s left to the garbage collector", self._repo)
 
+    @contextlib.contextmanager
+    def _lock(self, kind: int) -> Iterator[None]:
+        """An flock on `git/lock`, so that a second process (`once` beside `run`) never
+        reads packs that a compaction is deleting. Waits at most LOCK_WAIT seconds."""
+        self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self._folder / "lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, kind | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise GitTransientError(
+                            f"{self._folder} is held by another margo-lite process",
+                            code="GIT_STORE_BUSY",
+                        ) from None
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)
+
     def discard(self, cause: object) -> GitError:
         """Delete a damaged repository, so that the next poll fetches the tip afresh."""
+        with self._lock(fcntl.LOCK_EX):
+            return self._discard(cause)
+
+    def _discard(self, cause: object) -> GitError:
         log.warning("the local repository is damaged (%s); it will be fetched again", cause)
         shutil.rmtree(self._repo, ignore_errors=True)
         return GitTransientError(
@@ -708,7 +743,7 @@ class _Store:
                 Repo(str(self._repo)).close()
                 return
             except (NotGitRepository, OSError, ValueError) as exc:
-                self.discard(exc)
+                self._discard(exc)
         self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         building = self._folder / "repo.new"
         shutil.rmtree(building, ignore_errors=True)
@@ -721,10 +756,14 @@ class _Store:
 
     def fetch(self, remote: _HttpRemote | _LocalRemote, want: str, held: str | None) -> None:
         """Get `want`'s objects, make them durable, then record it as the tip."""
+        with self._lock(fcntl.LOCK_EX):
+            self._fetch(remote, want, held)
+
+    def _fetch(self, remote: _HttpRemote | _LocalRemote, want: str, held: str | None) -> None:
         try:
             self._create()
             doomed: set[str] = set()
-            with self.open() as repo:
+            with self._open_unlocked() as repo:
                 store = repo.object_store
                 before = _pack_files(self._repo)
                 if want.encode() in store:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import itertools
 import os
@@ -523,3 +524,23 @@ def test_the_token_never_reaches_a_log_line(make_source, upstream, server, tmp_p
     assert "log-secret-token-77" not in output
     assert "ZGV2aWNlOmxvZy1zZWNyZXQtdG9rZW4tNzc=" not in output
     assert "moved to" in output
+
+
+def test_a_second_process_holding_the_repository_makes_a_fetch_wait(
+    make_source, upstream, tmp_path, monkeypatch
+):
+    source = make_source()
+    tip = source.poll().commit
+    upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=11)})
+    monkeypatch.setattr(gitsource, "LOCK_WAIT", 0.3)
+    fd = os.open(tmp_path / "state" / "git" / "lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: flock sees another holder
+        for step in (source.poll, lambda: source.snapshot(tip)):
+            with pytest.raises(GitTransientError) as err:
+                step()
+            assert err.value.code == "GIT_STORE_BUSY"
+        assert source.held_commit() == tip
+    finally:
+        os.close(fd)
+    assert source.poll().changed
