@@ -393,15 +393,21 @@ def commit_chain(upstream: Upstream, count: int) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "count", [60, pytest.param(1000, marks=pytest.mark.slow)], ids=["60-commits", "1000-commits"]
+    ("count", "transport"),
+    [
+        (60, "local"),
+        (60, "http"),
+        pytest.param(1000, "http", marks=pytest.mark.slow),
+    ],
 )
-def test_state_stays_bounded_as_commits_go_by(tmp_path, count):
+def test_state_stays_bounded_as_commits_go_by(tmp_path, server, count, transport):
     """Fetched one by one, however many commits: at most the tip's objects plus
-    COMPACT_AFTER_PACKS changes are held."""
-    upstream = Upstream(tmp_path / "up.git")
+    COMPACT_AFTER_PACKS changes are held (over HTTP, thin packs completed locally)."""
+    upstream = Upstream(server.root / f"dev{next(_names)}.git")
     upstream.commit({f"apps/app{i}.yaml": DEPLOYMENT.format(n=i) for i in range(10)})
     chain = commit_chain(upstream, count)
-    source = GitSource(GitConfig(url=str(upstream.path)), tmp_path / "state")
+    url = server.url(upstream.path.name) if transport == "http" else str(upstream.path)
+    source = GitSource(GitConfig(url=url), tmp_path / "state")
     source.poll()
     after_first = state_bytes(tmp_path / "state")
     peak = 0
