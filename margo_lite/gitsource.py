@@ -620,21 +620,22 @@ class _LocalRemote:
             store = repo.object_store
             try:
                 commit = store[want.encode()]
-                found: list[ShaFile] = [commit]
+                found: dict[bytes, ShaFile] = {commit.id: commit}
                 pending = [commit.tree]
                 total = 0
                 while pending:
                     sha = pending.pop()
-                    if held(sha):
+                    if sha in found or held(sha):
                         continue  # a held tree is held with everything below it
-                    tree = store[sha]
-                    found.append(tree)
+                    tree = found[sha] = store[sha]
                     for entry in tree.iteritems():
                         if stat.S_ISDIR(entry.mode):
                             pending.append(entry.sha)
-                        elif not S_ISGITLINK(entry.mode) and not held(entry.sha):
-                            found.append(store[entry.sha])
-                            total += len(found[-1].as_raw_string())
+                        elif not S_ISGITLINK(entry.mode) and entry.sha not in found:
+                            if held(entry.sha):
+                                continue
+                            found[entry.sha] = blob = store[entry.sha]
+                            total += len(blob.as_raw_string())
                             if total > MAX_PACK_BYTES:
                                 raise GitError(
                                     f"{self._path}: commit {want} holds more than "
@@ -646,7 +647,7 @@ class _LocalRemote:
                     f"{self._path} is incomplete (missing object {exc.args[0]!r})",
                     code="GIT_PACK_INVALID",
                 ) from None
-            return found
+            return list(found.values())
 
 
 # --- the local repository ---------------------------------------------------------------------
@@ -808,18 +809,20 @@ class _Store:
     def _compact(self, store: PackBasedObjectStore, commit: Commit) -> tuple[set[str], set[str]]:
         """Write the tip's objects to one new pack; return the new shallow list and the
         packs to delete once the tip is recorded."""
-        objects: list[ShaFile] = [commit]
+        objects: dict[bytes, ShaFile] = {commit.id: commit}
         pending = [commit.tree]
         while pending:
-            tree = store[pending.pop()]
-            objects.append(tree)
+            sha = pending.pop()
+            if sha in objects:
+                continue
+            tree = objects[sha] = store[sha]
             for entry in tree.iteritems():
                 if stat.S_ISDIR(entry.mode):
                     pending.append(entry.sha)
-                elif not S_ISGITLINK(entry.mode):
-                    objects.append(store[entry.sha])
+                elif not S_ISGITLINK(entry.mode) and entry.sha not in objects:
+                    objects[entry.sha] = store[entry.sha]
         before = _pack_files(self._repo)
-        store.add_objects([(obj, None) for obj in objects])
+        store.add_objects([(obj, None) for obj in objects.values()])
         if not _pack_files(self._repo) - before:
             return self.shallow(), set()  # an existing pack holds exactly these objects
         _fsync_new(self._repo, before)

@@ -421,6 +421,7 @@ def test_state_stays_bounded_as_commits_go_by(tmp_path, server, count, transport
     # Bound: the tip's objects plus COMPACT_AFTER_PACKS small changes (pack + index each).
     assert peak < after_first + gitsource.COMPACT_AFTER_PACKS * 4096 + 16384, peak
     assert len(list((tmp_path / "state").rglob("*.pack"))) <= gitsource.COMPACT_AFTER_PACKS + 1
+    fsck(tmp_path / "state" / "git" / "repo")
 
 
 def test_snapshot_size_bound(make_source, upstream, monkeypatch):
@@ -550,3 +551,30 @@ def test_a_second_process_holding_the_repository_makes_a_fetch_wait(
     finally:
         os.close(fd)
     assert source.poll().changed
+
+
+def fsck(repo: Path) -> None:
+    """C git's own check of the local repository: every object readable, every link whole."""
+    subprocess.run(["git", "--git-dir", str(repo), "fsck", "--no-dangling", "--strict"],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize("transport", ["local", "http"])
+def test_repeated_content_and_compaction_keep_a_valid_repository(
+    tmp_path, server, transport, monkeypatch
+):
+    """The same blob in two files and the same folder twice are stored once; compaction
+    rewrites the tip into one pack that C git's fsck accepts."""
+    monkeypatch.setattr(gitsource, "COMPACT_AFTER_PACKS", 2)
+    upstream = Upstream(server.root / f"dev{next(_names)}.git")
+    same = DEPLOYMENT.format(n=1)
+    upstream.commit({"a/x.yaml": same, "a/y.yaml": same, "b/x.yaml": same, "b/y.yaml": same})
+    url = server.url(upstream.path.name) if transport == "http" else str(upstream.path)
+    source = GitSource(GitConfig(url=url), tmp_path / "state")
+    for n in range(5):
+        upstream.commit({f"c{n}/x.yaml": same, "z.yaml": f"n: {n}\n"})
+        assert source.poll().changed
+        fsck(tmp_path / "state" / "git" / "repo")
+    assert len(list((tmp_path / "state").rglob("*.pack"))) <= 3
+    files = source.snapshot(upstream.tip()).files
+    assert files["b/y.yaml"] == files["c4/x.yaml"] == same.encode()
