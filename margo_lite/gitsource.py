@@ -33,6 +33,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import types
 import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -126,7 +127,8 @@ class GitSource:
             raise GitError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
         with self._store.open() as repo:
             try:
-                return Snapshot(commit, self._read(repo.object_store, commit))
+                files = self._read(repo.object_store, commit)
+                return Snapshot(commit, types.MappingProxyType(files))
             except _CORRUPT as exc:  # KeyError here: an object missing below a held commit
                 damage = f"{type(exc).__name__}: {_short(exc)}"
         # Raised outside the block: the caught exception's frames pin dulwich's pack maps.
