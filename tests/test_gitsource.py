@@ -14,6 +14,7 @@ import pytest
 from margo_lite import gitsource, logs
 from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError
+from margo_lite.git import store
 from margo_lite.gitsource import GitSource
 from tests.support.gitserver import (
     DEPLOYMENT,
@@ -172,7 +173,7 @@ def test_a_change_costs_no_more_than_c_git_fetch_depth_1(
 
 
 @BOTH_PROTOCOLS
-def test_repeated_shallow_fetches_send_only_the_difference(make_source, upstream, server):
+def test_repeated_shallow_fetches_send_only_the_difference(make_source, upstream, server, tmp_path):
     """Each fetch is depth 1 with the held tip as "have" and "shallow": dulwich 0.21.2
     fails a fetch into a shallow repository without an explicit depth, and a tip kept
     outside refs/heads makes dulwich's own client send no "have" and download it all."""
@@ -190,9 +191,7 @@ def test_repeated_shallow_fetches_send_only_the_difference(make_source, upstream
             source.snapshot(upstream.tip()).files["apps/a.yaml"]
             == DEPLOYMENT.format(n=20 + n).encode()
         )
-    assert (source._store._repo / "refs" / "heads" / "desired").read_text().strip() == (
-        upstream.tip()
-    )
+    assert (tmp_path / "state/git/repo/refs/heads/desired").read_text().strip() == (upstream.tip())
 
 
 @BOTH_PROTOCOLS
@@ -419,8 +418,8 @@ def test_state_stays_bounded_as_commits_go_by(tmp_path, server, count, transport
     expected = DEPLOYMENT.format(n=1000 + last).encode()
     assert source.snapshot(chain[-1]).files[f"apps/app{last % 10}.yaml"] == expected
     # Bound: the tip's objects plus COMPACT_AFTER_PACKS small changes (pack + index each).
-    assert peak < after_first + gitsource.COMPACT_AFTER_PACKS * 4096 + 16384, peak
-    assert len(list((tmp_path / "state").rglob("*.pack"))) <= gitsource.COMPACT_AFTER_PACKS + 1
+    assert peak < after_first + store.COMPACT_AFTER_PACKS * 4096 + 16384, peak
+    assert len(list((tmp_path / "state").rglob("*.pack"))) <= store.COMPACT_AFTER_PACKS + 1
     fsck(tmp_path / "state" / "git" / "repo")
 
 
@@ -428,7 +427,7 @@ def test_snapshot_size_bound(make_source, upstream, monkeypatch):
     upstream.commit({"apps/big.yaml": "x" * 5000})
     source = make_source(path="apps")
     source.poll()
-    monkeypatch.setattr(gitsource, "MAX_SNAPSHOT_BYTES", 4096)
+    monkeypatch.setattr(store, "MAX_SNAPSHOT_BYTES", 4096)
     with pytest.raises(GitError) as err:
         source.snapshot(upstream.tip())
     assert err.value.code == "GIT_TOO_LARGE"
@@ -539,7 +538,7 @@ def test_a_second_process_holding_the_repository_makes_a_fetch_wait(
     source = make_source()
     tip = source.poll().commit
     upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=11)})
-    monkeypatch.setattr(gitsource, "LOCK_WAIT", 0.3)
+    monkeypatch.setattr(store, "LOCK_WAIT", 0.3)
     fd = os.open(tmp_path / "state" / "git" / "lock", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: flock sees another holder
@@ -565,7 +564,7 @@ def test_repeated_content_and_compaction_keep_a_valid_repository(
 ):
     """The same blob in two files and the same folder twice are stored once; compaction
     rewrites the tip into one pack that C git's fsck accepts."""
-    monkeypatch.setattr(gitsource, "COMPACT_AFTER_PACKS", 2)
+    monkeypatch.setattr(store, "COMPACT_AFTER_PACKS", 2)
     upstream = Upstream(server.root / f"dev{next(_names)}.git")
     same = DEPLOYMENT.format(n=1)
     upstream.commit({"a/x.yaml": same, "a/y.yaml": same, "b/x.yaml": same, "b/y.yaml": same})

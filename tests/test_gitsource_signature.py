@@ -11,7 +11,8 @@ import pytest
 
 from margo_lite.config import GitConfig
 from margo_lite.errors import GitError
-from margo_lite.gitsource import GitSource, split_signature
+from margo_lite.git.signature import split_signature
+from margo_lite.gitsource import GitSource
 from tests.support.gitserver import Upstream
 
 
