@@ -65,7 +65,8 @@ class GitSource:
 
     def poll(self) -> PollResult:
         """Ask for the branch tip (one request); fetch it (one more) only when it changed."""
-        self._remote.authorize(_auth_header(self._cfg))
+        if isinstance(self._remote, HttpRemote):
+            self._remote.authorize(_auth_header(self._cfg))
         try:
             tip = self._remote.tip(self._branch)
             if tip is None:
@@ -88,7 +89,8 @@ class GitSource:
         return self._store.tip()
 
     def snapshot(self, commit: str) -> Snapshot:
-        """Every regular file below `git.path` at `commit`, from the local repository."""
+        """Every regular file below `git.path` at `commit`, from the local repository (no
+        network). With `git.trusted_keys`, only for a commit signed by one of them."""
         if not HEX40.match(commit.encode("utf-8", "replace")):
             raise GitError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
         with self._store.open() as repo:

@@ -22,9 +22,6 @@ class LocalRemote:
     def __init__(self, path: Path) -> None:
         self._path = path
 
-    def authorize(self, header: str | None) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
