@@ -114,12 +114,12 @@ def http_url(*schemes: str) -> Parser:
 
 
 def git_url(value: Any, ctx: _Context) -> str:
-    """http(s)://, file://, ssh:// URLs, or a local path (for tests and USB workflows)."""
+    """http(s):// or file:// URLs, or a local path (for tests and USB workflows)."""
     value = nonempty(value, ctx).strip()
     if "://" in value:
         scheme = value.split("://", 1)[0].lower()
-        if scheme not in ("http", "https", "file", "ssh"):
-            raise ValueError(f"unsupported URL scheme {scheme!r} (http, https, file or ssh)")
+        if scheme not in ("http", "https", "file"):
+            raise ValueError(f"unsupported URL scheme {scheme!r} (http, https or file)")
         return value
     return file_path(value, ctx)
 

@@ -73,10 +73,25 @@ class StateCorruptError(StateError):
 
 
 class GitError(MargoLiteError):
+    """The repository cannot be used as configured; a human (or the WOS) has to act.
+
+    Codes: GIT_AUTH_FAILED (HTTP 401/403), GIT_NOT_FOUND (404, no repository),
+    GIT_BRANCH_MISSING, GIT_REDIRECTED, GIT_TLS_FAILED, GIT_PROTOCOL_UNSUPPORTED (no
+    protocol v2 or no shallow fetch), GIT_TOKEN_UNREADABLE, GIT_TOO_LARGE,
+    GIT_SIGNATURE_INVALID, GIT_COMMIT_MISSING (not held locally), GIT_PATH_INVALID,
+    GIT_STORE_FAILED (the local repository cannot be written).
+    """
+
     code = "GIT_ERROR"
 
 
 class GitTransientError(GitError, TransientError):
+    """Worth retrying with backoff. Codes: GIT_UNREACHABLE (refused, DNS, reset),
+    GIT_TIMEOUT, GIT_SERVER_ERROR (5xx, 429, ERR lines), GIT_PROTOCOL_ERROR (a malformed or
+    cut answer), GIT_PACK_INVALID (a truncated or corrupt pack), GIT_STORE_CORRUPT (the local
+    repository was damaged and is discarded: the next poll fetches again), GIT_STORE_BUSY
+    (another margo-lite process holds the local repository)."""
+
     code = "GIT_UNREACHABLE"
 
 

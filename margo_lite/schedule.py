@@ -151,3 +151,76 @@ def polling_allowed(
     if hours and not in_any(hours, now):
         return False
     return not in_any(downtime, now)
+
+
+# --- when to poll next ------------------------------------------------------------------------
+
+SEARCH_LIMIT = dt.timedelta(days=8)  # every daily or weekly window repeats within this
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Consecutive failures so far; the wait after them grows from `base` up to `cap`.
+
+    Immutable: `failed()` and `succeeded()` return new values, so a caller cannot share
+    half-updated retry state and tests check the waits without sleeping.
+    """
+
+    base: float = 60.0
+    cap: float = 900.0
+    failures: int = 0
+
+    def failed(self) -> Backoff:
+        return Backoff(self.base, self.cap, self.failures + 1)
+
+    def succeeded(self) -> Backoff:
+        return Backoff(self.base, self.cap, 0)
+
+    def delay(self) -> float:
+        """`base` with no failures; doubled for each one; never above `cap` (nor below base)."""
+        if not self.failures:
+            return self.base
+        return max(self.base, min(self.cap, self.base * 2.0 ** min(self.failures, 64)))
+
+
+def jittered(seconds: float, jitter: float, rand: float) -> float:
+    """`seconds` spread by up to ±`jitter` of itself; `rand` is uniform in [0, 1)."""
+    return seconds * (1.0 + jitter * (2.0 * rand - 1.0))
+
+
+def next_allowed(
+    hours: tuple[DailyWindow, ...], downtime: tuple[Window, ...], start: dt.datetime
+) -> dt.datetime | None:
+    """The first minute from `start` on when polling is allowed; None when none is within
+    eight days (every polling hour is inside a downtime)."""
+    if polling_allowed(hours, downtime, start):
+        return start
+    moment = start.replace(second=0, microsecond=0)
+    end = start + SEARCH_LIMIT
+    while moment < end:
+        moment += dt.timedelta(minutes=1)
+        if polling_allowed(hours, downtime, moment):
+            return moment
+    return None
+
+
+def next_poll(
+    now: dt.datetime,
+    *,
+    interval: float,
+    jitter: float,
+    backoff: Backoff,
+    hours: tuple[DailyWindow, ...] = (),
+    downtime: tuple[Window, ...] = (),
+    rand: float = 0.5,
+) -> dt.datetime | None:
+    """When to poll next: the interval (or the backoff after errors) with jitter, moved
+    forward out of downtime and into the polling hours. At a window's start the fleet is
+    spread over up to `jitter` of an interval, so devices do not all call at the same
+    minute. None when polling is never allowed."""
+    wait = jittered(backoff.delay() if backoff.failures else interval, jitter, rand)
+    due = now + dt.timedelta(seconds=max(0.0, wait))
+    allowed = next_allowed(hours, downtime, due)
+    if allowed is None or allowed == due:
+        return allowed
+    return allowed + dt.timedelta(seconds=interval * jitter * rand)

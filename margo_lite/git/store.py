@@ -1,0 +1,327 @@
+"""The local copy: a bare repository under `state_dir/git/repo`, written only on change.
+
+Packs are written by dulwich and fsynced; the tip (`refs/heads/desired`) and the shallow
+list are written atomically after the objects are durable. It is a cache of the remote:
+a damaged copy is deleted and the next poll fetches the tip again. Every fetch adds a
+pack; past `COMPACT_AFTER_PACKS` packs the tip's objects are written to one new pack and
+the others deleted, so the repository holds at most the tip's objects plus that many
+changes, however many commits go by. An flock keeps a second process from reading packs
+that a compaction is deleting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from dulwich.errors import ChecksumMismatch, NotGitRepository, ObjectFormatException
+from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
+from dulwich.objects import S_ISGITLINK, Commit, ShaFile, Tree
+from dulwich.repo import Repo
+
+from margo_lite import logs
+from margo_lite.errors import GitError, GitTransientError
+from margo_lite.git.localrepo import LocalRemote
+from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
+from margo_lite.statestore import fsync_dir, write_file_atomic
+
+log = logs.get(__name__)
+
+MAX_SNAPSHOT_BYTES = 64 << 20  # all files of a snapshot together
+MAX_SNAPSHOT_FILES = 10_000
+COMPACT_AFTER_PACKS = 16
+LOCK_WAIT = 60.0  # seconds another process may hold the local repository
+LOCAL_REF = "refs/heads/desired"  # under refs/heads so that git tools see it as a branch
+SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file under state_dir
+# What reading a damaged local repository raises (a missing object, a bad zlib stream, ...).
+CORRUPT = (KeyError, OSError, ValueError, zlib.error, ChecksumMismatch, ObjectFormatException)
+
+
+class Store:
+    """The bare repository under `state_dir/git/repo`, written only when the tip changes."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._repo = folder / "repo"
+        self._tmp = folder / "tmp"
+
+    def tip(self) -> str | None:
+        try:
+            data = (self._repo / LOCAL_REF).read_bytes().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise GitError(
+                f"cannot read {self._repo / LOCAL_REF}: {exc.strerror}", code="GIT_STORE_FAILED"
+            ) from None
+        if not HEX40.match(data):
+            log.warning("%s is damaged; the tip will be fetched again", self._repo / LOCAL_REF)
+            return None
+        return data.decode()
+
+    def shallow(self) -> set[str]:
+        try:
+            lines = (self._repo / "shallow").read_bytes().split()
+        except FileNotFoundError:
+            return set()
+        return {line.decode() for line in lines if HEX40.match(line)}
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Repo]:
+        """The repository to read, shared with other readers; a fetch waits for them."""
+        if not (self._repo / "HEAD").exists():
+            raise GitError("no commit has been fetched yet", code="GIT_COMMIT_MISSING")
+        with self._lock(fcntl.LOCK_SH), self._open_unlocked() as repo:
+            yield repo
+
+    @contextlib.contextmanager
+    def _open_unlocked(self) -> Iterator[Repo]:
+        repo = Repo(str(self._repo))
+        try:
+            yield repo
+        finally:
+            try:
+                repo.close()
+            except BufferError:  # an exception in flight pins a pack map; the GC closes it
+                log.debug("pack files of %s left to the garbage collector", self._repo)
+
+    @contextlib.contextmanager
+    def _lock(self, kind: int) -> Iterator[None]:
+        """An flock on `git/lock`, so that a second process (`once` beside `run`) never
+        reads packs that a compaction is deleting. Waits at most LOCK_WAIT seconds."""
+        self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self._folder / "lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, kind | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise GitTransientError(
+                            f"{self._folder} is held by another margo-lite process",
+                            code="GIT_STORE_BUSY",
+                        ) from None
+                    time.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)
+
+    def discard(self, cause: object) -> GitError:
+        """Delete a damaged repository, so that the next poll fetches the tip afresh."""
+        with self._lock(fcntl.LOCK_EX):
+            return self._discard(cause)
+
+    def _discard(self, cause: object) -> GitError:
+        log.warning("the local repository is damaged (%s); it will be fetched again", cause)
+        shutil.rmtree(self._repo, ignore_errors=True)
+        return GitTransientError(
+            f"the local repository {self._repo} was damaged and is fetched again",
+            code="GIT_STORE_CORRUPT",
+        )
+
+    def _create(self) -> None:
+        """Make the bare repository in a temporary folder, then rename it into place."""
+        if (self._repo / "HEAD").exists():
+            try:
+                Repo(str(self._repo)).close()
+                return
+            except (NotGitRepository, OSError, ValueError) as exc:
+                self._discard(exc)
+        self._folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        building = self._folder / "repo.new"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(mode=0o700)
+        Repo.init_bare(str(building)).close()
+        write_file_atomic(building / "HEAD", f"ref: {LOCAL_REF}\n".encode())
+        shutil.rmtree(self._repo, ignore_errors=True)  # a leftover without HEAD
+        os.rename(building, self._repo)
+        fsync_dir(self._folder)
+
+    def fetch(self, remote: HttpRemote | LocalRemote, want: str, held: str | None) -> None:
+        """Get `want`'s objects, make them durable, then record it as the tip."""
+        with self._lock(fcntl.LOCK_EX):
+            self._fetch(remote, want, held)
+
+    def _fetch(self, remote: HttpRemote | LocalRemote, want: str, held: str | None) -> None:
+        try:
+            self._create()
+            doomed: set[str] = set()
+            with self._open_unlocked() as repo:
+                store = repo.object_store
+                before = _pack_files(self._repo)
+                if want.encode() in store:
+                    log.info("commit %s is already held", want)
+                elif isinstance(remote, LocalRemote):
+                    objects = remote.objects(want, lambda sha: sha in store)
+                    store.add_objects([(obj, None) for obj in objects])
+                else:
+                    self._fetch_pack(remote, store, want, held)
+                _check_complete(store, want)
+                _fsync_new(self._repo, before)
+                commit = store[want.encode()]
+                shallow = self.shallow() | ({want} if commit.parents else set())
+                if len(_pack_files(self._repo)) > COMPACT_AFTER_PACKS:
+                    shallow, doomed = self._compact(store, commit)
+            self._set_tip(want, shallow)
+            self._clean(doomed)
+        except OSError as exc:
+            raise GitError(
+                f"cannot write the local repository: {exc}", code="GIT_STORE_FAILED"
+            ) from exc
+
+    def _fetch_pack(
+        self, remote: HttpRemote, store: PackBasedObjectStore, want: str, held: str | None
+    ) -> None:
+        self._tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=self._tmp) as spool:
+            remote.fetch(want, held, self.shallow(), spool.write)
+            if not spool.tell():
+                return
+            spool.seek(0)
+            try:
+                store.add_thin_pack(spool.read, None)
+            except OSError:
+                raise
+            except Exception as exc:  # dulwich raises many types for a broken pack
+                raise GitTransientError(
+                    f"the pack for {want} is invalid: {type(exc).__name__}: {short_reason(exc)}",
+                    code="GIT_PACK_INVALID",
+                ) from exc
+
+    def _compact(self, store: PackBasedObjectStore, commit: Commit) -> tuple[set[str], set[str]]:
+        """Write the tip's objects to one new pack; return the new shallow list and the
+        packs to delete once the tip is recorded."""
+        objects: dict[bytes, ShaFile] = {commit.id: commit}
+        pending = [commit.tree]
+        while pending:
+            sha = pending.pop()
+            if sha in objects:
+                continue
+            tree = objects[sha] = store[sha]
+            for entry in tree.iteritems():
+                if stat.S_ISDIR(entry.mode):
+                    pending.append(entry.sha)
+                elif not S_ISGITLINK(entry.mode) and entry.sha not in objects:
+                    objects[entry.sha] = store[entry.sha]
+        before = _pack_files(self._repo)
+        store.add_objects([(obj, None) for obj in objects.values()])
+        if not _pack_files(self._repo) - before:
+            return self.shallow(), set()  # an existing pack holds exactly these objects
+        _fsync_new(self._repo, before)
+        log.info("compacted the local repository to %d objects", len(objects))
+        return ({commit.id.decode()} if commit.parents else set()), before
+
+    def _set_tip(self, want: str, shallow: set[str]) -> None:
+        """Record the shallow list, then the tip: only after the objects are durable."""
+        if shallow:
+            write_file_atomic(
+                self._repo / "shallow", "".join(f"{s}\n" for s in sorted(shallow)).encode()
+            )
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (self._repo / "shallow").unlink()
+        ref = self._repo / LOCAL_REF
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(ref, f"{want}\n".encode())
+
+    def _clean(self, doomed: set[str]) -> None:
+        """Delete replaced packs and what an interrupted fetch left behind."""
+        pack_dir = self._repo / "objects" / "pack"
+        if doomed:
+            for name in doomed:
+                for suffix in (".pack", ".idx"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (pack_dir / (name + suffix)).unlink()
+            fsync_dir(pack_dir)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        for leftover in pack_dir.glob("tmp_pack_*"):
+            leftover.unlink(missing_ok=True)
+        for leftover in (self._repo / "objects").glob("incoming-*"):
+            leftover.unlink(missing_ok=True)
+
+
+def _pack_files(repo: Path) -> set[str]:
+    pack_dir = repo / "objects" / "pack"
+    return {p.name[: -len(".pack")] for p in pack_dir.glob("pack-*.pack")}
+
+
+def _fsync_new(repo: Path, before: set[str]) -> None:
+    pack_dir = repo / "objects" / "pack"
+    for name in _pack_files(repo) - before:
+        for suffix in (".pack", ".idx"):
+            fd = os.open(pack_dir / (name + suffix), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(pack_dir)
+
+
+def _check_complete(store: BaseObjectStore, want: str) -> None:
+    """The commit and every tree and blob of it are held: never record a partial tip."""
+    try:
+        commit = store[want.encode()]
+        if not isinstance(commit, Commit):
+            raise KeyError(want)
+        pending = [commit.tree]
+        while pending:
+            tree = store[pending.pop()]
+            for entry in tree.iteritems():
+                if stat.S_ISDIR(entry.mode):
+                    pending.append(entry.sha)
+                elif not S_ISGITLINK(entry.mode) and entry.sha not in store:
+                    raise KeyError(entry.sha)
+    except KeyError as exc:
+        raise GitTransientError(
+            f"the fetched commit {want} is incomplete (missing {exc.args[0]!r})",
+            code="GIT_PACK_INVALID",
+        ) from None
+
+
+def read_files(store: BaseObjectStore, tree_id: bytes, path: tuple[bytes, ...]) -> dict[str, bytes]:
+    """Every regular file below `path` in the tree, keyed by its posix path relative to it.
+
+    A missing folder gives no files: Git cannot hold an empty folder, so a WOS that removed
+    the last deployment removed the folder too.
+    """
+    tree = store[tree_id]
+    for name in path:
+        entry = next((e for e in tree.iteritems() if e.path == name), None)
+        if entry is None:
+            return {}
+        if not stat.S_ISDIR(entry.mode):
+            raise GitError(
+                f"git.path {b'/'.join(path).decode(errors='replace')!r} is not a folder",
+                code="GIT_PATH_INVALID",
+            )
+        tree = store[entry.sha]
+    files: dict[str, bytes] = {}
+    total = 0
+    pending: list[tuple[str, Tree]] = [("", tree)]
+    while pending:
+        prefix, tree = pending.pop()
+        for entry in tree.iteritems():
+            name = prefix + entry.path.decode("utf-8", "surrogateescape")
+            if stat.S_ISDIR(entry.mode):
+                pending.append((name + "/", store[entry.sha]))
+            elif stat.S_ISREG(entry.mode):
+                data = store[entry.sha].as_raw_string()
+                total += len(data)
+                if total > MAX_SNAPSHOT_BYTES or len(files) >= MAX_SNAPSHOT_FILES:
+                    raise GitError(
+                        f"the desired-state files are larger than {MAX_SNAPSHOT_BYTES >> 20} MiB "
+                        f"or more than {MAX_SNAPSHOT_FILES} files",
+                        code="GIT_TOO_LARGE",
+                    )
+                files[name] = data
+    return files

@@ -1,0 +1,185 @@
+"""The desired-state repository: one-request polls, shallow fetches, files of a commit.
+
+A poll asks the server for one ref with Git protocol v2 `ls-refs` and a `ref-prefix` (one
+small POST whatever the number of refs) and compares it with the commit held locally; only
+when they differ does it fetch, with `deepen 1`, the new tip's objects that are not held
+yet (one more POST). A server that speaks only protocol v0 gets the same in its terms (the
+ref advertisement, then one POST). An idle poll reads the token and the ref file and
+writes nothing.
+
+The parts live in `margo_lite.git`: `smarthttp` (the protocol on urllib3), `localrepo`
+(file:// and paths), `store` (the bounded local bare repository), `signature` (gpgv).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import types
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dulwich.object_store import BaseObjectStore
+from dulwich.objects import Commit
+from dulwich.refs import check_ref_format
+
+from margo_lite import logs
+from margo_lite.config import GitConfig
+from margo_lite.errors import ConfigError, GitError
+from margo_lite.git.localrepo import LocalRemote
+from margo_lite.git.signature import verify_commit_signature
+from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
+from margo_lite.git.store import CORRUPT, Store, read_files
+
+log = logs.get(__name__)
+
+MAX_TOKEN_BYTES = 16 << 10
+_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The desired-state files of one commit."""
+
+    commit: str  # hex sha of the commit
+    files: Mapping[str, bytes]  # every regular file below git.path; posix path relative to it
+
+
+@dataclass(frozen=True)
+class PollResult:
+    commit: str  # remote tip (hex)
+    changed: bool  # differs from the commit held locally before this poll
+
+
+class GitSource:
+    """The configured branch of the desired-state repository, held in `state_dir/git`."""
+
+    def __init__(self, cfg: GitConfig, state_dir: Path) -> None:
+        self._cfg = cfg
+        self._branch = _check_branch(cfg.branch)
+        self._path = _check_path(cfg.path)
+        self._store = Store(Path(state_dir) / "git")
+        self._remote: HttpRemote | LocalRemote = _remote_for(cfg)
+
+    def poll(self) -> PollResult:
+        """Ask for the branch tip (one request); fetch it (one more) only when it changed."""
+        if isinstance(self._remote, HttpRemote):
+            self._remote.authorize(_auth_header(self._cfg))
+        try:
+            tip = self._remote.tip(self._branch)
+            if tip is None:
+                raise GitError(
+                    f"branch {self._branch!r} does not exist in "
+                    f"{logs.sanitize_url(self._cfg.url)}; keeping the last desired state",
+                    code="GIT_BRANCH_MISSING",
+                )
+            held = self.held_commit()
+            if tip == held:
+                return PollResult(tip, changed=False)
+            log.info("branch %s moved to %s; fetching", self._branch, tip)
+            self._store.fetch(self._remote, tip, held)
+            return PollResult(tip, changed=True)
+        finally:
+            self._remote.close()
+
+    def held_commit(self) -> str | None:
+        """The tip held locally (no network), or None before the first fetch."""
+        return self._store.tip()
+
+    def snapshot(self, commit: str) -> Snapshot:
+        """Every regular file below `git.path` at `commit`, from the local repository (no
+        network). With `git.trusted_keys`, only for a commit signed by one of them."""
+        if not HEX40.match(commit.encode("utf-8", "replace")):
+            raise GitError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
+        with self._store.open() as repo:
+            try:
+                files = self._read(repo.object_store, commit)
+                return Snapshot(commit, types.MappingProxyType(files))
+            except CORRUPT as exc:  # KeyError here: an object missing below a held commit
+                damage = f"{type(exc).__name__}: {short_reason(exc)}"
+        # Raised outside the block: the caught exception's frames pin dulwich's pack maps.
+        raise self._store.discard(damage)
+
+    def _read(self, store: BaseObjectStore, commit: str) -> dict[str, bytes]:
+        if commit.encode() not in store:
+            if commit == self._store.tip():
+                raise KeyError(commit)  # the recorded tip is gone: a damaged repository
+            raise GitError(f"commit {commit} is not held locally", code="GIT_COMMIT_MISSING")
+        obj = store[commit.encode()]
+        if not isinstance(obj, Commit):
+            raise GitError(f"{commit} is not a commit", code="GIT_COMMIT_MISSING")
+        if self._cfg.trusted_keys:
+            verify_commit_signature(obj.as_raw_string(), self._cfg.trusted_keys)
+        return read_files(store, obj.tree, self._path)
+
+
+# --- configuration checks ---------------------------------------------------------------------
+
+
+def _check_branch(branch: str) -> str:
+    if not check_ref_format(f"refs/heads/{branch}".encode()):
+        raise ConfigError(f"{branch!r} is not a valid branch name", key="git.branch")
+    return branch
+
+
+def _check_path(path: str) -> tuple[bytes, ...]:
+    parts = tuple(p for p in path.strip("/").split("/") if p not in ("", "."))
+    if any(p == ".." for p in parts):
+        raise ConfigError(f"{path!r} must not contain '..'", key="git.path")
+    return tuple(p.encode() for p in parts)
+
+
+def _remote_for(cfg: GitConfig) -> HttpRemote | LocalRemote:
+    url = cfg.url
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                "must not contain a user or password: use git.username and git.token_file",
+                key="git.url",
+            )
+        if cfg.token_file and cfg.auth == "basic" and not cfg.username:
+            raise ConfigError("git.auth basic with a token_file needs it", key="git.username")
+        if scheme == "http" and cfg.token_file:
+            log.warning("git.url is plain http: the access token travels unencrypted")
+        return HttpRemote(url, ca_file=cfg.ca_file, timeout=cfg.timeout)
+    if scheme == "file":
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError("file:// URLs must name a local path", key="git.url")
+        return LocalRemote(Path(urllib.parse.unquote(parts.path)))
+    if scheme == "":
+        return LocalRemote(Path(url))
+    raise ConfigError(
+        f"the {scheme}:// transport is not supported (http, https, file)", key="git.url"
+    )
+
+
+def _auth_header(cfg: GitConfig) -> str | None:
+    """The Authorization value, from the token file read now (tokens rotate)."""
+    if not cfg.token_file:
+        return None
+    try:
+        with open(cfg.token_file, "rb") as f:
+            raw = f.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise GitError(
+            f"cannot read git.token_file {cfg.token_file}: {exc.strerror}",
+            code="GIT_TOKEN_UNREADABLE",
+        ) from None
+    token = raw.decode("utf-8", "replace").strip()
+    logs.register_secret(token)
+    if len(raw) > MAX_TOKEN_BYTES or not _TOKEN.match(token):
+        raise GitError(
+            f"git.token_file {cfg.token_file} does not hold one token "
+            "(printable characters without spaces)",
+            code="GIT_TOKEN_UNREADABLE",
+        )
+    if cfg.auth == "bearer":
+        return f"Bearer {token}"
+    credentials = base64.b64encode(f"{cfg.username}:{token}".encode()).decode("ascii")
+    logs.register_secret(credentials)
+    return f"Basic {credentials}"
