@@ -1,0 +1,194 @@
+"""The acceptance scenarios on real engines: podman and a private dockerd, every compose driver
+available here, locally built busybox images, no registry.
+
+One scenario per (engine, driver) walks an application through its life, because each step
+builds on the last one and containers are slow to create on two cores.
+"""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from margo_lite.backends import Backend, ComponentUnit, select
+from margo_lite.backends import project as proj
+from margo_lite.config import RuntimeConfig
+from margo_lite.errors import EngineError
+from tests.support.engines import (  # noqa: F401 - fixtures
+    IMAGE,
+    busybox_tar,
+    docker_environ,
+    engine_environ,
+    free_port,
+    http_get,
+    podman_environ,
+)
+from tests.support.wait import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
+
+COMBOS = [
+    ("podman", "builtin"),
+    ("podman", "podman-compose"),
+    ("docker", "builtin"),
+    ("docker", "docker-compose"),
+]
+
+APP = """\
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "trap 'exit 0' TERM; echo \\"$$GREETING\\" > /data/index.html;
+      echo start >> /data/starts.txt; httpd -f -p 8080 -h /data & wait"]
+    environment:
+      GREETING: "${{GREETING:-hello}}"
+    ports: ["127.0.0.1:{port}:8080"]
+    volumes: ["data:/data"]
+    depends_on: [worker]
+    restart: unless-stopped
+    stop_grace_period: 5s
+    healthcheck:
+      test: ["CMD", "sh", "-c", "test -s /data/index.html"]
+      interval: 1s
+      retries: 3
+  worker:
+    image: {image}
+    command: ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8081 -h /www & wait"]
+volumes:
+  data: {{}}
+"""
+
+
+def write_app(folder: Path, port: int | str, image: str = IMAGE, text: str = APP) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compose.yaml").write_text(text.format(image=image, port=port))
+    return folder
+
+
+def make_backend(engine: str, driver: str, environ: dict, state_dir: Path) -> Backend:
+    cfg = RuntimeConfig(engine=engine, compose=driver, health_timeout=20.0)
+    try:
+        return select(cfg, state_dir, environ)
+    except EngineError as exc:
+        if driver != "builtin" and exc.code == "ENGINE_UNAVAILABLE":
+            pytest.skip(f"{driver} is not available in this environment")
+        raise
+
+
+def unit(package: Path, deployment: str, digest: str, **env: str) -> ComponentUnit:
+    return ComponentUnit(deployment, "app", package, env, {}, digest)
+
+
+def web_container(backend: Backend, deployment: str, service: str = "web"):
+    (container,) = backend._containers(deployment, "app")[service]
+    return container
+
+
+@pytest.mark.parametrize(("engine", "driver"), COMBOS, ids=[f"{e}-{d}" for e, d in COMBOS])
+def test_application_life(engine: str, driver: str, engine_environ, tmp_path: Path) -> None:
+    environ = engine_environ(engine)
+    backend = make_backend(engine, driver, environ, tmp_path / "state")
+    dep = f"dep-{engine}-{driver}-ä/Ω {'x' * 80}"  # any length or characters
+    port = free_port()
+
+    # install a two-service app whose HTTP port answers
+    v1 = write_app(tmp_path / "v1", "${WEB_PORT}")
+    backend.apply(unit(v1, dep, "d1", WEB_PORT=str(port)))
+    assert wait_for(lambda: http_get(port) == "hello\n", what="the web service")
+    health = backend.observe(dep, "app")
+    assert health.ok, health.problems()
+    assert set(health.services) == {"web", "worker"}
+    assert (dep, "app") in backend.managed()
+    worker_id = web_container(backend, dep, "worker").id
+
+    # applying the same digest again touches nothing
+    web_id = web_container(backend, dep).id
+    backend.apply(unit(v1, dep, "d1", WEB_PORT=str(port)))
+    assert web_container(backend, dep).id == web_id
+
+    # change an environment parameter: seen in the running container; only web recreated
+    backend.apply(unit(v1, dep, "d2", WEB_PORT=str(port), GREETING="bonjour"))
+    assert wait_for(lambda: http_get(port) == "bonjour\n", what="the new greeting")
+    assert web_container(backend, dep, "worker").id == worker_id
+    # the named volume kept what the first version wrote
+    assert http_get(port, "/starts.txt") == "start\nstart\n"
+
+    # change the compose file: another port
+    port2 = free_port()
+    v2 = write_app(tmp_path / "v2", port2)
+    backend.apply(unit(v2, dep, "d3", GREETING="bonjour"))
+    assert wait_for(lambda: http_get(port2) == "bonjour\n", what="the new port")
+    assert http_get(port) is None
+    assert http_get(port2, "/starts.txt") == "start\nstart\nstart\n"
+
+    # an update that cannot start is rolled back; the old version still answers
+    broken = write_app(
+        tmp_path / "broken", port2, text=APP.replace("httpd -f -p 8080 -h /data & wait", "exit 3")
+    )
+    with pytest.raises(EngineError) as failed:
+        backend.apply(unit(broken, dep, "d4", GREETING="broken"))
+    assert failed.value.code == "ROLLED_BACK"
+    assert "exit" in failed.value.message
+    assert wait_for(lambda: http_get(port2) == "bonjour\n", what="the restored version")
+    assert backend.observe(dep, "app").ok
+    # the restored version counts as applied: applying it again touches nothing
+    web_id = web_container(backend, dep).id
+    backend.apply(unit(v2, dep, "d3", GREETING="bonjour"))
+    assert web_container(backend, dep).id == web_id
+
+    # a port already taken is a coded failure, and leaves nothing behind
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        other = "taken-" + dep
+        with pytest.raises(EngineError) as failed:
+            backend.apply(unit(write_app(tmp_path / "taken", taken), other, "t1"))
+        assert failed.value.code == "PORT_IN_USE", failed.value
+        assert (other, "app") not in backend.managed()
+
+    # removal leaves no labelled container or network; the named volume stays
+    backend.remove(dep, "app")
+    owned = proj.ownership_labels(dep, "app")
+    assert backend.engine.containers(owned) == []
+    assert backend.engine.networks(owned) == []
+    assert [v["Name"] for v in backend.engine.volumes(owned)]
+    assert (dep, "app") not in backend.managed()
+    assert backend.observe(dep, "app").services == {}
+    purge = Backend(backend.engine, backend.driver, tmp_path / "state", purge_volumes=True)
+    purge.remove(dep, "app")
+    purge.remove(other, "app")
+    assert backend.engine.volumes(owned) == []
+    assert backend.engine.volumes(proj.ownership_labels(other, "app")) == []
+
+
+@pytest.mark.parametrize("engine", ["podman", "docker"])
+def test_missing_image_and_unsupported_key(engine: str, engine_environ, tmp_path: Path) -> None:
+    backend = make_backend(engine, "builtin", engine_environ(engine), tmp_path / "state")
+    absent = "localhost/margo-absent:1"
+    package = write_app(tmp_path / "absent", free_port(), image=absent)
+    with pytest.raises(EngineError) as failed:
+        backend.apply(unit(package, "dep-absent", "a1"))
+    assert failed.value.code == "IMAGE_MISSING"
+    assert absent in failed.value.message
+
+    package = tmp_path / "unsupported"
+    package.mkdir()
+    (package / "compose.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            services:
+              web:
+                image: {IMAGE}
+                privileged: true
+            """
+        )
+    )
+    with pytest.raises(EngineError) as failed:
+        backend.apply(unit(package, "dep-unsupported", "u1"))
+    assert failed.value.code == "COMPOSE_UNSUPPORTED_KEY"
+    assert "services.web.privileged" in failed.value.message
+    assert not {d for d, _ in backend.managed()} & {"dep-absent", "dep-unsupported"}
