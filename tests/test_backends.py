@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from margo_lite.backends import ComponentHealth, ServiceHealth, load_project, project_name
-from margo_lite.backends import builtin, project
+from margo_lite.backends import (
+    ComponentHealth,
+    ServiceHealth,
+    builtin,
+    load_project,
+    project,
+    project_name,
+)
 from margo_lite.backends.engine import classify, engine_error
 from margo_lite.errors import ComposeError, EngineTransientError
 
@@ -200,7 +206,7 @@ def test_builtin_refuses_unsupported_top_level_keys() -> None:
     doc = project.with_ownership(
         {"services": {"web": {"image": "i"}}, "networks": {"back": {}}}, "d", "c"
     )
-    with pytest.raises(ComposeError, match="networks.back: not supported"):
+    with pytest.raises(ComposeError, match=r"networks\.back: not supported"):
         builtin.check_supported(doc)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,8 @@ from margo_lite.backends import Backend, ComponentUnit, select
 from margo_lite.backends import project as proj
 from margo_lite.config import RuntimeConfig
 from margo_lite.errors import EngineError
-from tests.support.engines import (  # noqa: F401 - fixtures
-    IMAGE,
-    busybox_tar,
-    docker_environ,
-    engine_environ,
-    free_port,
-    http_get,
-    podman_environ,
-)
+from tests.support import engines
+from tests.support.engines import IMAGE, free_port, http_get
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
@@ -60,6 +54,29 @@ services:
 volumes:
   data: {{}}
 """
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return engines.build_busybox_tar(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="session")
+def podman_environ(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[dict]:
+    with engines.podman(tmp_path_factory.mktemp("podman"), busybox_tar) as environ:
+        yield environ
+
+
+@pytest.fixture(scope="session")
+def docker_environ(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[dict]:
+    with engines.dockerd(tmp_path_factory.mktemp("dockerd"), busybox_tar) as environ:
+        yield environ
+
+
+@pytest.fixture(scope="session")
+def engine_environ(request: pytest.FixtureRequest) -> Callable[[str], dict]:
+    """engine name -> its environment; starts that engine on first use in the session."""
+    return lambda engine: request.getfixturevalue(f"{engine}_environ")
 
 
 def write_app(folder: Path, port: int | str, image: str = IMAGE, text: str = APP) -> Path:

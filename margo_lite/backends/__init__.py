@@ -167,6 +167,7 @@ class Backend:
             name,
         )
         try:
+            self._remove_gone_services(unit.deployment_id, unit.component, doc)
             self.driver.up(name, doc, self._workdir(name))
             self._wait_ready(unit.deployment_id, unit.component, doc)
         except EngineTransientError:
@@ -174,7 +175,10 @@ class Backend:
         except EngineError as exc:
             if previous is None:
                 log.warning("%s/%s: install failed: %s", unit.deployment_id, unit.component, exc)
-                self._remove_objects(unit.deployment_id, unit.component, volumes=False)
+                try:  # leave nothing half-installed; the next apply starts afresh anyway
+                    self._remove_objects(unit.deployment_id, unit.component, volumes=False)
+                except EngineError as cleanup:
+                    log.warning("%s: cleaning up after the failed install: %s", name, cleanup)
                 self.store.delete(self._record_name(name))
                 raise
             self._roll_back(name, unit, previous, exc)
@@ -223,6 +227,7 @@ class Backend:
             cause,
         )
         try:
+            self._remove_gone_services(unit.deployment_id, unit.component, previous["doc"])
             self.driver.up(name, previous["doc"], self._workdir(name))
             self._wait_ready(unit.deployment_id, unit.component, previous["doc"])
         except EngineError as again:
@@ -340,10 +345,37 @@ class Backend:
             by_service.setdefault(c.labels.get(project.SERVICE, ""), []).append(c)
         return by_service
 
+    def _remove_gone_services(
+        self, deployment_id: str, component: str, doc: Mapping[str, Any]
+    ) -> None:
+        """Remove containers of services the document no longer has (they may hold ports)."""
+        for service, containers in self._containers(deployment_id, component).items():
+            if service not in doc["services"]:
+                log.info("%s/%s: removing service %r", deployment_id, component, service)
+                self._remove_containers(containers)
+
+    def _remove_containers(self, containers: list[Container]) -> None:
+        """Remove containers, dependents first: podman refuses to remove a container that
+        another one requires (podman-compose links them so), so retry those after the rest."""
+        pending = list(containers)
+        for _ in range(len(pending)):
+            deferred = []
+            for container in pending:
+                try:
+                    self.engine.remove_container(container.id)
+                except EngineError as exc:
+                    if "depend" not in exc.stderr:
+                        raise
+                    deferred.append((container, exc))
+            if not deferred:
+                return
+            if len(deferred) == len(pending):
+                raise deferred[0][1]
+            pending = [c for c, _ in deferred]
+
     def _remove_objects(self, deployment_id: str, component: str, *, volumes: bool) -> None:
         owned = project.ownership_labels(deployment_id, component)
-        for container in self.engine.containers(owned):
-            self.engine.remove_container(container.id)
+        self._remove_containers(self.engine.containers(owned))
         for network in self.engine.networks(owned):
             self.engine.remove_network(network["Name"])
         if volumes:

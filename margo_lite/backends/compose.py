@@ -2,8 +2,10 @@
 podman-compose.
 
 Each gets the final document (interpolated, labelled) written as a file in the project's
-work folder, and is asked for `up -d --remove-orphans`: the tools themselves recreate only
-the services whose configuration changed, and never touch volumes. Removal does not go
+work folder, and is asked for `up -d`: the tools themselves recreate only the services whose
+configuration changed, and never touch volumes. Containers of services that left the file
+are removed by the backend, by label, before `up` (podman-compose 1.6's `--remove-orphans`
+also removes unchanged services when another one is recreated). Removal does not go
 through the tools: the backend removes by label, which works even when the file is lost.
 """
 
@@ -71,7 +73,7 @@ class ExternalDriver(Driver):
         # The document can hold parameter values (secrets): readable by root only.
         write_file_atomic(file, project.dump(doc), mode=0o600)
         self._run(
-            [*self._global(name, file), "up", "-d", "--remove-orphans", *self.extra_up],
+            [*self._global(name, file), "up", "-d", *self.extra_up],
             what=f"{self.name} up {name}",
             cwd=workdir,
         )

@@ -1,18 +1,20 @@
 """Real container engines for tests: a private podman store and a private dockerd.
 
-Both are session-scoped and share one locally built busybox image (no registry):
+Both are context managers (wrap them in session-scoped fixtures) and import one locally
+built busybox image (no registry):
 - podman runs with a test-only containers.conf (runc, ulimits that work here; see
   sandbox-notes) and its own storage, network and run folders under a temporary folder,
   so tests neither see nor touch the machine's containers;
 - dockerd is started on a unix socket under a temporary folder with its own data and exec
   roots, no default bridge and no iptables rules, and stopped (by its pid) at the end.
 
-Use `engine_environ("podman" | "docker")` in a test to get the environment to hand to the
-backend; it skips the test when that engine cannot run here.
+Each yields the environment to hand to the backend (and its compose tools); each skips the
+test when its engine cannot run here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,7 +25,7 @@ import tarfile
 import textwrap
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,21 +68,16 @@ def run(argv: list[str], env: dict[str, str], timeout: float = 120) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="session")
-def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_busybox_tar(tmp_path_factory.mktemp("image"))
+@contextlib.contextmanager
+def podman(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
+    """podman with its own store, networks and run folders under `top`, the image imported.
 
-
-@pytest.fixture(scope="session")
-def podman_environ(
-    tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path
-) -> Iterator[dict[str, str]]:
-    """podman with its own store, networks and run folders, and the test image imported."""
+    Yields the environment to run podman (and podman-compose) with.
+    """
     if not shutil.which("podman") or not shutil.which("runc"):
         pytest.skip("podman or runc is not installed")
     if os.geteuid() != 0:
         pytest.skip("the podman tests run as root")
-    top = tmp_path_factory.mktemp("podman")
     conf = top / "containers.conf"
     conf.write_text(
         textwrap.dedent(
@@ -100,86 +97,75 @@ def podman_environ(
         f'[storage]\ndriver = "overlay"\ngraphroot = "{top}/root"\nrunroot = "{top}/run"\n'
     )
     env = {**base_environ(), "CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage)}
-    run(["podman", "import", str(busybox_tar), IMAGE], env)
-    yield env
-    for argv in (
-        ["podman", "rm", "-a", "-f", "-t", "0"],
-        ["podman", "network", "prune", "-f"],
-        ["podman", "volume", "prune", "-f"],
-        ["podman", "rmi", "-a", "-f"],
-    ):
-        subprocess.run(argv, env=env, capture_output=True, timeout=120)
-    shutil.rmtree(top, ignore_errors=True)
+    try:
+        run(["podman", "import", str(image_tar), IMAGE], env)
+        yield env
+    finally:
+        for argv in (
+            ["podman", "rm", "-a", "-f", "-t", "0"],
+            ["podman", "network", "prune", "-f"],
+            ["podman", "volume", "prune", "-f"],
+            ["podman", "rmi", "-a", "-f"],
+        ):
+            subprocess.run(argv, env=env, capture_output=True, timeout=120)
+        shutil.rmtree(top, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def docker_environ(
-    tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path
-) -> Iterator[dict[str, str]]:
-    """A private dockerd for this session, with the test image imported; stopped at the end."""
+@contextlib.contextmanager
+def dockerd(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
+    """A private dockerd on a socket under `top`, the image imported; stopped (by its pid,
+    after removing its containers) on exit. Yields the environment for docker clients."""
     if not shutil.which("dockerd") or not shutil.which("docker"):
         pytest.skip("dockerd is not installed (apt: docker.io)")
     if os.geteuid() != 0:
         pytest.skip("the dockerd tests run as root")
-    top = tmp_path_factory.mktemp("dockerd")
     sock = top / "docker.sock"
-    log = open(top / "dockerd.log", "wb")  # noqa: SIM115 - closed after the daemon stops
-    daemon = subprocess.Popen(
-        [
-            "dockerd",
-            "--host",
-            f"unix://{sock}",
-            "--data-root",
-            str(top / "data"),
-            "--exec-root",
-            str(top / "exec"),
-            "--pidfile",
-            str(top / "dockerd.pid"),
-            "--bridge",
-            "none",
-            "--iptables=false",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log_path = top / "dockerd.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(
+            [
+                "dockerd",
+                "--host",
+                f"unix://{sock}",
+                "--data-root",
+                str(top / "data"),
+                "--exec-root",
+                str(top / "exec"),
+                "--pidfile",
+                str(top / "dockerd.pid"),
+                "--bridge",
+                "none",  # no docker0: other daemons on this machine may have one
+                "--iptables=false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     env = {**base_environ(), "DOCKER_HOST": f"unix://{sock}"}
     try:
 
         def answers() -> bool:
             if daemon.poll() is not None:
-                raise RuntimeError(f"dockerd exited: {(top / 'dockerd.log').read_text()[-2000:]}")
+                raise RuntimeError(f"dockerd exited: {log_path.read_text()[-2000:]}")
             probe = subprocess.run(["docker", "version"], env=env, capture_output=True, timeout=30)
             return probe.returncode == 0
 
         wait_for(answers, timeout=60, interval=0.2, what="the private dockerd to answer")
-        run(["docker", "import", str(busybox_tar), IMAGE], env)
+        run(["docker", "import", str(image_tar), IMAGE], env)
         yield env
     finally:
-        subprocess.run(["docker", "rm", "-f", *_ids(env)], env=env, capture_output=True)
+        ids = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True, text=True)
+        if ids.stdout.split():
+            subprocess.run(
+                ["docker", "rm", "-f", *ids.stdout.split()], env=env, capture_output=True
+            )
         daemon.send_signal(signal.SIGTERM)
         try:
             daemon.wait(timeout=60)
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait(timeout=30)
-        log.close()
         shutil.rmtree(top, ignore_errors=True)
-
-
-def _ids(env: dict[str, str]) -> list[str]:
-    result = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True, text=True)
-    return result.stdout.split()
-
-
-@pytest.fixture(scope="session")
-def engine_environ(request: pytest.FixtureRequest) -> Callable[[str], dict[str, str]]:
-    """engine name -> its environment, starting that engine's fixture on first use."""
-
-    def get(engine: str) -> dict[str, str]:
-        return request.getfixturevalue(f"{engine}_environ")
-
-    return get
 
 
 def free_port() -> int:
