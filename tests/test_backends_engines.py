@@ -7,14 +7,19 @@ builds on the last one and containers are slow to create on two cores.
 
 from __future__ import annotations
 
+import logging
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from margo_lite.backends import Backend, ComponentUnit, select
+from margo_lite.backends import Backend, ComponentUnit, builtin, select
 from margo_lite.backends import project as proj
 from margo_lite.config import RuntimeConfig
 from margo_lite.errors import EngineError
@@ -209,3 +214,106 @@ def test_missing_image_and_unsupported_key(engine: str, engine_environ, tmp_path
     assert failed.value.code == "COMPOSE_UNSUPPORTED_KEY"
     assert "services.web.privileged" in failed.value.message
     assert not {d for d, _ in backend.managed()} & {"dep-absent", "dep-unsupported"}
+
+
+FAKE_CONMON = """\
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[-1])))
+s.listen()
+print("bound", flush=True)
+time.sleep(120)
+"""
+
+SIMPLE = """\
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
+    ports: ["127.0.0.1:{port}:8080"]
+"""
+
+
+@pytest.mark.parametrize("engine", ["podman", "docker"])
+def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Path) -> None:
+    """A component cut short (record says applying, containers left in Created, a foreign
+    container with one of our names) is finished by the next apply, or fails coded."""
+    backend = make_backend(engine, "builtin", engine_environ(engine), tmp_path / "state")
+    port = free_port()
+    package = write_app(tmp_path / "simple", port, text=SIMPLE)
+    dep = "crash-" + engine
+    backend.apply(unit(package, dep, "c1"))
+    record = backend._record(proj.project_name(dep, "app"))
+    backend._write_record(
+        proj.project_name(dep, "app"), unit(package, dep, "c1"), "applying", record["doc"], None
+    )
+    # what a crash between `create` and `start` leaves: our container, never started
+    web = web_container(backend, dep)
+    backend.engine.remove_container(web.id)
+    labels = [f"--label={k}={v}" for k, v in web.labels.items()]
+    backend.engine._run(["create", *labels, "--name", web.name, IMAGE, "true"])
+    assert web_container(backend, dep).status in ("created", "configured")
+    backend.apply(unit(package, dep, "c1"))
+    assert wait_for(lambda: http_get(port) == "busybox\n", what="the finished component")
+    assert backend.observe(dep, "app").ok
+
+    # a container without our labels is never touched: its name taken is a coded failure
+    other = "foreign-" + engine
+    name = builtin.container_name(proj.project_name(other, "app"), "web")
+    backend.engine._run(["create", "--name", name, IMAGE, "true"])
+    try:
+        with pytest.raises(EngineError) as failed:
+            backend.apply(unit(write_app(tmp_path / "f", free_port(), text=SIMPLE), other, "f1"))
+        assert failed.value.code == "NAME_CONFLICT", failed.value
+        assert backend.engine.container(name) is not None
+    finally:
+        backend.engine.remove_container(name)
+    backend.remove(dep, "app")
+
+
+def test_orphaned_conmon_holding_our_port_is_ended(engine_environ, tmp_path: Path) -> None:
+    """The podman 4.3 hazard from sandbox-notes: a conmon outliving its container holds the
+    published port. One is faked here (a process named conmon holding the port), because
+    causing the real one needs a SIGKILL at an exact instant of `podman run`."""
+    backend = make_backend("podman", "builtin", engine_environ("podman"), tmp_path / "state")
+    dep = "conmon-orphan"
+    name = builtin.container_name(proj.project_name(dep, "app"), "web")
+    port = free_port()
+    script = tmp_path / "fake_conmon.py"
+    script.write_text(FAKE_CONMON)
+    fake = subprocess.Popen(
+        ["conmon", str(script), "-c", "0" * 64, "-n", name, str(port)],
+        executable=sys.executable,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fake.stdout.readline() == "bound\n"
+        backend.apply(unit(write_app(tmp_path / "app", port, text=SIMPLE), dep, "o1"))
+        assert fake.wait(timeout=30) == -signal.SIGKILL
+        assert wait_for(lambda: http_get(port) == "busybox\n", what="the web service")
+    finally:
+        if fake.poll() is None:
+            fake.kill()
+            fake.wait()
+        backend.remove(dep, "app")
+
+
+@pytest.mark.parametrize("engine", ["podman", "docker"])
+def test_select_auto_detects_and_logs(
+    engine: str, engine_environ, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    environ = dict(engine_environ(engine))
+    if engine == "docker":  # hide podman so that auto must find docker
+        environ["PATH"] = str(tmp_path / "bin")
+        (tmp_path / "bin").mkdir()
+        for tool in ("docker", "docker-compose"):
+            (tmp_path / "bin" / tool).symlink_to(shutil.which(tool))
+    with caplog.at_level(logging.INFO, logger="margo_lite"):
+        backend = select(RuntimeConfig(), tmp_path / "state", environ)
+    assert backend.engine.name == engine
+    expected = {"podman": ("podman-compose", "builtin"), "docker": ("docker-compose",)}[engine]
+    assert backend.driver.name in expected
+    assert f"container engine: {engine} (detected), compose driver: {backend.driver.name}" in (
+        caplog.text
+    )

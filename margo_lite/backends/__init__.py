@@ -167,8 +167,7 @@ class Backend:
             name,
         )
         try:
-            self._remove_gone_services(unit.deployment_id, unit.component, doc)
-            self.driver.up(name, doc, self._workdir(name))
+            self._up(name, unit, doc)
             self._wait_ready(unit.deployment_id, unit.component, doc)
         except EngineTransientError:
             raise  # the engine is away: nothing to roll back to now; the next apply redoes it
@@ -216,6 +215,19 @@ class Backend:
 
     # --- steps -----------------------------------------------------------------------------
 
+    def _up(self, name: str, unit: ComponentUnit, doc: Mapping[str, Any]) -> None:
+        """Clear leftovers, then let the driver bring the project to `doc`. A port held by
+        an orphaned engine process of our own project is freed once and tried again."""
+        self._clear_leftovers(unit.deployment_id, unit.component, doc)
+        try:
+            self.driver.up(name, doc, self._workdir(name))
+        except EngineError as exc:
+            if exc.code != "PORT_IN_USE" or not self.engine.reap_orphans(name):
+                raise
+            log.warning("%s: freed a port held by an orphaned process; trying again", name)
+            self._clear_leftovers(unit.deployment_id, unit.component, doc)
+            self.driver.up(name, doc, self._workdir(name))
+
     def _roll_back(
         self, name: str, unit: ComponentUnit, previous: Mapping[str, Any], cause: EngineError
     ) -> None:
@@ -227,8 +239,7 @@ class Backend:
             cause,
         )
         try:
-            self._remove_gone_services(unit.deployment_id, unit.component, previous["doc"])
-            self.driver.up(name, previous["doc"], self._workdir(name))
+            self._up(name, unit, previous["doc"])
             self._wait_ready(unit.deployment_id, unit.component, previous["doc"])
         except EngineError as again:
             raise EngineError(
@@ -345,14 +356,25 @@ class Backend:
             by_service.setdefault(c.labels.get(project.SERVICE, ""), []).append(c)
         return by_service
 
-    def _remove_gone_services(
-        self, deployment_id: str, component: str, doc: Mapping[str, Any]
-    ) -> None:
-        """Remove containers of services the document no longer has (they may hold ports)."""
+    def _clear_leftovers(self, deployment_id: str, component: str, doc: Mapping[str, Any]) -> None:
+        """Before `up`: remove containers of services the document no longer has (they may
+        hold ports) and containers that do not run (left in Created or Exited by a crash or
+        a failed start); every driver then creates what is missing."""
         for service, containers in self._containers(deployment_id, component).items():
             if service not in doc["services"]:
                 log.info("%s/%s: removing service %r", deployment_id, component, service)
                 self._remove_containers(containers)
+                continue
+            stale = [c for c in containers if c.status not in ("running", "restarting")]
+            if stale:
+                log.info(
+                    "%s/%s: removing %d stopped container(s) of %r",
+                    deployment_id,
+                    component,
+                    len(stale),
+                    service,
+                )
+                self._remove_containers(stale)
 
     def _remove_containers(self, containers: list[Container]) -> None:
         """Remove containers, dependents first: podman refuses to remove a container that

@@ -12,6 +12,7 @@ through the tools: the backend removes by label, which works even when the file 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -119,8 +120,30 @@ class DockerComposeV1(ExternalDriver):
 
 
 class PodmanCompose(ExternalDriver):
+    """podman-compose 1.6 or newer: older releases recreate every service on any change
+    (1.1 to 1.5) or none at all (1.0, Debian 12's package), so they are not used."""
+
     name = "podman-compose"
     command = ("podman-compose",)
+    minimum = (1, 6)
+
+    def available(self) -> bool:
+        if not super().available():
+            return False
+        found = self.version()
+        if found < self.minimum:
+            log.warning(
+                "podman-compose %s is too old (need %s or newer); not using it",
+                ".".join(map(str, found)),
+                ".".join(map(str, self.minimum)),
+            )
+            return False
+        return True
+
+    def version(self) -> tuple[int, ...]:
+        out = self._run(["version"], what="podman-compose version", cwd=None, timeout=60)
+        match = re.search(r"podman-composer? version:? *(\d+)\.(\d+)", out.stdout + out.stderr)
+        return tuple(int(n) for n in match.groups()) if match else (0,)
 
     def _global(self, name: str, file: Path) -> list[str]:
         # No pod: a pod would be one more object without our labels.

@@ -9,10 +9,12 @@ two subclasses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -222,6 +224,11 @@ class Engine:
     def run_health_check(self, ref: str) -> None:
         """Make the engine run a container's health check now (podman without systemd)."""
 
+    def reap_orphans(self, name_prefix: str) -> int:
+        """End engine helper processes left behind for containers whose names start with
+        `name_prefix` but that the engine no longer knows; returns how many."""
+        return 0
+
     # --- networks and volumes --------------------------------------------------------------
 
     def _list(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -314,6 +321,48 @@ class Podman(Engine):
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
+
+    def reap_orphans(self, name_prefix: str) -> int:
+        # podman 4.3 hazard: when `podman run -d -p` is killed mid-way (an agent crash, a
+        # watchdog kill), its conmon can outlive a container podman no longer knows, holding
+        # the published port; `podman rm -f` cannot reach it. Only conmons of our own
+        # container names (project prefix) with an id podman does not know are ended.
+        known = set(self._run(["ps", "-a", "-q", "--no-trunc"]).stdout.split())
+        reaped = 0
+        for pid, argv in _processes():
+            if os.path.basename(argv[0]) != "conmon":
+                continue
+            cid, name = _option(argv, "-c"), _option(argv, "-n")
+            if not cid or not name or not name.startswith(name_prefix) or cid in known:
+                continue
+            log.warning("ending orphaned conmon %d of unknown container %s (%s)", pid, name, cid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                reaped += 1
+        return reaped
+
+
+def _processes() -> list[tuple[int, list[str]]]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        if argv:
+            found.append((int(entry.name), argv))
+    return found
+
+
+def _option(argv: Sequence[str], flag: str) -> str:
+    for index, arg in enumerate(argv[:-1]):
+        if arg == flag:
+            return argv[index + 1]
+    return ""
 
 
 class Docker(Engine):
