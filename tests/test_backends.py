@@ -320,6 +320,13 @@ def test_unreachable_engine_is_transient_and_keeps_its_message() -> None:
     assert "Cannot connect" in error.message
 
 
+def test_errors_never_keep_environment_values() -> None:
+    argv = ["podman", "run", "--env", "TOKEN=s3cret", "-e", "A=1", "img"]
+    error = engine_error("run", argv, 125, "x")
+    assert "s3cret" not in " ".join(error.argv)
+    assert error.argv[:5] == ("podman", "run", "--env", "TOKEN=***", "-e")
+
+
 def test_component_health() -> None:
     assert not ComponentHealth().ok
     health = ComponentHealth({"a": ServiceHealth("running"), "job": ServiceHealth("exited", 0)})

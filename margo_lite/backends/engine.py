@@ -77,7 +77,18 @@ def engine_error(
     code = code or classify(tail)
     last = tail.splitlines()[-1] if tail else f"exit status {returncode}"
     cls = EngineTransientError if code == "ENGINE_UNAVAILABLE" else EngineError
-    return cls(f"{what}: {last}", code=code, argv=tuple(argv), returncode=returncode, stderr=tail)
+    return cls(
+        f"{what}: {last}", code=code, argv=masked_argv(argv), returncode=returncode, stderr=tail
+    )
+
+
+def masked_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """argv with environment values hidden: parameters may be secrets, and errors get logged."""
+    masked = list(argv)
+    for index in range(1, len(masked)):
+        if masked[index - 1] in ("--env", "-e") and "=" in masked[index]:
+            masked[index] = masked[index].split("=", 1)[0] + "=" + logs.MASK
+    return tuple(masked)
 
 
 @dataclass(frozen=True)
