@@ -257,6 +257,17 @@ def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Pat
     assert wait_for(lambda: http_get(port) == "busybox\n", what="the finished component")
     assert backend.observe(dep, "app").ok
 
+    # an update whose health check fails is rolled back too
+    sick = (
+        SIMPLE
+        + "    healthcheck:\n      test: [CMD, 'false']\n      interval: 1s\n      retries: 1\n"
+    )
+    with pytest.raises(EngineError) as failed:
+        backend.apply(unit(write_app(tmp_path / "sick", port, text=sick), dep, "c2"))
+    assert failed.value.code == "ROLLED_BACK"
+    assert "health check failed" in failed.value.message
+    assert http_get(port) == "busybox\n"
+
     # a container without our labels is never touched: its name taken is a coded failure
     other = "foreign-" + engine
     name = builtin.container_name(proj.project_name(other, "app"), "web")

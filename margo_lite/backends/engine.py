@@ -142,11 +142,11 @@ class Engine:
             )
         except FileNotFoundError:
             raise EngineTransientError(
-                f"{what}: {self.program} is not installed", argv=tuple(full)
+                f"{what}: {self.program} is not installed", argv=masked_argv(full)
             ) from None
         except subprocess.TimeoutExpired as exc:
             raise EngineTransientError(
-                f"{what}: no answer within {exc.timeout:.0f}s", argv=tuple(full)
+                f"{what}: no answer within {exc.timeout:.0f}s", argv=masked_argv(full)
             ) from None
         if result.returncode != 0:
             raise engine_error(what, full, result.returncode, result.stderr or result.stdout)
