@@ -151,6 +151,7 @@ class Backend:
         ):
             log.debug("%s/%s: unchanged and running", unit.deployment_id, unit.component)
             return
+        self.driver.check(doc)
         for image in sorted({str(s["image"]) for s in doc["services"].values() if "image" in s}):
             self.engine.ensure_image(image)
         if record and record.get("state") == "applied":

@@ -128,6 +128,9 @@ class BuiltinDriver(Driver):
     def available(self) -> bool:
         return True
 
+    def check(self, doc: Mapping[str, Any]) -> None:
+        check_supported(doc)
+
     def up(self, name: str, doc: Mapping[str, Any], workdir: Path) -> None:
         check_supported(doc)
         owned = {

@@ -45,6 +45,9 @@ class Driver:
     def available(self) -> bool:
         raise NotImplementedError
 
+    def check(self, doc: Mapping[str, Any]) -> None:
+        """Refuse a document this driver cannot run faithfully, before anything is touched."""
+
     def up(self, name: str, doc: Mapping[str, Any], workdir: Path) -> None:
         """Create or update the project `name` to `doc`; only changed services are recreated."""
         raise NotImplementedError
