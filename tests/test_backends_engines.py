@@ -152,7 +152,7 @@ def test_application_life(engine: str, driver: str, engine_environ, tmp_path: Pa
     )
     with pytest.raises(EngineError) as failed:
         backend.apply(unit(broken, dep, "d4", GREETING="broken"))
-    assert failed.value.code == "ROLLED_BACK"
+    assert failed.value.code == "ROLLED_BACK", failed.value
     assert "exit" in failed.value.message
     assert wait_for(lambda: http_get(port2) == "bonjour\n", what="the restored version")
     assert backend.observe(dep, "app").ok

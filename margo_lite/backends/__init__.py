@@ -181,7 +181,7 @@ class Backend:
                     log.warning("%s: cleaning up after the failed install: %s", name, cleanup)
                 self.store.delete(self._record_name(name))
                 raise
-            self._roll_back(name, unit, previous, exc)
+            self._roll_back(name, unit, doc, previous, exc)
         self._write_record(name, unit, "applied", doc, None)
         log.info("%s/%s: applied", unit.deployment_id, unit.component)
 
@@ -230,16 +230,34 @@ class Backend:
             self.driver.up(name, doc, self._workdir(name))
 
     def _roll_back(
-        self, name: str, unit: ComponentUnit, previous: Mapping[str, Any], cause: EngineError
+        self,
+        name: str,
+        unit: ComponentUnit,
+        failed: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        cause: EngineError,
     ) -> None:
-        """Bring the previous document back; always raises (ROLLED_BACK, or the failure)."""
+        """Bring the previous document back; always raises (ROLLED_BACK, or the failure).
+
+        The containers of every service the update changed go first, whatever state they
+        are in (a restart loop included), so the driver only recreates them as they were.
+        """
         log.warning(
             "%s/%s: update failed (%s); restoring the previous version",
             unit.deployment_id,
             unit.component,
             cause,
         )
+        old = previous["doc"]["services"]
+        changed = {
+            service
+            for service, spec in failed["services"].items()
+            if service not in old or project.config_hash(spec) != project.config_hash(old[service])
+        }
         try:
+            for service, containers in self._containers(unit.deployment_id, unit.component).items():
+                if service in changed:
+                    self._remove_containers(containers)
             self._up(name, unit, previous["doc"])
             self._wait_ready(unit.deployment_id, unit.component, previous["doc"])
         except EngineError as again:
