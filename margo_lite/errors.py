@@ -201,6 +201,13 @@ class EngineTransientError(EngineError, TransientError):
     code = "ENGINE_UNAVAILABLE"
 
 
+class ComposeError(EngineError):
+    """The compose project itself is wrong (unreadable file, bad interpolation, a key the
+    built-in driver does not support): a package problem, not retried until it changes."""
+
+    code = "COMPOSE_INVALID"
+
+
 # --- the WOS (Device API) -------------------------------------------------------------------
 
 

@@ -1,0 +1,394 @@
+"""The podman and docker command lines, behind one `Engine` class.
+
+Everything the backends do to containers, networks, volumes and images goes through
+`Engine._run(argv)`, which turns a failed command into an `EngineError` whose code says
+what went wrong (daemon unreachable, port taken, name taken, image missing) and keeps
+the engine's own message. Podman and Docker differ only in a few details, kept in the
+two subclasses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from margo_lite import logs
+from margo_lite.errors import EngineError, EngineTransientError
+
+log = logs.get(__name__)
+
+STDERR_TAIL = 2000
+DEFAULT_TIMEOUT = 300.0
+
+# (code, pattern in the engine's message), first match wins.
+_CLASSIFY: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "ENGINE_UNAVAILABLE",
+        re.compile(
+            r"cannot connect to (the docker daemon|podman)|is the docker daemon running"
+            r"|error during connect|connect: no such file or directory.*\.sock",
+            re.I,
+        ),
+    ),
+    (
+        "PORT_IN_USE",
+        re.compile(
+            r"address already in use|port is already allocated|ports are not available", re.I
+        ),
+    ),
+    (
+        "NAME_CONFLICT",
+        re.compile(r"name .* is already in use|is already in use by container|conflict", re.I),
+    ),
+    (
+        "IMAGE_MISSING",
+        re.compile(
+            r"no such image|image not known|manifest unknown|pull access denied"
+            r"|repository does not exist|unable to find image|failed to resolve image"
+            r"|requested access to the resource is denied|initializing source"
+            r"|short-name .* did not resolve|not found: manifest",
+            re.I,
+        ),
+    ),
+)
+
+
+def classify(stderr: str) -> str:
+    """The error code for an engine's message; ENGINE_FAILED when nothing more is known."""
+    for code, pattern in _CLASSIFY:
+        if pattern.search(stderr):
+            return code
+    return "ENGINE_FAILED"
+
+
+def engine_error(
+    what: str, argv: Sequence[str], returncode: int | None, stderr: str, code: str | None = None
+) -> EngineError:
+    """An EngineError (transient when the engine is unreachable) with the engine's message."""
+    tail = logs.redact(stderr.strip()[-STDERR_TAIL:])
+    code = code or classify(tail)
+    last = tail.splitlines()[-1] if tail else f"exit status {returncode}"
+    cls = EngineTransientError if code == "ENGINE_UNAVAILABLE" else EngineError
+    return cls(
+        f"{what}: {last}", code=code, argv=masked_argv(argv), returncode=returncode, stderr=tail
+    )
+
+
+def masked_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """argv with environment values hidden: parameters may be secrets, and errors get logged."""
+    masked = list(argv)
+    for index in range(1, len(masked)):
+        if masked[index - 1] in ("--env", "-e") and "=" in masked[index]:
+            masked[index] = masked[index].split("=", 1)[0] + "=" + logs.MASK
+    return tuple(masked)
+
+
+@dataclass(frozen=True)
+class Container:
+    """What the backends need to know of one container, read from `inspect`."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    status: str  # created, running, exited, restarting, paused, ...
+    exit_code: int
+    health: str  # "" without a health check; starting, healthy, unhealthy
+    restart_count: int
+    started_at: str
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+
+class Engine:
+    """One container engine's CLI. `environ` is the whole environment its commands get."""
+
+    name = "engine"
+    program = "engine"
+
+    def __init__(
+        self, environ: Mapping[str, str], *, program: str | None = None, timeout: float = 300.0
+    ) -> None:
+        self.environ = dict(environ)
+        self.program = program or self.program
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.program!r})"
+
+    # --- running commands ------------------------------------------------------------------
+
+    def _run(
+        self, argv: Sequence[str], *, what: str = "", timeout: float | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run the engine with `argv`; raise a coded EngineError when it fails."""
+        full = [self.program, *argv]
+        what = what or f"{self.name} {argv[0]}"
+        try:
+            result = subprocess.run(
+                full,
+                capture_output=True,
+                text=True,
+                env=self.environ,
+                timeout=timeout or self.timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise EngineTransientError(
+                f"{what}: {self.program} is not installed", argv=masked_argv(full)
+            ) from None
+        except subprocess.TimeoutExpired as exc:
+            raise EngineTransientError(
+                f"{what}: no answer within {exc.timeout:.0f}s", argv=masked_argv(full)
+            ) from None
+        if result.returncode != 0:
+            raise engine_error(what, full, result.returncode, result.stderr or result.stdout)
+        return result
+
+    def available(self) -> bool:
+        """The program exists and its engine answers."""
+        if not shutil.which(self.program, path=self.environ.get("PATH", os.defpath)):
+            return False
+        try:
+            self._run(["version"], timeout=30)
+        except EngineError:
+            return False
+        return True
+
+    def version(self) -> str:
+        return self._run(["version", "--format", "{{.Client.Version}}"]).stdout.strip()
+
+    # --- containers ------------------------------------------------------------------------
+
+    def containers(self, labels: Mapping[str, str]) -> list[Container]:
+        """Every container (any state) carrying all of `labels`."""
+        argv = ["ps", "-a", "-q", "--no-trunc"]
+        for key, value in labels.items():
+            argv += ["--filter", f"label={key}={value}"]
+        ids = self._run(argv).stdout.split()
+        if not ids:
+            return []
+        found = []
+        for item in self._inspect("container", ids):
+            container = self._container(item)
+            if all(container.labels.get(k) == v for k, v in labels.items()):
+                found.append(container)
+        return found
+
+    def container(self, ref: str) -> Container | None:
+        """One container by id or name; None when there is none."""
+        found = self._inspect("container", [ref])
+        return self._container(found[0]) if found else None
+
+    def _inspect(self, kind: str, ids: Sequence[str]) -> list[dict]:
+        """`inspect` of objects that may vanish meanwhile: those are left out, not errors."""
+        if not ids:
+            return []
+        try:  # one command for all, the common case
+            return list(json.loads(self._run([kind, "inspect", *ids]).stdout or "[]"))
+        except EngineError as exc:
+            if not re.search(r"no such|not found|not known", exc.stderr, re.I):
+                raise
+        found = []
+        for one in ids:
+            try:
+                out = self._run([kind, "inspect", one]).stdout
+            except EngineError as exc:
+                if re.search(r"no such|not found|not known", exc.stderr, re.I):
+                    continue
+                raise
+            found.extend(json.loads(out or "[]"))
+        return found
+
+    def _container(self, item: Mapping[str, Any]) -> Container:
+        state = item.get("State") or {}
+        health = state.get("Health") or state.get("Healthcheck") or {}
+        return Container(
+            id=item.get("Id", ""),
+            name=str(item.get("Name", "")).lstrip("/"),
+            labels=(item.get("Config") or {}).get("Labels") or {},
+            status=str(state.get("Status", "")).lower(),
+            exit_code=int(state.get("ExitCode") or 0),
+            health=str(health.get("Status", "") or "").lower(),
+            restart_count=int(item.get("RestartCount") or 0),
+            started_at=str(state.get("StartedAt", "")),
+            raw=item,
+        )
+
+    def remove_container(self, ref: str) -> None:
+        """Stop (within the container's own stop timeout) and remove; gone already is fine."""
+        try:
+            self._run(["rm", "-f", ref], what=f"remove container {ref}")
+        except EngineError as exc:
+            if not re.search(r"no such container|no container with", exc.stderr, re.I):
+                raise
+
+    def stop(self, ref: str, *, timeout: int = 10) -> None:
+        self._run(["stop", "-t", str(timeout), ref], what=f"stop container {ref}")
+
+    def start(self, ref: str) -> None:
+        self._run(["start", ref], what=f"start container {ref}")
+
+    def rename(self, ref: str, new_name: str) -> None:
+        self._run(["rename", ref, new_name], what=f"rename container {ref}")
+
+    def run_health_check(self, ref: str) -> None:
+        """Make the engine run a container's health check now (podman without systemd)."""
+
+    def reap_orphans(self, name_prefix: str) -> int:
+        """End engine helper processes left behind for containers whose names start with
+        `name_prefix` but that the engine no longer knows; returns how many."""
+        return 0
+
+    # --- networks and volumes --------------------------------------------------------------
+
+    def _list(self, kind: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Networks or volumes carrying all of `labels`, as {"Name": ..., "Labels": ...}."""
+        argv = [kind, "ls", "-q"]
+        for key, value in labels.items():
+            argv += ["--filter", f"label={key}={value}"]
+        names = self._run(argv).stdout.split()
+        found = []
+        for item in self._inspect(kind, names):
+            # podman spells a network's keys in lower case
+            item_labels = item.get("Labels") or item.get("labels") or {}
+            if all(item_labels.get(k) == v for k, v in labels.items()):
+                found.append({"Name": item.get("Name") or item.get("name"), "Labels": item_labels})
+        return found
+
+    def networks(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return self._list("network", labels)
+
+    def volumes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return self._list("volume", labels)
+
+    def create_network(self, name: str, labels: Mapping[str, str]) -> None:
+        argv = ["network", "create"]
+        for key, value in labels.items():
+            argv += ["--label", f"{key}={value}"]
+        self._run([*argv, name], what=f"create network {name}")
+
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        argv = ["volume", "create"]
+        for key, value in labels.items():
+            argv += ["--label", f"{key}={value}"]
+        self._run([*argv, name], what=f"create volume {name}")
+
+    def remove_network(self, name: str) -> None:
+        try:
+            self._run(["network", "rm", name], what=f"remove network {name}")
+        except EngineError as exc:
+            if not re.search(r"not found|no such network|unable to find", exc.stderr, re.I):
+                raise
+
+    def remove_volume(self, name: str) -> None:
+        try:
+            self._run(["volume", "rm", name], what=f"remove volume {name}")
+        except EngineError as exc:
+            if not re.search(r"no such volume|not found", exc.stderr, re.I):
+                raise
+
+    # --- images ----------------------------------------------------------------------------
+
+    def has_image(self, image: str) -> bool:
+        try:
+            self._run(["image", "inspect", image], what=f"inspect image {image}")
+        except EngineError as exc:
+            if exc.code == "ENGINE_UNAVAILABLE":
+                raise
+            return False
+        return True
+
+    def ensure_image(self, image: str) -> None:
+        """Use a local image as it is; pull a missing one; fail with IMAGE_MISSING naming it."""
+        if self.has_image(image):
+            return
+        log.info("image %s is not on this device: pulling it", image)
+        try:
+            self._run(["pull", image], what=f"pull image {image}")
+        except EngineError as exc:
+            if exc.code == "ENGINE_UNAVAILABLE":
+                raise
+            raise EngineError(
+                f"image {image} is not on this device and cannot be pulled: "
+                f"{exc.message.split(': ', 1)[-1]}",
+                code="IMAGE_MISSING",
+                argv=exc.argv,
+                returncode=exc.returncode,
+                stderr=exc.stderr,
+            ) from None
+
+
+class Podman(Engine):
+    name = "podman"
+    program = "podman"
+
+    def run_health_check(self, ref: str) -> None:
+        # Without systemd, podman never runs health checks on its own (it uses systemd
+        # timers); running one here keeps the recorded health current. Its failure is the
+        # state we read next, not an error.
+        try:
+            self._run(["healthcheck", "run", ref], what=f"health check of {ref}", timeout=120)
+        except EngineError as exc:
+            if exc.code == "ENGINE_UNAVAILABLE":
+                raise
+
+    def reap_orphans(self, name_prefix: str) -> int:
+        # podman 4.3 hazard: when `podman run -d -p` is killed mid-way (an agent crash, a
+        # watchdog kill), its conmon can outlive a container podman no longer knows, holding
+        # the published port; `podman rm -f` cannot reach it. Only conmons of our own
+        # container names (project prefix) with an id podman does not know are ended.
+        known = set(self._run(["ps", "-a", "-q", "--no-trunc"]).stdout.split())
+        reaped = 0
+        for pid, argv in _processes():
+            if os.path.basename(argv[0]) != "conmon":
+                continue
+            cid, name = _option(argv, "-c"), _option(argv, "-n")
+            if not cid or not name or not name.startswith(name_prefix) or cid in known:
+                continue
+            log.warning("ending orphaned conmon %d of unknown container %s (%s)", pid, name, cid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                reaped += 1
+        return reaped
+
+
+def _processes() -> list[tuple[int, list[str]]]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        if argv:
+            found.append((int(entry.name), argv))
+    return found
+
+
+def _option(argv: Sequence[str], flag: str) -> str:
+    for index, arg in enumerate(argv[:-1]):
+        if arg == flag:
+            return argv[index + 1]
+    return ""
+
+
+class Docker(Engine):
+    name = "docker"
+    program = "docker"
+
+    def version(self) -> str:
+        return self._run(["version", "--format", "{{.Server.Version}}"]).stdout.strip()
+
+
+ENGINES: dict[str, type[Engine]] = {"podman": Podman, "docker": Docker}
