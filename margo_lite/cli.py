@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="expected SHA-256 fingerprint of the WOS root CA (else asked interactively)",
     )
     onboard.add_argument("--device-id", help="this device's id (default: from the configuration)")
+    demo = commands.add_parser(
+        "demo", help="run the whole job end to end on this machine (local WOS, Git, engine)"
+    )
+    demo.add_argument("--keep", action="store_true", help="keep the demo's files afterwards")
     return parser
 
 
@@ -135,17 +140,48 @@ def cmd_onboard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        _load(args)
-        raise UsageError(f"'{name}' is not available yet in margo-lite {__version__}")
+def cmd_run(args: argparse.Namespace) -> int:
+    from margo_lite import agent, daemon
 
-    return command
+    cfg = _load(args)
+    return daemon.Daemon(
+        args.config or config.default_path(),
+        cfg,
+        lambda cfg, heartbeat: agent.Agent(
+            cfg, heartbeat=heartbeat, kill_at=os.environ.get(agent.KILL_AT_ENV)
+        ),
+    ).run()
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from margo_lite import agent
+
+    cfg = _load(args)
+    runner = agent.Agent(cfg, kill_at=os.environ.get(agent.KILL_AT_ENV))
+    runner.start()
+    try:
+        result = runner.once()
+    finally:
+        runner.stop()
+    for deployment_id in result.failed:
+        print(f"failed: {deployment_id}")
+    for deployment_id in result.pending:
+        print(f"not converged: {deployment_id}")
+    if result.poll_error:
+        print(f"poll failed: {result.poll_error}")
+    return EXIT_OK if result.converged else EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from margo_lite import demo
+
+    return demo.run(keep=args.keep)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _not_yet("run"),
-    "once": _not_yet("once"),
+    "run": cmd_run,
+    "once": cmd_once,
+    "demo": cmd_demo,
     "status": cmd_status,
     "check-config": cmd_check_config,
     "capabilities": cmd_capabilities,

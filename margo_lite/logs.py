@@ -9,6 +9,7 @@ a URL can be shown in a log line, an error or a status report.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import urllib.parse
@@ -17,15 +18,20 @@ LOGGER_NAME = "margo_lite"
 MASK = "***"
 _MIN_SECRET_LEN = 4  # shorter values would mask ordinary words; refuse them as secrets instead
 
+_MAX_SECRETS = 256  # rotated tokens come and go: keep the newest, bound the work per line
+
 _lock = threading.Lock()
-_secrets: set[str] = set()
+_secrets: dict[str, None] = {}  # insertion-ordered set
 
 
 def register_secret(value: str | None) -> None:
     """Mask `value` in every log line and in `redact()` from now on."""
     if value and len(value) >= _MIN_SECRET_LEN:
         with _lock:
-            _secrets.add(value)
+            _secrets.pop(value, None)
+            _secrets[value] = None
+            while len(_secrets) > _MAX_SECRETS:
+                del _secrets[next(iter(_secrets))]
 
 
 def redact(text: str) -> str:
@@ -81,7 +87,9 @@ def setup(level: str | int = "INFO", stream=None) -> logging.Logger:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # journald stamps every line itself; elsewhere (a terminal, a file) we do.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    handler.setFormatter(logging.Formatter(f"{stamp}%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     logger.addHandler(handler)
     logger.setLevel(level if isinstance(level, int) else level.upper())

@@ -549,6 +549,13 @@ def _planned_components(
     return (*listed, *leaving)
 
 
+def waiting(record: DeploymentRecord, step: Step, reason: Reason) -> DeploymentRecord:
+    """The step is about to start but waits on something first (a policy check): Pending."""
+    if step.action is Action.KEEP:
+        return record
+    return _set(record, step, state=State.PENDING, error=reason)
+
+
 def started(record: DeploymentRecord, step: Step) -> DeploymentRecord:
     """The step began: Installing (install, update) or Removing."""
     if step.action is Action.KEEP:

@@ -25,7 +25,7 @@ def collect(cfg: Config) -> dict[str, Any]:
     for name in store.names(DEPLOYMENTS):
         record = store.read_json(name)
         if isinstance(record, dict):
-            deployments.append(record)
+            deployments.append(_shown(record))
     return {
         "device": cfg.device.id,
         "state_dir": str(cfg.state_dir),
@@ -37,6 +37,21 @@ def collect(cfg: Config) -> dict[str, Any]:
             "outbox": len(store.names(OUTBOX)),
         },
         "deployments": sorted(deployments, key=lambda d: str(d.get("id", ""))),
+    }
+
+
+def _shown(record: dict[str, Any]) -> dict[str, Any]:
+    """What a user asks of a deployment record; digests and backend facts stay inside."""
+    return {
+        "id": record.get("id"),
+        "state": record.get("state"),
+        "error": record.get("error"),
+        "last_change": record.get("last_change"),
+        "components": [
+            {"name": c.get("name"), "state": c.get("state"), "error": c.get("error")}
+            for c in record.get("components", [])
+            if isinstance(c, dict)
+        ],
     }
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support import engines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,3 +63,29 @@ def run_cli(
 @pytest.fixture
 def cli() -> Callable[..., subprocess.CompletedProcess]:
     return run_cli
+
+
+# --- real container engines, shared by every test of the session ---------------------------
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return engines.build_busybox_tar(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="session")
+def podman_environ(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[dict]:
+    with engines.podman(tmp_path_factory.mktemp("podman"), busybox_tar) as environ:
+        yield environ
+
+
+@pytest.fixture(scope="session")
+def docker_environ(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[dict]:
+    with engines.dockerd(tmp_path_factory.mktemp("dockerd"), busybox_tar) as environ:
+        yield environ
+
+
+@pytest.fixture(scope="session")
+def engine_environ(request: pytest.FixtureRequest) -> Callable[[str], dict]:
+    """engine name -> its environment; starts that engine on first use in the session."""
+    return lambda engine: request.getfixturevalue(f"{engine}_environ")

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from margo_lite.backends import Backend, ComponentUnit, builtin, select
 from margo_lite.backends import project as proj
 from margo_lite.config import RuntimeConfig
 from margo_lite.errors import EngineError
-from tests.support import engines
 from tests.support.engines import IMAGE, free_port, http_get
 from tests.support.wait import wait_for
 
@@ -59,29 +57,6 @@ services:
 volumes:
   data: {{}}
 """
-
-
-@pytest.fixture(scope="session")
-def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return engines.build_busybox_tar(tmp_path_factory.mktemp("image"))
-
-
-@pytest.fixture(scope="session")
-def podman_environ(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[dict]:
-    with engines.podman(tmp_path_factory.mktemp("podman"), busybox_tar) as environ:
-        yield environ
-
-
-@pytest.fixture(scope="session")
-def docker_environ(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[dict]:
-    with engines.dockerd(tmp_path_factory.mktemp("dockerd"), busybox_tar) as environ:
-        yield environ
-
-
-@pytest.fixture(scope="session")
-def engine_environ(request: pytest.FixtureRequest) -> Callable[[str], dict]:
-    """engine name -> its environment; starts that engine on first use in the session."""
-    return lambda engine: request.getfixturevalue(f"{engine}_environ")
 
 
 def write_app(folder: Path, port: int | str, image: str = IMAGE, text: str = APP) -> Path:

@@ -1,0 +1,586 @@
+"""The reconciler: observe the desired state, diff it against records, act, report.
+
+One `Agent` per device. Each step is a method with one job:
+
+- `observe()`   polls Git (within the polling hours, outside downtime, with backoff) and
+                parses the held commit into a `DesiredState` when it changed;
+- `reconcile()` plans against the recorded state and carries out the plan through the
+                package store, the policy gate and the backend;
+- `heal()`      checks that what is recorded Installed still runs, and restores it;
+- `report()`    hands queued status reports to the WOS.
+
+Every state change is queued in the durable outbox *before* the record that holds it is
+written, so after a crash at any instant the WOS may hear a state twice but never misses
+the last one; a record left Installing or Removing is redone on the next start (applying
+and removing are idempotent in the backend). The agent never removes anything because of
+something it could not read: a corrupt record stops it, an incomplete desired state holds
+removals, and an unreachable Git server leaves the last applied state in force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from margo_lite import backends, config, desired, logs, planner, policy, schedule, wos
+from margo_lite.errors import (
+    EngineError,
+    GitError,
+    MargoLiteError,
+    TransientError,
+    WosError,
+)
+from margo_lite.gitsource import GitSource, Snapshot
+from margo_lite.outbox import Outbox
+from margo_lite.packages import PackageStore
+from margo_lite.planner import Action, DeploymentRecord, Reason, State, Step
+from margo_lite.statestore import StateStore
+from margo_lite.statusview import AGENT_RECORD, DEPLOYMENTS, POLL_RECORD
+
+log = logs.get(__name__)
+
+#: Test hook (documented in DEVELOPERS.md): the agent SIGKILLs itself at the named point,
+#: one of before-apply, after-apply, before-remove, after-remove.
+KILL_AT_ENV = "MARGO_LITE_TEST_KILL_AT"
+PACKAGE_FACT = "package"  # ComponentRecord.data key: digest of the package in use
+POLICY_CHECK = Reason(
+    policy.PENDING_REASON, "preparing the package and checking it against local policy"
+)
+
+
+def _noop() -> None:
+    pass
+
+
+@dataclass
+class Parts:
+    """What the agent drives; built from the configuration, replaceable in tests."""
+
+    store: StateStore
+    runtime: StateStore
+    source: GitSource
+    packages: PackageStore
+    outbox: Outbox
+    client: wos.WosClient
+    backend_factory: Callable[[], backends.Backend]
+
+    @classmethod
+    def build(cls, cfg: config.Config) -> Parts:
+        state_dir = cfg.state_dir
+        store = StateStore(state_dir)
+        return cls(
+            store=store,
+            runtime=StateStore(cfg.device.runtime_dir),
+            source=GitSource(cfg.git, state_dir),
+            packages=PackageStore(cfg.packages, state_dir / "packages"),
+            outbox=Outbox(store, cfg.wos.outbox_limit),
+            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir),
+            backend_factory=lambda: backends.select(cfg.runtime, state_dir, os.environ),
+        )
+
+
+@dataclass
+class CycleResult:
+    converged: bool
+    failed: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+    poll_error: str | None = None
+
+
+@dataclass
+class _Timers:
+    next_poll: float = 0.0
+    next_observe: float = 0.0
+    next_retry: float | None = None
+    git_backoff: schedule.Backoff = field(default_factory=schedule.Backoff)
+    heal_backoff: dict[tuple[str, str], schedule.Backoff] = field(default_factory=dict)
+    heal_due: dict[tuple[str, str], float] = field(default_factory=dict)
+    retry_backoff: dict[tuple[str, str], schedule.Backoff] = field(default_factory=dict)
+    retry_due: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: config.Config,
+        *,
+        heartbeat: Callable[[], None] = _noop,
+        parts: Parts | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], dt.datetime] = dt.datetime.now,
+        rand: Callable[[], float] = random.random,
+        kill_at: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._kill_at = kill_at
+        self.parts = parts or Parts.build(cfg)
+        self._heartbeat = heartbeat
+        self._clock = clock
+        self._wall = wall
+        self._rand = rand
+        self._backend: backends.Backend | None = None
+        self.records: dict[str, DeploymentRecord] = {}
+        self.snapshot: Snapshot | None = None
+        self.desired: desired.DesiredState | None = None
+        self.applied_commit: str | None = None
+        self.timers = _Timers(
+            git_backoff=schedule.Backoff(
+                cfg.poll.interval, max(cfg.poll.interval, cfg.poll.max_backoff)
+            )
+        )
+        self._tidy_needed = True  # sweep leftovers and prune the cache at the next reconcile
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover: clean up after a crash, read every record, load the held commit."""
+        store = self.parts.store
+        removed = store.remove_leftovers()
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted write", removed)
+        self.records = load_records(store)
+        agent = store.read_json(AGENT_RECORD) or {}
+        self.applied_commit = agent.get("commit")
+        held = self.parts.source.held_commit()
+        if held:
+            self._load(held)
+        self._send_capabilities()
+
+    def stop(self) -> None:
+        self.parts.client.close()
+
+    # --- the schedule ----------------------------------------------------------------------
+
+    def tick(self, poll_now: bool = False) -> float:
+        """Do whatever is due; return the seconds until something is due again."""
+        now = self._clock()
+        timers = self.timers
+        if poll_now or now >= timers.next_poll:
+            self.observe()
+            self.reconcile()
+        elif timers.next_retry is not None and now >= timers.next_retry:
+            self.reconcile()
+        if self._clock() >= timers.next_observe:
+            self.heal()
+            timers.next_observe = self._clock() + self.cfg.runtime.observe_interval
+        self.report()
+        now = self._clock()
+        due = [timers.next_poll, timers.next_observe]
+        if timers.next_retry is not None:
+            due.append(timers.next_retry)
+        return max(0.0, min(due) - now)
+
+    def once(self) -> CycleResult:
+        """One full cycle: fetch, apply, flush reports. For `margo-lite once`."""
+        poll_error = self.observe(force=True)
+        self.reconcile()
+        self.report(force=True)
+        failed = tuple(sorted(i for i, r in self.records.items() if r.state is State.FAILED))
+        pending = tuple(sorted(i for i, r in self.records.items() if r.state not in _SETTLED))
+        converged = not failed and not pending and poll_error is None and self.desired is not None
+        return CycleResult(
+            converged, failed, tuple(p for p in pending if p not in failed), poll_error
+        )
+
+    # --- observe ---------------------------------------------------------------------------
+
+    def _in_downtime(self) -> bool:
+        return schedule.in_any(self.cfg.poll.downtime, self._wall())
+
+    def observe(self, *, force: bool = False) -> str | None:
+        """Poll Git; load the new commit when it changed. Returns the poll error, if any."""
+        poll = self.cfg.poll
+        timers = self.timers
+        if not force and not schedule.polling_allowed(poll.hours, poll.downtime, self._wall()):
+            self._schedule_poll()
+            self._note_poll("skipped: outside polling hours or in a downtime window")
+            return None
+        try:
+            result = self.parts.source.poll()
+        except GitError as exc:
+            timers.git_backoff = timers.git_backoff.failed()
+            self._schedule_poll()
+            (log.debug if self._in_downtime() else log.warning)(
+                "polling %s failed (next try in %.0fs): %s",
+                logs.sanitize_url(self.cfg.git.url),
+                timers.next_poll - self._clock(),
+                exc,
+            )
+            self._note_poll(f"error: {exc}")
+            return str(exc)
+        timers.git_backoff = timers.git_backoff.succeeded()
+        self._schedule_poll()
+        if self.snapshot is None or self.snapshot.commit != result.commit:
+            log.info("desired state is at commit %s", result.commit[:12])
+            try:
+                self._load(result.commit)
+            except GitError as exc:
+                log.error(
+                    "commit %s not applied, keeping the last one: %s", result.commit[:12], exc
+                )
+                self._note_poll(f"error: {exc}")
+                return str(exc)
+            self._note_poll("changed")
+        else:
+            self._note_poll("unchanged")
+        return None
+
+    def _schedule_poll(self) -> None:
+        poll = self.cfg.poll
+        now = self._wall()
+        due = schedule.next_poll(
+            now,
+            interval=poll.interval,
+            jitter=poll.jitter,
+            backoff=self.timers.git_backoff,
+            hours=poll.hours,
+            downtime=poll.downtime,
+            rand=self._rand(),
+        )
+        wait = _NEVER_WAIT if due is None else max(0.0, (due - now).total_seconds())
+        self.timers.next_poll = self._clock() + wait
+
+    def _load(self, commit: str) -> None:
+        snapshot = self.parts.source.snapshot(commit)
+        state = desired.parse_files(snapshot.files)
+        for failure in state.failures:
+            log.error("desired state: %s", failure.error)
+        self.snapshot, self.desired = snapshot, state
+        self._tidy_needed = True
+
+    def _note_poll(self, result: str) -> None:
+        """Volatile poll status for `margo-lite status`: written to RAM, not to flash."""
+        wall = self._wall().astimezone()
+        next_at = wall + dt.timedelta(seconds=max(0.0, self.timers.next_poll - self._clock()))
+        status = {
+            "last_poll": wall.isoformat(timespec="seconds"),
+            "last_poll_result": logs.redact(result),
+            "next_poll": next_at.isoformat(timespec="seconds"),
+            "commit_held": self.snapshot.commit if self.snapshot else None,
+        }
+        try:
+            self.parts.runtime.write_json(POLL_RECORD, status)
+        except MargoLiteError as exc:
+            log.debug("cannot write the poll status: %s", exc)
+
+    # --- reconcile -------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Carry out the plan from the held desired state; retries are scheduled here."""
+        self.timers.next_retry = None
+        if self.desired is None or self.snapshot is None:
+            return
+        plan = planner.plan(self.desired, self.records)
+        for dp in plan.deployments:
+            self._heartbeat()
+            blockers = plan.blocked_by(dp, self.records)
+            record = planner.planned_record(dp, self.records.get(dp.id), blockers=blockers)
+            if record is None:
+                continue
+            if dp.failure is not None or dp.held or blockers or not dp.changes:
+                self._save(record)
+                continue
+            # The planned record stays in memory: the first step's change is the news.
+            for step in dp.changes:
+                record = self._run_step(record, step)
+                if record.state is State.FAILED:
+                    break
+            if record.state is State.REMOVED:
+                self._forget(record)
+        if plan.changes or self._tidy_needed:
+            # Only after a change or a start: an idle cycle costs no engine call, no write.
+            if self.desired.complete:
+                self._remove_orphans(plan.desired_ids)
+            self._prune_packages()
+            self._tidy_needed = False
+        if self.snapshot.commit != self.applied_commit and all(
+            r.state in _SETTLED for r in self.records.values()
+        ):
+            self.applied_commit = self.snapshot.commit
+            self.parts.store.write_json(AGENT_RECORD, {"commit": self.applied_commit})
+
+    def _run_step(self, record: DeploymentRecord, step: Step) -> DeploymentRecord:
+        key = (step.deployment_id, step.component)
+        if step.retry and self._clock() < self.timers.retry_due.get(key, 0.0):
+            self._schedule_retry(self.timers.retry_due[key])
+            return record
+        self._heartbeat()
+        touched = False  # whether what runs may have changed when an error comes
+        try:
+            if step.action is Action.REMOVE:
+                record = self._save(planner.started(record, step))
+                self.report()
+                self._checkpoint("before-remove")
+                touched = True
+                self.backend.remove(step.deployment_id, step.component)
+                self._checkpoint("after-remove")
+                done = planner.succeeded(record, step)
+            else:
+                assert step.desired is not None
+                current = record.component(step.component)
+                if current is None or current.state is State.PENDING:
+                    record = self._save(planner.waiting(record, step, POLICY_CHECK))
+                unit, package = self._prepare(step)
+                record = self._save(planner.started(record, step))
+                self.report()
+                self._checkpoint("before-apply")
+                touched = True
+                self.backend.apply(unit)
+                self._checkpoint("after-apply")
+                done = planner.succeeded(record, step, {PACKAGE_FACT: package})
+        except MargoLiteError as exc:
+            # An update that failed before touching anything, or that the backend rolled
+            # back, leaves the previous version running.
+            restored = step.action is Action.UPDATE and (not touched or exc.code == "ROLLED_BACK")
+            log.error(
+                "%s %s/%s failed: %s", step.action.value, step.deployment_id, step.component, exc
+            )
+            self._retry_later(key, exc)
+            return self._save(planner.failed(record, step, Reason.of(exc), restored=restored))
+        self.timers.retry_backoff.pop(key, None)
+        self.timers.retry_due.pop(key, None)
+        log.info("%s %s/%s done", step.action.value, step.deployment_id, step.component)
+        return self._save(done)
+
+    def _checkpoint(self, name: str) -> None:
+        """Crash tests: SIGKILL this process at a named point (see KILL_AT_ENV)."""
+        if self._kill_at == name:
+            log.warning("test hook: killing the agent at %s", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _retry_later(self, key: tuple[str, str], exc: MargoLiteError) -> None:
+        """Transient errors are retried with backoff; others wait for a new commit."""
+        if not isinstance(exc, TransientError):
+            self.timers.retry_due[key] = float("inf")
+            return
+        backoff = self.timers.retry_backoff.get(key, _retry_backoff(self.cfg)).failed()
+        self.timers.retry_backoff[key] = backoff
+        due = self._clock() + schedule.jittered(backoff.delay(), 0.2, self._rand())
+        self.timers.retry_due[key] = due
+        self._schedule_retry(due)
+
+    def _schedule_retry(self, due: float) -> None:
+        if due == float("inf"):
+            return
+        current = self.timers.next_retry
+        self.timers.next_retry = due if current is None else min(current, due)
+
+    def _prepare(self, step: Step) -> tuple[backends.ComponentUnit, str]:
+        component = step.desired
+        assert component is not None and self.snapshot is not None
+        if not component.package_location:
+            raise EngineError(
+                f"component {component.name} has no packageLocation", code="PACKAGE_INVALID"
+            )
+        package = self.parts.packages.prepare(
+            component.package_location, component.key_location, self.snapshot.files
+        )
+        document = backends.load_project(package.path, component.env, component.overlays)
+        policy.check_compose(document, self.cfg.policy)
+        unit = backends.ComponentUnit(
+            deployment_id=step.deployment_id,
+            component=component.name,
+            package_dir=package.path,
+            env=component.env,
+            overlays=component.overlays,
+            digest=component.digest,
+        )
+        return unit, package.digest
+
+    @property
+    def backend(self) -> backends.Backend:
+        if self._backend is None:
+            self._backend = self.parts.backend_factory()
+        return self._backend
+
+    def _remove_orphans(self, desired_ids: frozenset[str]) -> None:
+        """Remove labelled containers no record or desired deployment accounts for."""
+        try:
+            managed = self.backend.managed()
+        except EngineError as exc:
+            log.warning("cannot list managed containers: %s", exc)
+            return
+        known = {(r.id, c.name) for r in self.records.values() for c in r.components}
+        for deployment_id, component in sorted(managed - known):
+            if deployment_id in desired_ids and deployment_id not in self.records:
+                continue
+            log.warning(
+                "removing leftover %s/%s that no record accounts for", deployment_id, component
+            )
+            try:
+                self.backend.remove(deployment_id, component)
+            except EngineError as exc:
+                log.error("cannot remove leftover %s/%s: %s", deployment_id, component, exc)
+
+    def _prune_packages(self) -> None:
+        keep = {
+            c.data.get(PACKAGE_FACT)
+            for r in self.records.values()
+            for c in r.components
+            if c.data.get(PACKAGE_FACT)
+        }
+        try:
+            self.parts.packages.prune(keep)
+        except MargoLiteError as exc:
+            log.warning("cannot prune the package cache: %s", exc)
+
+    # --- heal ------------------------------------------------------------------------------
+
+    def heal(self) -> None:
+        """Restore Installed components whose containers stopped, exited or vanished.
+
+        A first restoration that succeeds is not reported; one that fails makes the component
+        Failed (reported) and is retried with backoff; success reports Installed again.
+        """
+        if self.desired is None:
+            return
+        wanted = {d.id: d for d in self.desired.deployments}
+        for record in list(self.records.values()):
+            deployment = wanted.get(record.id)
+            if deployment is None:
+                continue
+            for component in deployment.components:
+                current = record.component(component.name)
+                if current is None or current.digest != component.digest:
+                    continue
+                if current.state not in (State.INSTALLED, State.FAILED):
+                    continue
+                record = self._heal_one(record, component, current.state)
+
+    def _heal_one(
+        self, record: DeploymentRecord, component: desired.Component, state: State
+    ) -> DeploymentRecord:
+        key = (record.id, component.name)
+        if self._clock() < self.timers.heal_due.get(key, 0.0):
+            return record
+        self._heartbeat()
+        try:
+            health = self.backend.observe(record.id, component.name)
+        except EngineError as exc:
+            log.warning("cannot observe %s/%s: %s", record.id, component.name, exc)
+            return record
+        if health.ok and state is State.INSTALLED:
+            return record
+        if state is State.INSTALLED:
+            log.warning(
+                "%s/%s is not running as it should (%s); restoring it",
+                record.id,
+                component.name,
+                "; ".join(health.problems()),
+            )
+        step = Step(
+            record.id, component.name, Action.UPDATE, component, record.component(component.name)
+        )
+        try:
+            unit, package = self._prepare(step)
+            self.backend.apply(unit)
+        except MargoLiteError as exc:
+            backoff = self.timers.heal_backoff.get(key, _retry_backoff(self.cfg)).failed()
+            self.timers.heal_backoff[key] = backoff
+            self.timers.heal_due[key] = self._clock() + schedule.jittered(
+                backoff.delay(), 0.2, self._rand()
+            )
+            reason = Reason(
+                "CONTAINER_DOWN",
+                f"{'; '.join(health.problems()) or 'not running'}; restoring failed: {exc}",
+            )
+            log.error("%s/%s could not be restored: %s", record.id, component.name, exc)
+            return self._save(planner.failed(record, step, reason, restored=False))
+        self.timers.heal_backoff.pop(key, None)
+        self.timers.heal_due.pop(key, None)
+        log.info("%s/%s restored", record.id, component.name)
+        return self._save(planner.succeeded(record, step, {PACKAGE_FACT: package}))
+
+    # --- report ----------------------------------------------------------------------------
+
+    def report(self, *, force: bool = False) -> None:
+        """Hand queued reports to the WOS; nothing is sent during a downtime."""
+        if self._in_downtime() and not force:
+            return
+        outbox = self.parts.outbox
+        if not len(outbox):
+            return
+        try:
+            outbox.flush(
+                self.parts.client,
+                quiet=self._in_downtime(),
+                **({"now": float("inf")} if force else {}),
+            )
+        except WosError as exc:  # flush handles its own errors; this is a last guard
+            log.warning("reports not delivered: %s", exc)
+
+    def _send_capabilities(self) -> None:
+        if self._in_downtime():
+            return
+        from margo_lite import capabilities
+
+        try:
+            body = capabilities.discover(
+                self.cfg.device.id, self.cfg.state_dir, self.cfg.capabilities
+            )
+            self.parts.client.send_capabilities(body)
+        except MargoLiteError as exc:
+            log.warning("capabilities not sent (will try at the next start): %s", exc)
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _save(self, new: DeploymentRecord) -> DeploymentRecord:
+        """Queue the status event the WOS must hear (if any), then persist the record.
+
+        The event goes first: after a crash between the two the WOS may hear a state
+        twice, but it never misses one that the record holds.
+        """
+        old = self.records.get(new.id)
+        if old is not None and new == dataclasses.replace(old, last_change=new.last_change):
+            return old
+        event = planner.status_event(old, new)
+        if event is not None:
+            stamp = self._wall().astimezone().isoformat(timespec="seconds")
+            new = dataclasses.replace(new, last_change=stamp)
+            body = wos.status_body(
+                event.deployment_id,
+                event.state.value,
+                (event.error.code, event.error.message) if event.error else None,
+                [(name, state.value) for name, state in event.components],
+                self.cfg.wos.status_case,
+            )
+            self.parts.outbox.add(event.deployment_id, body)
+            log.info(
+                "deployment %s is %s%s",
+                new.id,
+                new.state.value,
+                f" ({new.error.code}: {new.error.message})" if new.error else "",
+            )
+        self.parts.store.write_json(f"{DEPLOYMENTS}/{new.id}.json", new.to_json())
+        self.records[new.id] = new
+        return new
+
+    def _forget(self, record: DeploymentRecord) -> None:
+        self.parts.store.delete(f"{DEPLOYMENTS}/{record.id}.json")
+        self.records.pop(record.id, None)
+
+
+_SETTLED = (State.INSTALLED, State.REMOVED)
+_NEVER_WAIT = 3600.0  # polling is never allowed (hours all inside downtime): look again later
+
+
+def _retry_backoff(cfg: config.Config) -> schedule.Backoff:
+    """Retries of a failed component: from 5 s, doubling, up to poll.max_backoff."""
+    return schedule.Backoff(5.0, max(5.0, cfg.poll.max_backoff))
+
+
+def load_records(store: StateStore) -> dict[str, DeploymentRecord]:
+    """Every deployment record; a corrupt one raises (never read as 'absent')."""
+    records = {}
+    for name in store.names(DEPLOYMENTS):
+        value = store.read_json(name)
+        if value is not None:
+            record = DeploymentRecord.from_json(value)
+            records[record.id] = record
+    return records
