@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from margo_lite import wossim
 from tests.support import engines
+from tests.support.gitserver import GitServer
+from tests.support.rig import Rig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,3 +92,23 @@ def docker_environ(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) 
 def engine_environ(request: pytest.FixtureRequest) -> Callable[[str], dict]:
     """engine name -> its environment; starts that engine on first use in the session."""
     return lambda engine: request.getfixturevalue(f"{engine}_environ")
+
+
+# --- one device end to end: Git server, WOS simulator, podman ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    with GitServer(tmp_path_factory.mktemp("git")) as server:
+        yield server
+
+
+@pytest.fixture
+def rig(tmp_path: Path, git_server: GitServer, podman_environ: dict) -> Iterator[Rig]:
+    """A device whose agent is started by the test; its containers are removed after."""
+    with wossim.WosSimulator() as sim:
+        r = Rig(tmp_path, git_server, podman_environ, sim)
+        try:
+            yield r
+        finally:
+            r.cleanup()
