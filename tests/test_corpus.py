@@ -99,6 +99,10 @@ def check_case_failures(case: Case, state: desired.DesiredState) -> None:
     assert {f.deployment_id for f in mine} == (set(case.ids) or {None})
     for failure in mine:  # a coded, located message; never a traceback
         assert str(failure.error).startswith(case.name + "/")
+    headline = [f.error for f in mine if f.error.code == case.code]
+    if "field" in case.spec:
+        assert {e.field for e in headline} == {case.spec["field"]}
+    assert all(case.spec.get("says", "") in str(e) for e in headline), headline
 
 
 @pytest.mark.parametrize("case", params("desired-state"))
@@ -167,6 +171,7 @@ def check_refused(stores, location, key, repo, case: Case, tmp_path: Path) -> No
         store.prepare(location, key, repo)
     assert isinstance(caught.value, PackageError), caught.value
     assert caught.value.code == case.code, caught.value
+    assert case.spec.get("says", "") in caught.value.message
     assert list(outside.iterdir()) == []
     # nothing half-built is left, and the good package is still there, unchanged
     pkgs = [p for p in cache_leftovers(tmp_path / "cache") if p.count("/") == 1]
