@@ -105,6 +105,21 @@ def check_case_failures(case: Case, state: desired.DesiredState) -> None:
     assert all(case.spec.get("says", "") in str(e) for e in headline), headline
 
 
+def running(ids: list[str]) -> dict[str, planner.DeploymentRecord]:
+    """Records of earlier, good versions of deployments `ids`, installed."""
+    template = (corpus.DESIRED / "zz-good.yaml").read_bytes()
+    files = {
+        f"earlier/{i}.yaml": template.replace(b"id: corpus-good-last", f"id: {i}".encode())
+        for i in ids
+    }
+    state = desired.parse_files(files)
+    assert state.failures == ()
+    return run(planner.plan(state, {}), {})
+
+
+ELSEWHERE = "corpus-elsewhere"  # runs, and is no longer in the desired state
+
+
 @pytest.mark.parametrize("case", params("desired-state"))
 def test_desired_state_case(case: Case, good_alone) -> None:
     alone, installed = good_alone
@@ -115,13 +130,29 @@ def test_desired_state_case(case: Case, good_alone) -> None:
     good = [d for d in state.deployments if d.id in installed]
     assert [(d.id, d.digest) for d in good] == [(d.id, d.digest) for d in alone.deployments]
     assert good == list(alone.deployments)
-    # ... and what runs of them is left alone
-    p = planner.plan(state, installed)
+    # ... and nothing that runs is touched: not the good ones, not an earlier version of the
+    # case's own deployment, and nothing else while an unreadable document might be its own
+    own = list({i.lower(): i for i in reversed(case.ids)}.values())
+    current = {**installed, **running([*own, ELSEWHERE])}
+    p = planner.plan(state, current)
     for dep_id in installed:
         dp = p.get(dep_id)
         assert dp is not None and dp.failure is None and dp.changes == () and not dp.held
-    after = run(p, installed)
+    for dep_id in own:
+        dp = p.get(dep_id)
+        assert dp is not None and dp.failure is not None and dp.changes == ()
+        assert dp.failure.code in {case.code, *case.also}
+    assert state.complete == bool(case.ids)
+    elsewhere = p.get(ELSEWHERE)
+    assert elsewhere is not None and elsewhere.removal
+    assert elsewhere.held == (not state.complete)
+    after = run(p, current)
     assert {i: after[i] for i in installed} == installed
+    for dep_id in own:  # reported Failed, while the earlier version runs on
+        assert after[dep_id].state is planner.State.FAILED
+        assert [(c.name, c.digest) for c in after[dep_id].components] == [
+            (c.name, c.digest) for c in current[dep_id].components
+        ]
 
 
 def test_all_desired_state_cases_at_once(good_alone):

@@ -25,6 +25,15 @@ HERE = Path(__file__).resolve().parent
 DESIRED = HERE / "desired"
 COMPOSE = HERE / "compose"
 KINDS = ("desired-state", "package", "signature", "compose", "policy")
+#: Keys a case of each kind may have besides the common ones; anything else is a typo.
+KIND_KEYS = {
+    "desired-state": {"generate", "field", "says"},
+    "package": {"tar", "generate", "raw", "config", "says"},
+    "signature": {"tar", "generate", "raw", "signature", "folder", "says"},
+    "compose": {"key", "says"},
+    "policy": {"policy", "rule", "says"},
+}
+COMMON_KEYS = {"name", "kind", "code", "why", "files", "ids", "stage", "also"}
 #: The compose file of every package case that is not about the compose file itself.
 GOOD_COMPOSE = b"services:\n  web:\n    image: localhost/testimg:1\n"
 
@@ -53,14 +62,22 @@ GOOD_PATHS: tuple[str, ...] = tuple(MANIFEST["good"])
 
 
 def load_manifest() -> list[Case]:
-    """Every case, checked for the keys each kind needs (a typo must not skip a case)."""
+    """Every case, its keys checked: a misspelt key must fail, not quietly weaken a case."""
     cases = []
-    common = {"name", "kind", "code", "why", "files", "ids", "stage", "also"}
     for entry in MANIFEST["cases"]:
-        if entry["kind"] not in KINDS:
-            raise ValueError(f"case {entry['name']}: unknown kind {entry['kind']!r}")
+        name = entry.get("name")
+        if entry.get("kind") not in KINDS:
+            raise ValueError(f"case {name}: unknown kind {entry.get('kind')!r}")
+        unknown = set(entry) - COMMON_KEYS - KIND_KEYS[entry["kind"]]
+        missing = {"name", "code", "why"} - set(entry)
+        if unknown or missing:
+            raise ValueError(f"case {name}: unknown keys {unknown or ''} missing {missing or ''}")
         if entry.get("stage", "parse") not in ("parse", "plan"):
-            raise ValueError(f"case {entry['name']}: unknown stage {entry['stage']!r}")
+            raise ValueError(f"case {name}: unknown stage {entry['stage']!r}")
+        if entry["kind"] in ("desired-state", "compose", "policy") and not (
+            entry.get("files") or entry.get("generate")
+        ):
+            raise ValueError(f"case {name}: no files")
         cases.append(
             Case(
                 name=entry["name"],
@@ -71,7 +88,7 @@ def load_manifest() -> list[Case]:
                 ids=tuple(entry.get("ids", ())),
                 stage=entry.get("stage", "parse"),
                 also=tuple(entry.get("also", ())),
-                spec={k: v for k, v in entry.items() if k not in common},
+                spec={k: v for k, v in entry.items() if k not in COMMON_KEYS},
             )
         )
     names = [c.name for c in cases]
