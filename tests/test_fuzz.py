@@ -9,7 +9,8 @@ link targets built from `..`, `/`, `.` and a path outside) and byte-level mutati
 good tarball. Extraction either refuses with a package code or leaves a tree whose every
 entry is a plain file, folder or link resolving inside; nothing is ever written outside.
 
-Bounded for CI: every test stops at a few hundred examples with no deadline.
+Bounded for CI: every test stops at a few hundred examples with no deadline. For a long
+hunt, MARGO_LITE_FUZZ_SCALE=N runs N times as many.
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ from margo_lite.errors import DESIRED_STATE_CODES, DesiredStateError, PackageErr
 from tests.corpus import corpus
 from tests.test_planner import run
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SLOWER = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SCALE = int(os.environ.get("MARGO_LITE_FUZZ_SCALE", "1"))
+SETTINGS = settings(
+    max_examples=200 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+SLOWER = settings(
+    max_examples=100 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 GOOD = corpus.good_files()
 GOOD_STATE = desired.parse_files(GOOD)
