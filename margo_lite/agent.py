@@ -33,7 +33,6 @@ from margo_lite.errors import (
     EngineError,
     GitError,
     MargoLiteError,
-    TransientError,
     WosError,
 )
 from margo_lite.gitsource import GitSource, Snapshot
@@ -99,8 +98,6 @@ class _Timers:
     next_observe: float = 0.0
     next_retry: float | None = None
     git_backoff: schedule.Backoff = field(default_factory=schedule.Backoff)
-    heal_backoff: dict[tuple[str, str], schedule.Backoff] = field(default_factory=dict)
-    heal_due: dict[tuple[str, str], float] = field(default_factory=dict)
     retry_backoff: dict[tuple[str, str], schedule.Backoff] = field(default_factory=dict)
     retry_due: dict[tuple[str, str], float] = field(default_factory=dict)
 
@@ -341,7 +338,7 @@ class Agent:
             log.error(
                 "%s %s/%s failed: %s", step.action.value, step.deployment_id, step.component, exc
             )
-            self._retry_later(key, exc)
+            self._retry_later(key)
             return self._save(planner.failed(record, step, Reason.of(exc), restored=restored))
         self.timers.retry_backoff.pop(key, None)
         self.timers.retry_due.pop(key, None)
@@ -354,11 +351,10 @@ class Agent:
             log.warning("test hook: killing the agent at %s", name)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _retry_later(self, key: tuple[str, str], exc: MargoLiteError) -> None:
-        """Transient errors are retried with backoff; others wait for a new commit."""
-        if not isinstance(exc, TransientError):
-            self.timers.retry_due[key] = float("inf")
-            return
+    def _retry_later(self, key: tuple[str, str]) -> None:
+        """A failed component is tried again with backoff: from 5 s, doubling, up to
+        poll.max_backoff. Transient or not, the cause may go away (an image loaded by hand,
+        a port freed); a new commit tries at once."""
         backoff = self.timers.retry_backoff.get(key, _retry_backoff(self.cfg)).failed()
         self.timers.retry_backoff[key] = backoff
         due = self._clock() + schedule.jittered(backoff.delay(), 0.2, self._rand())
@@ -366,8 +362,6 @@ class Agent:
         self._schedule_retry(due)
 
     def _schedule_retry(self, due: float) -> None:
-        if due == float("inf"):
-            return
         current = self.timers.next_retry
         self.timers.next_retry = due if current is None else min(current, due)
 
@@ -447,33 +441,29 @@ class Agent:
                 continue
             for component in deployment.components:
                 current = record.component(component.name)
-                if current is None or current.digest != component.digest:
-                    continue
-                if current.state not in (State.INSTALLED, State.FAILED):
-                    continue
-                record = self._heal_one(record, component, current.state)
+                if (
+                    current is not None
+                    and current.state is State.INSTALLED
+                    and current.digest == component.digest
+                ):
+                    record = self._heal_one(record, component)
 
-    def _heal_one(
-        self, record: DeploymentRecord, component: desired.Component, state: State
-    ) -> DeploymentRecord:
-        key = (record.id, component.name)
-        if self._clock() < self.timers.heal_due.get(key, 0.0):
-            return record
+    def _heal_one(self, record: DeploymentRecord, component: desired.Component) -> DeploymentRecord:
         self._heartbeat()
         try:
             health = self.backend.observe(record.id, component.name)
         except EngineError as exc:
             log.warning("cannot observe %s/%s: %s", record.id, component.name, exc)
             return record
-        if health.ok and state is State.INSTALLED:
+        if health.ok:
             return record
-        if state is State.INSTALLED:
-            log.warning(
-                "%s/%s is not running as it should (%s); restoring it",
-                record.id,
-                component.name,
-                "; ".join(health.problems()),
-            )
+        problems = "; ".join(health.problems()) or "not running"
+        log.warning(
+            "%s/%s is not running as it should (%s); restoring it",
+            record.id,
+            component.name,
+            problems,
+        )
         step = Step(
             record.id, component.name, Action.UPDATE, component, record.component(component.name)
         )
@@ -481,19 +471,11 @@ class Agent:
             unit, package = self._prepare(step)
             self.backend.apply(unit)
         except MargoLiteError as exc:
-            backoff = self.timers.heal_backoff.get(key, _retry_backoff(self.cfg)).failed()
-            self.timers.heal_backoff[key] = backoff
-            self.timers.heal_due[key] = self._clock() + schedule.jittered(
-                backoff.delay(), 0.2, self._rand()
-            )
-            reason = Reason(
-                "CONTAINER_DOWN",
-                f"{'; '.join(health.problems()) or 'not running'}; restoring failed: {exc}",
-            )
+            # Reported now; the reconcile retries it with backoff and reports Installed.
             log.error("%s/%s could not be restored: %s", record.id, component.name, exc)
+            self._retry_later((record.id, component.name))
+            reason = Reason("CONTAINER_DOWN", f"{problems}; restoring failed: {exc}")
             return self._save(planner.failed(record, step, reason, restored=False))
-        self.timers.heal_backoff.pop(key, None)
-        self.timers.heal_due.pop(key, None)
         log.info("%s/%s restored", record.id, component.name)
         return self._save(planner.succeeded(record, step, {PACKAGE_FACT: package}))
 

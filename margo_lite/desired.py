@@ -11,6 +11,7 @@ can leave anything unchanged untouched.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -145,7 +146,8 @@ def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> 
     documents = 0
     for path in sorted(p for p in files if p.endswith((".yaml", ".yml"))):
         data = files[path]
-        total += len(data)
+        if len(data) <= limits.max_file_bytes:  # a refused file does not starve the others
+            total += len(data)
         if len(data) > limits.max_file_bytes or total > limits.max_total_bytes:
             too_big = len(data) > limits.max_file_bytes
             limit = limits.max_file_bytes if too_big else limits.max_total_bytes
@@ -191,14 +193,20 @@ def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> 
 
 
 def _looks_like_deployment(doc: dict) -> bool:
-    """A document without `kind` but with a Margo apiVersion or a deployment profile is a
-    broken deployment (a failure), not a document of another kind (ignored)."""
-    if doc.get("kind") is not None:
-        return False
-    api = doc.get("apiVersion")
+    """A document that means to be a deployment but is broken (a failure), as opposed to a
+    document of another kind (ignored): it has a deployment profile, or a Margo application
+    apiVersion with no kind or a misspelt one. Ignoring a misspelt deployment would make the
+    planner remove it while it runs."""
     spec = doc.get("spec")
-    return (isinstance(api, str) and api.startswith("application.margo.org/")) or (
-        isinstance(spec, dict) and "deploymentProfile" in spec
+    if isinstance(spec, dict) and "deploymentProfile" in spec:
+        return True
+    api, kind = doc.get("apiVersion"), doc.get("kind")
+    if not (isinstance(api, str) and api.startswith("application.margo.org/")):
+        return False
+    if kind is None:
+        return True
+    return isinstance(kind, str) and (
+        difflib.SequenceMatcher(None, kind.lower(), KIND.lower()).ratio() >= 0.8
     )
 
 
@@ -322,6 +330,8 @@ class _Parser:
             )
         if doc.get("kind") is None:
             raise self.fail("MISSING_FIELD", "kind", "required field is missing")
+        if doc.get("kind") != KIND:
+            raise self.fail("INVALID_FIELD", "kind", f"{_show(doc.get('kind'))} is not {KIND}")
         application_id = self.string(
             annotations, "applicationId", "metadata.annotations.applicationId"
         )

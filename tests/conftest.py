@@ -15,6 +15,7 @@ from margo_lite import wossim
 from tests.support import engines
 from tests.support.gitserver import GitServer
 from tests.support.rig import Rig
+from tests.support.wos import secret_free_logs  # noqa: F401 (autouse: every test's log)
 
 ROOT = Path(__file__).resolve().parent.parent
 

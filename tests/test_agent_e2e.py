@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 
 import pytest
 
 from tests.support.engines import IMAGE, free_port, http_get
+from tests.support.gitserver import Fault
 from tests.support.rig import APP, app_files, deployment, wait_state
 from tests.support.wait import wait_for
 
@@ -188,3 +190,55 @@ def test_status_command_shows_the_deployment(rig, cli):
     table = cli("-c", str(rig.config), "status").stdout
     assert "web-1" in table and "Installed" in table
     assert os.environ.get("MARGO_LITE_CONFIG") is None
+
+
+def test_drift_that_cannot_be_restored_is_reported_until_it_is(rig):
+    port = free_port()
+    rig.upstream.commit(app_files(port, "steady"))
+    rig.start()
+    wait_state(rig, "web-1", "Installed")
+    with socket.socket() as blocker:  # someone else takes the app's port meanwhile
+        name = rig.running("web-1")[0]["Names"][0]
+        subprocess.run(
+            ["podman", "rm", "-f", "-t", "0", name],
+            env=rig.environ,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        failed = wait_state(rig, "web-1", "Failed", timeout=60)["status"]
+        assert failed["error"]["code"] == "CONTAINER_DOWN"
+        assert "restoring failed" in failed["error"]["message"]
+    wait_state(rig, "web-1", "Installed", timeout=120)  # the port is free again: restored
+    assert (wait_for(lambda: http_get(port), what="the app") or "").strip() == "steady"
+    states = rig.states("web-1")
+    assert states[:3] == ["Pending", "Installing", "Installed"]
+    assert states[3] == "Failed" and states[-2:] == ["Installing", "Installed"]
+    assert rig.stop() == 0
+
+
+def test_extended_downtime_keeps_apps_running_and_holds_reports(rig, git_server, cli):
+    port = free_port()
+    rig.upstream.commit(app_files(port, "offline"))
+    rig.sim.fault = "down"
+    assert rig.once().returncode == 0  # applied, though the WOS heard nothing
+    assert rig.sim.statuses("web-1") == []
+    waiting = json.loads(cli("-c", str(rig.config), "status", "--json").stdout)
+    assert waiting["agent"]["outbox"] >= 3
+
+    git_server.fault = Fault.SERVER_ERROR  # and now Git is away too
+    try:
+        rig.start()
+        wait_for(lambda: rig.log_text().count("polling") >= 3, what="failed polls")
+        assert (http_get(port) or "").strip() == "offline"
+        assert len(rig.running("web-1")) == 1
+    finally:
+        git_server.fault = None
+    rig.sim.fault = None
+    wait_state(rig, "web-1", "Installed", timeout=120)
+    assert rig.states("web-1") == ["Pending", "Installing", "Installed"]
+    assert len(rig.running("web-1")) == 1
+    assert rig.stop() == 0

@@ -795,3 +795,31 @@ def test_helm_properties_are_checked(prop, value, code):
         props[prop] = value
     failure = only_failure(files_of(d))
     assert (failure.error.code, failure.error.field) == (code, f"{FIELD0}.properties.{prop}")
+
+
+@pytest.mark.parametrize("kind", ["ApplicationDeploymnet", "applicationdeployment", None])
+def test_a_misspelt_or_missing_kind_fails_the_deployment_instead_of_removing_it(kind):
+    bad = doc("dep-typo")
+    if kind is None:
+        del bad["kind"]
+    else:
+        bad["kind"] = kind
+    state = desired.parse_files(files_of(bad, doc("dep-ok")))
+    assert [d.id for d in state.deployments] == ["dep-ok"]
+    (failure,) = state.failures
+    assert failure.deployment_id == "dep-typo"  # reported Failed; what runs stays
+
+
+def test_another_kind_in_the_margo_group_is_ignored():
+    other = {"apiVersion": "application.margo.org/v1alpha1", "kind": "ApplicationDescription"}
+    state = desired.parse_files({"desc.yaml": dump(other), **files_of(doc("dep-ok"))})
+    assert [d.id for d in state.deployments] == ["dep-ok"] and state.failures == ()
+
+
+def test_refused_oversized_files_do_not_starve_the_others():
+    limits = desired.Limits(max_file_bytes=1000, max_total_bytes=3000)
+    files = {f"big-{n}.yaml": b"#" * 1500 for n in range(4)}
+    files.update(files_of(doc("dep-ok")))
+    state = desired.parse_files(files, limits)
+    assert [d.id for d in state.deployments] == ["dep-ok"]
+    assert {f.error.code for f in state.failures} == {"YAML_TOO_LARGE"}

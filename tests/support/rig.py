@@ -20,6 +20,7 @@ from margo_lite import wossim
 from tests.support.engines import IMAGE
 from tests.support.gitserver import GitServer, Upstream
 from tests.support.wait import wait_for
+from tests.support.wos import assert_no_secrets
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -162,7 +163,8 @@ class Rig:
         ]
 
     def cleanup(self) -> None:
-        """Kill the agent if it still runs and remove every labelled container."""
+        """Kill the agent if it still runs, remove every labelled container, and check the
+        agent's log for the test secrets."""
         if self.agent is not None and self.agent.poll() is None:
             self.agent.kill()
             self.agent.wait(timeout=30)
@@ -174,6 +176,7 @@ class Rig:
                 capture_output=True,
                 timeout=120,
             )
+        assert_no_secrets(self.log_text())
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
