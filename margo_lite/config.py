@@ -181,17 +181,7 @@ def window(value: Any, ctx: _Context) -> schedule.Window:
     return schedule.parse_window(string(value, ctx))
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
+_kind = yamlload.kind_of
 
 
 def option(

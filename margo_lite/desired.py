@@ -780,16 +780,7 @@ def _env_string(value: Any) -> str:
     return str(value)
 
 
-def _kind(value: Any) -> str:
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        type(None): "empty",
-    }.get(type(value), type(value).__name__)
+_kind = yamlload.kind_of
 
 
 def _show(value: Any) -> str:

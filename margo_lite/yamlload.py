@@ -113,6 +113,19 @@ class _Loader(Reader, Scanner, Parser, _LimitedComposer, _StrictConstructor, Res
         Resolver.__init__(self)
 
 
+def kind_of(value: Any) -> str:
+    """How a loaded YAML value reads in an error message: "a mapping", "a list"..."""
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "nothing (null)",
+    }.get(type(value), type(value).__name__)
+
+
 def load_all(data: bytes | str, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
     """Every document in `data`, or `InvalidYamlError` (never another exception)."""
     documents: list[Any] = []
