@@ -132,6 +132,7 @@ class Agent:
             )
         )
         self._tidy_needed = True  # sweep leftovers and prune the cache at the next reconcile
+        self._capabilities_due: float | None = None  # when to send capabilities
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class Agent:
         held = self.parts.source.held_commit()
         if held:
             self._load(held)
-        self._send_capabilities()
+        self._capabilities_due = self._clock()  # sent with the first report, not before READY
 
     def stop(self) -> None:
         self.parts.client.close()
@@ -482,24 +483,33 @@ class Agent:
     # --- report ----------------------------------------------------------------------------
 
     def report(self, *, force: bool = False) -> None:
-        """Hand queued reports to the WOS; nothing is sent during a downtime."""
+        """Hand queued reports to the WOS; nothing is sent during a downtime.
+
+        `force` (for `once`) ignores the outbox's backoff and keeps flushing, in bounded
+        rounds, until everything is delivered or the WOS stops answering.
+        """
         if self._in_downtime() and not force:
             return
+        if self._capabilities_due is not None and self._clock() >= self._capabilities_due:
+            self._send_capabilities()
         outbox = self.parts.outbox
-        if not len(outbox):
-            return
-        try:
-            outbox.flush(
-                self.parts.client,
-                quiet=self._in_downtime(),
-                **({"now": float("inf")} if force else {}),
-            )
-        except WosError as exc:  # flush handles its own errors; this is a last guard
-            log.warning("reports not delivered: %s", exc)
+        for _ in range(_FORCED_FLUSH_ROUNDS if force else 1):
+            if not len(outbox):
+                return
+            try:
+                result = outbox.flush(
+                    self.parts.client,
+                    quiet=self._in_downtime(),
+                    **({"now": float("inf")} if force else {}),
+                )
+            except WosError as exc:  # flush handles its own errors; this is a last guard
+                log.warning("reports not delivered: %s", exc)
+                return
+            if result.error is not None or not result.delivered:
+                return
 
     def _send_capabilities(self) -> None:
-        if self._in_downtime():
-            return
+        """Once per start (POST the first time, PUT when changed); hourly while it fails."""
         from margo_lite import capabilities
 
         try:
@@ -508,7 +518,10 @@ class Agent:
             )
             self.parts.client.send_capabilities(body)
         except MargoLiteError as exc:
-            log.warning("capabilities not sent (will try at the next start): %s", exc)
+            self._capabilities_due = self._clock() + _CAPABILITIES_RETRY
+            log.warning("capabilities not sent (next try in an hour): %s", exc)
+        else:
+            self._capabilities_due = None
 
     # --- records ---------------------------------------------------------------------------
 
@@ -549,6 +562,8 @@ class Agent:
 
 
 _SETTLED = (State.INSTALLED, State.REMOVED)
+_CAPABILITIES_RETRY = 3600.0
+_FORCED_FLUSH_ROUNDS = 100  # `once`: at most this many flushes (each sends up to 50 reports)
 _NEVER_WAIT = 3600.0  # polling is never allowed (hours all inside downtime): look again later
 
 

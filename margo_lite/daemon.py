@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import config, logs, sdnotify
-from margo_lite.errors import ConfigError, MargoLiteError
+from margo_lite.errors import ConfigError, MargoLiteError, StateCorruptError
 
 log = logs.get(__name__)
 
@@ -28,6 +28,7 @@ log = logs.get(__name__)
 #: without pinging the watchdog, as a hung step would.
 HANG_FILE_ENV = "MARGO_LITE_TEST_HANG_FILE"
 _MAX_SLEEP = 30.0  # wake at least this often, whatever the schedule says
+_ERROR_PAUSE = 30.0  # after a cycle failed for a reason not handled inside it
 
 
 @dataclass
@@ -106,7 +107,13 @@ class Daemon:
                     self.requests.reload = False
                     agent = self._reload(agent)
                 poll_now, self.requests.poll_now = self.requests.poll_now, False
-                delay = agent.tick(poll_now=poll_now)
+                try:
+                    delay = agent.tick(poll_now=poll_now)
+                except StateCorruptError:
+                    raise  # state that cannot be trusted: stop rather than act on it
+                except MargoLiteError as exc:  # e.g. a full disk: keep what runs, try again
+                    log.error("cycle failed, trying again in %.0fs: %s", _ERROR_PAUSE, exc)
+                    delay = _ERROR_PAUSE
                 if self.requests.stop:
                     break
                 self._sleep(delay)
