@@ -19,6 +19,7 @@ removals, and an unreachable Git server leaves the last applied state in force.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -27,6 +28,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from margo_lite import backends, config, desired, logs, planner, policy, schedule, wos
 from margo_lite.errors import (
@@ -113,8 +115,12 @@ class Agent:
         wall: Callable[[], dt.datetime] = dt.datetime.now,
         rand: Callable[[], float] = random.random,
         kill_at: str | None = None,
+        long_step: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg = cfg
+        self._long_step = long_step
+        self._should_stop = should_stop
         self._kill_at = kill_at
         self.parts = parts or Parts.build(cfg)
         self._heartbeat = heartbeat
@@ -147,7 +153,10 @@ class Agent:
         self.applied_commit = agent.get("commit")
         held = self.parts.source.held_commit()
         if held:
-            self._load(held)
+            try:
+                self._load(held)
+            except GitError as exc:  # e.g. unsigned: wait for a good commit, keep what runs
+                log.error("the held commit %s is not applied: %s", held[:12], exc)
         self._capabilities_due = self._clock()  # sent with the first report, not before READY
 
     def stop(self) -> None:
@@ -163,7 +172,10 @@ class Agent:
             self.observe()
             self.reconcile()
         elif timers.next_retry is not None and now >= timers.next_retry:
-            self.reconcile()
+            if self._in_downtime():  # retries may download: not during a downtime
+                timers.next_retry = now + min(self.cfg.poll.interval, 60.0)
+            else:
+                self.reconcile()
         if self._clock() >= timers.next_observe:
             self.heal()
             timers.next_observe = self._clock() + self.cfg.runtime.observe_interval
@@ -181,7 +193,13 @@ class Agent:
         self.report(force=True)
         failed = tuple(sorted(i for i, r in self.records.items() if r.state is State.FAILED))
         pending = tuple(sorted(i for i, r in self.records.items() if r.state not in _SETTLED))
-        converged = not failed and not pending and poll_error is None and self.desired is not None
+        converged = (
+            not failed
+            and not pending
+            and poll_error is None
+            and self.desired is not None
+            and self.desired.complete
+        )
         return CycleResult(
             converged, failed, tuple(p for p in pending if p not in failed), poll_error
         )
@@ -242,7 +260,10 @@ class Agent:
             rand=self._rand(),
         )
         wait = _NEVER_WAIT if due is None else max(0.0, (due - now).total_seconds())
-        self.timers.next_poll = self._clock() + wait
+        # Wall time may jump (NTP at boot, DST): never sleep past one interval (or backoff)
+        # without looking at the clock again.
+        limit = max(poll.interval, self.timers.git_backoff.delay()) * (1 + poll.jitter)
+        self.timers.next_poll = self._clock() + min(wait, limit)
 
     def _load(self, commit: str) -> None:
         snapshot = self.parts.source.snapshot(commit)
@@ -276,38 +297,49 @@ class Agent:
             return
         plan = planner.plan(self.desired, self.records)
         for dp in plan.deployments:
+            if self._should_stop():
+                return  # SIGTERM: what is done is recorded; the rest waits for the next start
             self._heartbeat()
             blockers = plan.blocked_by(dp, self.records)
             record = planner.planned_record(dp, self.records.get(dp.id), blockers=blockers)
             if record is None:
                 continue
             if dp.failure is not None or dp.held or blockers or not dp.changes:
-                self._save(record)
-                continue
-            # The planned record stays in memory: the first step's change is the news.
-            for step in dp.changes:
-                record = self._run_step(record, step)
-                if record.state is State.FAILED:
-                    break
+                record = self._save(record)
+            else:
+                # The planned record stays in memory: the first step's change is the news.
+                for step in dp.changes:
+                    if self._should_stop():
+                        return
+                    record, ran = self._run_step(record, step)
+                    if (
+                        ran
+                        and record.component(step.component) is not None
+                        and (record.component(step.component).state is State.FAILED)
+                    ):
+                        break  # later components wait for this one (listed order)
             if record.state is State.REMOVED:
                 self._forget(record)
         if plan.changes or self._tidy_needed:
             # Only after a change or a start: an idle cycle costs no engine call, no write.
-            if self.desired.complete:
-                self._remove_orphans(plan.desired_ids)
+            swept = self._remove_orphans(plan.desired_ids) if self.desired.complete else True
             self._prune_packages()
-            self._tidy_needed = False
-        if self.snapshot.commit != self.applied_commit and all(
-            r.state in _SETTLED for r in self.records.values()
+            self._tidy_needed = not swept
+        if (
+            self.snapshot.commit != self.applied_commit
+            and self.desired.complete
+            and all(r.state in _SETTLED for r in self.records.values())
         ):
             self.applied_commit = self.snapshot.commit
             self.parts.store.write_json(AGENT_RECORD, {"commit": self.applied_commit})
 
-    def _run_step(self, record: DeploymentRecord, step: Step) -> DeploymentRecord:
+    def _run_step(self, record: DeploymentRecord, step: Step) -> tuple[DeploymentRecord, bool]:
+        """Run one step; (the record after it, whether it ran). A retry not yet due is
+        skipped, so other components of the deployment still get their changes."""
         key = (step.deployment_id, step.component)
         if step.retry and self._clock() < self.timers.retry_due.get(key, 0.0):
             self._schedule_retry(self.timers.retry_due[key])
-            return record
+            return record, False
         self._heartbeat()
         touched = False  # whether what runs may have changed when an error comes
         try:
@@ -316,7 +348,8 @@ class Agent:
                 self.report()
                 self._checkpoint("before-remove")
                 touched = True
-                self.backend.remove(step.deployment_id, step.component)
+                with self._long_step():
+                    self.backend.remove(step.deployment_id, step.component)
                 self._checkpoint("after-remove")
                 done = planner.succeeded(record, step)
             else:
@@ -324,27 +357,31 @@ class Agent:
                 current = record.component(step.component)
                 if current is None or current.state is State.PENDING:
                     record = self._save(planner.waiting(record, step, POLICY_CHECK))
-                unit, package = self._prepare(step)
+                with self._long_step():
+                    unit, package = self._prepare(step)
                 record = self._save(planner.started(record, step))
                 self.report()
                 self._checkpoint("before-apply")
                 touched = True
-                self.backend.apply(unit)
+                with self._long_step():
+                    self.backend.apply(unit)
                 self._checkpoint("after-apply")
                 done = planner.succeeded(record, step, {PACKAGE_FACT: package})
-        except MargoLiteError as exc:
+        except (MargoLiteError, OSError) as exc:
             # An update that failed before touching anything, or that the backend rolled
             # back, leaves the previous version running.
-            restored = step.action is Action.UPDATE and (not touched or exc.code == "ROLLED_BACK")
+            error = _coded(exc)
+            restored = step.action is Action.UPDATE and (not touched or error.code == "ROLLED_BACK")
             log.error(
-                "%s %s/%s failed: %s", step.action.value, step.deployment_id, step.component, exc
+                "%s %s/%s failed: %s", step.action.value, step.deployment_id, step.component, error
             )
             self._retry_later(key)
-            return self._save(planner.failed(record, step, Reason.of(exc), restored=restored))
+            failed = planner.failed(record, step, Reason.of(error), restored=restored)
+            return self._save(failed), True
         self.timers.retry_backoff.pop(key, None)
         self.timers.retry_due.pop(key, None)
         log.info("%s %s/%s done", step.action.value, step.deployment_id, step.component)
-        return self._save(done)
+        return self._save(done), True
 
     def _checkpoint(self, name: str) -> None:
         """Crash tests: SIGKILL this process at a named point (see KILL_AT_ENV)."""
@@ -353,7 +390,7 @@ class Agent:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _retry_later(self, key: tuple[str, str]) -> None:
-        """A failed component is tried again with backoff: from 5 s, doubling, up to
+        """A failed component is tried again with backoff: 10 s, doubling, up to
         poll.max_backoff. Transient or not, the cause may go away (an image loaded by hand,
         a port freed); a new commit tries at once."""
         backoff = self.timers.retry_backoff.get(key, _retry_backoff(self.cfg)).failed()
@@ -378,15 +415,20 @@ class Agent:
         )
         document = backends.load_project(package.path, component.env, component.overlays)
         policy.check_compose(document, self.cfg.policy)
-        unit = backends.ComponentUnit(
+        return self._unit(step, package.path), package.digest
+
+    @staticmethod
+    def _unit(step: Step, package_dir: Path) -> backends.ComponentUnit:
+        component = step.desired
+        assert component is not None
+        return backends.ComponentUnit(
             deployment_id=step.deployment_id,
             component=component.name,
-            package_dir=package.path,
+            package_dir=package_dir,
             env=component.env,
             overlays=component.overlays,
             digest=component.digest,
         )
-        return unit, package.digest
 
     @property
     def backend(self) -> backends.Backend:
@@ -394,13 +436,15 @@ class Agent:
             self._backend = self.parts.backend_factory()
         return self._backend
 
-    def _remove_orphans(self, desired_ids: frozenset[str]) -> None:
-        """Remove labelled containers no record or desired deployment accounts for."""
+    def _remove_orphans(self, desired_ids: frozenset[str]) -> bool:
+        """Remove labelled containers no record or desired deployment accounts for.
+
+        Returns whether the engine could be asked (if not, the sweep is tried again)."""
         try:
             managed = self.backend.managed()
-        except EngineError as exc:
+        except MargoLiteError as exc:
             log.warning("cannot list managed containers: %s", exc)
-            return
+            return False
         known = {(r.id, c.name) for r in self.records.values() for c in r.components}
         for deployment_id, component in sorted(managed - known):
             if deployment_id in desired_ids and deployment_id not in self.records:
@@ -409,9 +453,11 @@ class Agent:
                 "removing leftover %s/%s that no record accounts for", deployment_id, component
             )
             try:
-                self.backend.remove(deployment_id, component)
-            except EngineError as exc:
+                with self._long_step():
+                    self.backend.remove(deployment_id, component)
+            except MargoLiteError as exc:
                 log.error("cannot remove leftover %s/%s: %s", deployment_id, component, exc)
+        return True
 
     def _prune_packages(self) -> None:
         keep = {
@@ -453,7 +499,7 @@ class Agent:
         self._heartbeat()
         try:
             health = self.backend.observe(record.id, component.name)
-        except EngineError as exc:
+        except MargoLiteError as exc:
             log.warning("cannot observe %s/%s: %s", record.id, component.name, exc)
             return record
         if health.ok:
@@ -468,17 +514,27 @@ class Agent:
         step = Step(
             record.id, component.name, Action.UPDATE, component, record.component(component.name)
         )
+        current = record.component(component.name)
+        digest = current.data.get(PACKAGE_FACT) if current is not None else None
         try:
-            unit, package = self._prepare(step)
-            self.backend.apply(unit)
-        except MargoLiteError as exc:
+            # From the package prepared at install: no network, so it works offline.
+            package = self.parts.packages.ready(digest) if digest else None
+            if package is None:
+                raise EngineError(
+                    "the package this component was installed from is no longer cached",
+                    code="PACKAGE_MISSING",
+                )
+            with self._long_step():
+                self.backend.apply(self._unit(step, package.path))
+        except (MargoLiteError, OSError) as exc:
             # Reported now; the reconcile retries it with backoff and reports Installed.
-            log.error("%s/%s could not be restored: %s", record.id, component.name, exc)
+            error = _coded(exc)
+            log.error("%s/%s could not be restored: %s", record.id, component.name, error)
             self._retry_later((record.id, component.name))
-            reason = Reason("CONTAINER_DOWN", f"{problems}; restoring failed: {exc}")
+            reason = Reason("CONTAINER_DOWN", f"{problems}; restoring failed: {error}")
             return self._save(planner.failed(record, step, reason, restored=False))
         log.info("%s/%s restored", record.id, component.name)
-        return self._save(planner.succeeded(record, step, {PACKAGE_FACT: package}))
+        return self._save(planner.succeeded(record, step, {PACKAGE_FACT: package.digest}))
 
     # --- report ----------------------------------------------------------------------------
 
@@ -562,13 +618,22 @@ class Agent:
 
 
 _SETTLED = (State.INSTALLED, State.REMOVED)
+
+
+def _coded(exc: MargoLiteError | OSError) -> MargoLiteError:
+    """An OSError from a step (a full or read-only disk) as a coded error for its report."""
+    if isinstance(exc, MargoLiteError):
+        return exc
+    return EngineError(f"{exc.strerror or exc}", code="LOCAL_IO_ERROR")
+
+
 _CAPABILITIES_RETRY = 3600.0
 _FORCED_FLUSH_ROUNDS = 100  # `once`: at most this many flushes (each sends up to 50 reports)
 _NEVER_WAIT = 3600.0  # polling is never allowed (hours all inside downtime): look again later
 
 
 def _retry_backoff(cfg: config.Config) -> schedule.Backoff:
-    """Retries of a failed component: from 5 s, doubling, up to poll.max_backoff."""
+    """Retries of a failed component: 10 s after the first failure, doubling, up to poll.max_backoff."""
     return schedule.Backoff(5.0, max(5.0, cfg.poll.max_backoff))
 
 

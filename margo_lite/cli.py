@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from margo_lite import __version__, config, logs, statusview
+from margo_lite import __version__, config, logs, statestore, statusview
 from margo_lite.errors import ConfigError, MargoLiteError, UsageError
 
 EXIT_OK = 0
@@ -144,31 +144,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     from margo_lite import agent, daemon
 
     cfg = _load(args)
-    return daemon.Daemon(
-        args.config or config.default_path(),
-        cfg,
-        lambda cfg, heartbeat: agent.Agent(
-            cfg, heartbeat=heartbeat, kill_at=os.environ.get(agent.KILL_AT_ENV)
-        ),
-    ).run()
+    with statestore.exclusive(cfg.state_dir):
+        return daemon.Daemon(
+            args.config or config.default_path(),
+            cfg,
+            lambda cfg, **hooks: agent.Agent(
+                cfg, kill_at=os.environ.get(agent.KILL_AT_ENV), **hooks
+            ),
+        ).run()
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     from margo_lite import agent
 
     cfg = _load(args)
-    runner = agent.Agent(cfg, kill_at=os.environ.get(agent.KILL_AT_ENV))
-    runner.start()
-    try:
-        result = runner.once()
-    finally:
-        runner.stop()
+    with statestore.exclusive(cfg.state_dir):
+        runner = agent.Agent(cfg, kill_at=os.environ.get(agent.KILL_AT_ENV))
+        runner.start()
+        try:
+            result = runner.once()
+        finally:
+            runner.stop()
     for deployment_id in result.failed:
         print(f"failed: {deployment_id}")
     for deployment_id in result.pending:
         print(f"not converged: {deployment_id}")
     if result.poll_error:
-        print(f"poll failed: {result.poll_error}")
+        print(f"poll failed: {logs.redact(result.poll_error)}")
     return EXIT_OK if result.converged else EXIT_FAILED
 
 

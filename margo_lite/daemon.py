@@ -14,8 +14,9 @@ import contextlib
 import os
 import select
 import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,11 @@ log = logs.get(__name__)
 #: without pinging the watchdog, as a hung step would.
 HANG_FILE_ENV = "MARGO_LITE_TEST_HANG_FILE"
 _MAX_SLEEP = 30.0  # wake at least this often, whatever the schedule says
-_ERROR_PAUSE = 30.0  # after a cycle failed for a reason not handled inside it
+_ERROR_PAUSE = 30.0
+#: Longest a single bounded step may keep the watchdog fed: longer than any engine or
+#: download timeout (compose commands stop at 10 minutes, health waits and rollbacks add
+#: to that), short enough that a stuck step is restarted.
+STEP_LIMIT = 30 * 60.0  # after a cycle failed for a reason not handled inside it
 
 
 @dataclass
@@ -67,6 +72,8 @@ class Daemon:
         self.requests = Requests()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._last_ping = 0.0
+        self._step_since: float | None = None
+        self._stopped = threading.Event()
 
     # --- signals ---------------------------------------------------------------------------
 
@@ -94,10 +101,39 @@ class Daemon:
             self.notifier.watchdog()
             self._last_ping = now
 
+    @contextlib.contextmanager
+    def long_step(self) -> Iterator[None]:
+        """Around one bounded step (a download, an engine command with its own timeout):
+        a helper thread keeps the watchdog fed meanwhile, for at most STEP_LIMIT, so a
+        slow step is not mistaken for a hung loop, while a hang elsewhere still is."""
+        self._step_since = self._clock()
+        try:
+            yield
+        finally:
+            self._step_since = None
+            self.heartbeat()
+
+    def _feed_during_steps(self, interval: float) -> None:
+        while not self._stopped.wait(interval / 2):
+            since = self._step_since
+            if since is not None and self._clock() - since < STEP_LIMIT:
+                self.notifier.watchdog()
+
+    def _agent(self, cfg: config.Config) -> object:
+        return self._factory(
+            cfg,
+            heartbeat=self.heartbeat,
+            long_step=self.long_step,
+            should_stop=lambda: self.requests.stop,
+        )
+
     def run(self) -> int:
         self._install_signals()
-        agent = self._factory(self.cfg, heartbeat=self.heartbeat)
+        agent = self._agent(self.cfg)
         agent.start()
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            threading.Thread(target=self._feed_during_steps, args=(interval,), daemon=True).start()
         self.notifier.ready(f"watching {logs.sanitize_url(self.cfg.git.url)}")
         log.info("margo-lite started for device %s", self.cfg.device.id)
         try:
@@ -118,6 +154,7 @@ class Daemon:
                     break
                 self._sleep(delay)
         finally:
+            self._stopped.set()
             self.notifier.stopping()
             agent.stop()
             log.info("margo-lite stopped")
@@ -143,12 +180,13 @@ class Daemon:
             log.error("configuration not reloaded, keeping the running one: %s", exc)
             self.notifier.ready()
             return agent
-        if new_cfg.device.state_dir != self.cfg.device.state_dir:
-            log.error("configuration not reloaded: device.state_dir cannot change while running")
-            self.notifier.ready()
-            return agent
+        for key in ("id", "state_dir"):
+            if getattr(new_cfg.device, key) != getattr(self.cfg.device, key):
+                log.error("configuration not reloaded: device.%s cannot change while running", key)
+                self.notifier.ready()
+                return agent
         try:
-            new_agent = self._factory(new_cfg, heartbeat=self.heartbeat)
+            new_agent = self._agent(new_cfg)
             agent.stop()
             new_agent.start()
         except MargoLiteError as exc:

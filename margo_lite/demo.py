@@ -236,6 +236,26 @@ def running_agent(
                     agent.wait()
 
 
+def _remove_leftovers(engine: str, environ: dict[str, str]) -> None:
+    """After a failed demo: its containers (the agent may not have removed them), its image."""
+    label = f"io.margo.deployment={DEPLOYMENT_ID}"
+    try:
+        ids = subprocess.run(
+            [engine, "ps", "-aq", "--filter", f"label={label}"],
+            capture_output=True,
+            text=True,
+            env=environ,
+            timeout=60,
+        ).stdout.split()
+        if ids:
+            subprocess.run(
+                [engine, "rm", "-f", *ids], capture_output=True, env=environ, timeout=120
+            )
+        subprocess.run([engine, "rmi", "-f", IMAGE], capture_output=True, env=environ, timeout=120)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        say(f"Could not clean up the engine: {exc}")
+
+
 def run(keep: bool = False) -> int:
     environ = dict(os.environ)
     workdir = Path(tempfile.mkdtemp(prefix="margo-lite-demo-"))
@@ -329,7 +349,7 @@ def run(keep: bool = False) -> int:
             say("Stopped the agent.")
         say(f"Demo finished: the WOS saw {' -> '.join(dict.fromkeys(seen))}.")
         return 0
-    except DemoError as exc:
+    except (DemoError, subprocess.TimeoutExpired, OSError) as exc:
         say(f"Demo failed: {exc}")
         log_path = workdir / "agent.log"
         if log_path.exists():
@@ -340,9 +360,7 @@ def run(keep: bool = False) -> int:
         return 1
     finally:
         if engine:
-            subprocess.run(
-                [engine, "rmi", "-f", IMAGE], capture_output=True, env=environ, timeout=120
-            )
+            _remove_leftovers(engine, environ)
         if keep:
             say(f"Kept the demo files in {workdir}.")
         else:

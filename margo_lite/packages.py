@@ -122,6 +122,13 @@ class PackageStore:
             finally:
                 _remove(work)
 
+    def ready(self, digest: str) -> PreparedPackage | None:
+        """The ready folder of a package prepared before, without any network: what
+        restoring a stopped container needs while the package server is away."""
+        folder = self._pkgs / digest.removeprefix("sha256:")
+        name = _compose_name(folder) if folder.is_dir() else None
+        return None if name is None else PreparedPackage(folder, folder / name, digest)
+
     def prune(self, keep: set[str]) -> None:
         """Drop ready folders whose digest is not in `keep`, then hold the cache to its bound."""
         with self._lock:
@@ -288,13 +295,7 @@ class PackageStore:
         known = self._index["sources"].get(source_id)
         if not known:
             return None
-        folder = self._pkgs / known["digest"].removeprefix("sha256:")
-        if not folder.is_dir():
-            return None
-        name = _compose_name(folder)
-        if name is None:
-            return None
-        return PreparedPackage(folder, folder / name, known["digest"])
+        return self.ready(known["digest"])
 
     def _build(
         self, raw: _Raw | None, files: dict[str, bytes] | None, location: str, work: Path

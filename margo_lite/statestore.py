@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -128,6 +129,29 @@ def _keep_prev(path: Path) -> None:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike[str], name: str = "agent.lock") -> Iterator[None]:
+    """Hold `folder/name` locked for this process: one agent (run or once) per state dir.
+
+    A second one would interleave outbox numbers, records and leftover sweeps."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise StateError(f"cannot open the lock in {folder}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError(
+                f"another margo-lite (run or once) is using {folder}", code="STATE_BUSY"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class StateStore:

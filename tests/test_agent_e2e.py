@@ -111,6 +111,11 @@ def test_dependency_on_a_missing_deployment_is_pending(rig):
     assert status["state"] == "Pending"
     assert status["error"]["code"] == "WAITING_FOR_DEPENDENCY"
     assert rig.containers() == []
+    # the WOS gives up on it: reported Removed, and nothing of it is left
+    rig.upstream.commit({"b.yaml": None})
+    assert rig.once().returncode == 0
+    assert rig.last("app-b")["status"]["state"] == "Removed"
+    assert not (rig.tmp / "state" / "deployments" / "app-b.json").exists()
 
 
 @pytest.mark.parametrize("how", ["stop", "remove"])

@@ -23,19 +23,26 @@ README = "# nothing deployed here\n"
 
 
 class Process:
-    def __init__(self, tmp_path: Path, wos_url: str, interval: str = "1h") -> None:
+    def __init__(
+        self, tmp_path: Path, wos_url: str, interval: str = "1h", git_path: str = ""
+    ) -> None:
         self.tmp = tmp_path
         self.upstream = Upstream(tmp_path / "repo.git")
-        self.upstream.commit({"README.md": README})
+        if self.upstream.tip() is None:
+            self.upstream.commit({"README.md": README})
         self.config = tmp_path / "config.yaml"
+        self.git_path = git_path
         self.write_config(interval=interval, wos_url=wos_url)
         self.log = tmp_path / "agent.log"
-        with open(self.log, "wb") as log:
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "margo_lite", "-c", str(self.config), "run"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)},
+                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(self.tmp)},
             )
 
     def write_config(self, *, interval: str, wos_url: str, extra: str = "") -> None:
@@ -46,7 +53,7 @@ class Process:
                 "runtime_dir": str(self.tmp / "run"),
             },
             "wos": {"url": wos_url},
-            "git": {"url": str(self.tmp / "repo.git")},
+            "git": {"url": str(self.tmp / "repo.git"), "path": self.git_path},
             "poll": {"interval": interval, "jitter": 0},
         }
         self.config.write_text(yaml.safe_dump(data) + extra)
@@ -153,3 +160,29 @@ def test_idle_polls_write_nothing_to_the_state_dir(tmp_path):
             assert snapshot() == before
         finally:
             assert process.stop() == 0
+
+
+def test_a_commit_that_cannot_be_read_does_not_stop_a_restart(tmp_path, cli):
+    with wossim.WosSimulator() as sim:
+        upstream = Upstream(tmp_path / "repo.git")
+        upstream.commit({"desired": "a file where the folder should be\n"})
+        process = Process(tmp_path, sim.url, git_path="desired")
+        try:
+            process.wait_log("not applied")
+            assert process.stop() == 0
+            process.start()  # the bad commit is now the one held: the agent still starts
+            process.wait_log("is not applied")
+            fixed = upstream.commit({"desired": None, "desired/README.md": README})
+            process.proc.send_signal(signal.SIGUSR1)
+            process.wait_log(f"desired state is at commit {fixed[:12]}")
+        finally:
+            assert process.stop() == 0
+
+
+def test_a_second_agent_on_the_same_state_dir_is_refused(agent, cli):
+    agent.wait_log("desired state is at commit")
+    result = cli("-c", str(agent.config), "once")
+    assert result.returncode == 1
+    assert "STATE_BUSY" in result.stderr and "Traceback" not in result.stderr
+    assert agent.stop() == 0
+    assert cli("-c", str(agent.config), "once").returncode == 0
