@@ -108,7 +108,17 @@ def machine() -> dict[str, str | int]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "dulwich": ".".join(map(str, dulwich.__version__)),
+        "git": tool_version("git"),
+        "podman": tool_version("podman"),
     }
+
+
+def tool_version(name: str) -> str:
+    """The last word of `NAME --version`, or "absent"."""
+    if not shutil.which(name):
+        return "absent"
+    out = subprocess.run([name, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.split()[-1] if out.returncode == 0 and out.stdout else "unknown"
 
 
 # --- the Git repository, in-process (bench/gitsource.py) -----------------------------------
@@ -634,7 +644,7 @@ def table(report: dict) -> str:
     lines = [
         f"margo-lite benchmark, {report['date']}{' (--quick)' if report['quick'] else ''}",
         f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram']} RAM, Linux {m['kernel']}, "
-        f"Python {m['python']}, dulwich {m['dulwich']}",
+        f"Python {m['python']}, dulwich {m['dulwich']}, git {m['git']}, podman {m['podman']}",
         "",
     ]
     rows = [("figure", "value", "unit", "how")] + [
