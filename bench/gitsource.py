@@ -6,6 +6,7 @@ server (C git's http-backend behind the test bridge on 127.0.0.1).
 Prints: idle-poll requests, bytes and CPU ms; the bytes of fetching a change next to C git's
 `git fetch --depth=1`; state_dir size after N upstream commits fetched one by one; and the
 idle-poll cost against a repository with 2000 extra refs. Figures, not assertions.
+The functions below are also what `bench/run` (bench/suite.py) measures with.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -23,12 +25,70 @@ from margo_lite import gitsource
 from margo_lite.config import GitConfig
 from tests.support.gitserver import DEPLOYMENT, BearerAuth, GitServer, Upstream
 
+TOKEN = "bench-token-123"
+#: The two changes fetched next to C git: (label, files changed).
+CHANGES = (
+    ("one-file edit", {"apps/app0.yaml": DEPLOYMENT.format(n=100)}),
+    ("five new files", {f"apps/new{i}.yaml": DEPLOYMENT.format(n=200 + i) for i in range(5)}),
+)
+
+
+@dataclass(frozen=True)
+class PollCost:
+    """Per idle poll: requests, bytes from and to the server, CPU ms of the polling thread."""
+
+    requests: float
+    down: float
+    up: float
+    cpu_ms: float
+
+
+@dataclass(frozen=True)
+class FetchCost:
+    """One change fetched by margo-lite and by C git `fetch --depth=1`: bytes both ways."""
+
+    ours_bytes: int
+    ours_requests: int
+    c_git_bytes: int
+    c_git_requests: int
+
+
+@dataclass(frozen=True)
+class StateGrowth:
+    """state_dir bytes after fetching `commits` commits one by one."""
+
+    commits: int
+    final: int
+    peak: int
+    start: int
+    ms_per_commit: float
+
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def idle_polls(server: GitServer, source: gitsource.GitSource, polls: int) -> str:
+def c_git(*args: str) -> list[str]:
+    """C git with the bench token: the client margo-lite is compared with."""
+    return ["git", "-c", f"http.extraHeader=Authorization: Bearer {TOKEN}", *args]
+
+
+def make_upstream(srv: Path) -> Upstream:
+    """The bench repository: ten deployments on `main`."""
+    upstream = Upstream(srv / "dev.git")
+    upstream.commit({f"apps/app{i}.yaml": DEPLOYMENT.format(n=i) for i in range(10)})
+    return upstream
+
+
+def git_config(server: GitServer, tmp: Path) -> GitConfig:
+    token = tmp / "token"
+    token.write_text(TOKEN)
+    server.auth = BearerAuth(TOKEN)
+    return GitConfig(url=server.url(), auth="bearer", token_file=str(token))
+
+
+def idle_poll_cost(server: GitServer, source: gitsource.GitSource, polls: int) -> PollCost:
+    """Poll an unchanged branch `polls` times (after two warm-up polls)."""
     source.poll()
     source.poll()
     server.reset_counters()
@@ -36,10 +96,65 @@ def idle_polls(server: GitServer, source: gitsource.GitSource, polls: int) -> st
     for _ in range(polls):
         assert not source.poll().changed
     cpu_ms = (time.thread_time() - cpu) * 1000 / polls
-    return (
-        f"{server.requests / polls:.1f} requests, {server.bytes_sent / polls:.0f} B down + "
-        f"{server.bytes_received / polls:.0f} B up, {cpu_ms:.2f} ms CPU per poll"
+    return PollCost(
+        server.requests / polls, server.bytes_sent / polls, server.bytes_received / polls, cpu_ms
     )
+
+
+def idle_polls(server: GitServer, source: gitsource.GitSource, polls: int) -> str:
+    cost = idle_poll_cost(server, source, polls)
+    return (
+        f"{cost.requests:.1f} requests, {cost.down:.0f} B down + "
+        f"{cost.up:.0f} B up, {cost.cpu_ms:.2f} ms CPU per poll"
+    )
+
+
+def change_fetch(
+    server: GitServer,
+    upstream: Upstream,
+    source: gitsource.GitSource,
+    clone: Path,
+    change: dict[str, str],
+) -> FetchCost:
+    """Commit `change`; fetch it with C git into the shallow `clone`, then with `source`."""
+    upstream.commit(change)
+    server.reset_counters()
+    subprocess.run([*c_git("-C", str(clone), "fetch", "-q", "--depth=1", "origin", "main")],
+                   check=True)  # fmt: skip
+    c_bytes = server.bytes_sent + server.bytes_received
+    c_req = server.requests
+    server.reset_counters()
+    assert source.poll().changed
+    ours = server.bytes_sent + server.bytes_received
+    return FetchCost(ours, server.requests, c_bytes, c_req)
+
+
+def shallow_clone(server: GitServer, clone: Path) -> None:
+    subprocess.run([*c_git("clone", "-q", "--bare", "--depth=1", server.url(), str(clone))],
+                   check=True)  # fmt: skip
+
+
+def state_growth(
+    upstream: Upstream, source: gitsource.GitSource, state: Path, commits: int
+) -> StateGrowth:
+    """Commit and fetch `commits` one-file edits, one by one; measure state_dir."""
+    before = folder_bytes(state)
+    peak = 0
+    started = time.monotonic()
+    for n in range(commits):
+        upstream.commit({f"apps/app{n % 10}.yaml": DEPLOYMENT.format(n=1000 + n)})
+        assert source.poll().changed
+        peak = max(peak, folder_bytes(state))
+    elapsed = time.monotonic() - started
+    return StateGrowth(commits, folder_bytes(state), peak, before, elapsed / commits * 1000)
+
+
+def ls_remote_cost(server: GitServer) -> tuple[int, int, int]:
+    """C git `ls-remote URL refs/heads/main`: requests, bytes down, bytes up."""
+    server.reset_counters()
+    subprocess.run([*c_git("ls-remote", server.url(), "refs/heads/main")],
+                   check=True, capture_output=True)  # fmt: skip
+    return server.requests, server.bytes_sent, server.bytes_received
 
 
 def main() -> None:
@@ -50,65 +165,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-git-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "srv").mkdir()
-        upstream = Upstream(tmp / "srv" / "dev.git")
-        upstream.commit({f"apps/app{i}.yaml": DEPLOYMENT.format(n=i) for i in range(10)})
-        token = tmp / "token"
-        token.write_text("bench-token-123")
+        upstream = make_upstream(tmp / "srv")
         with GitServer(tmp / "srv") as server:
-            server.auth = BearerAuth("bench-token-123")
-            cfg = GitConfig(url=server.url(), auth="bearer", token_file=str(token))
+            cfg = git_config(server, tmp)
             state = tmp / "state"
             source = gitsource.GitSource(cfg, state)
             print(f"idle poll:                 {idle_polls(server, source, args.polls)}")
 
             clone = tmp / "c-git"
-            git = ["git", "-c", "http.extraHeader=Authorization: Bearer bench-token-123"]
-            subprocess.run([*git, "clone", "-q", "--bare", "--depth=1", server.url(), str(clone)],
-                           check=True)  # fmt: skip
-            for label, change in (
-                ("one-file edit", {"apps/app0.yaml": DEPLOYMENT.format(n=100)}),
-                (
-                    "five new files",
-                    {f"apps/new{i}.yaml": DEPLOYMENT.format(n=200 + i) for i in range(5)},
-                ),
-            ):
-                upstream.commit(change)
-                server.reset_counters()
-                subprocess.run([*git, "-C", str(clone), "fetch", "-q", "--depth=1", "origin",
-                                "main"], check=True)  # fmt: skip
-                c_git = server.bytes_sent + server.bytes_received
-                c_req = server.requests
-                server.reset_counters()
-                assert source.poll().changed
-                ours = server.bytes_sent + server.bytes_received
+            shallow_clone(server, clone)
+            for label, change in CHANGES:
+                cost = change_fetch(server, upstream, source, clone, change)
                 print(
-                    f"change, {label + ':':16}margo-lite {ours} B in {server.requests} requests, "
-                    f"C git fetch --depth=1 {c_git} B in {c_req} requests "
-                    f"(ratio {ours / c_git:.2f})"
+                    f"change, {label + ':':16}margo-lite {cost.ours_bytes} B in "
+                    f"{cost.ours_requests} requests, C git fetch --depth=1 {cost.c_git_bytes} B "
+                    f"in {cost.c_git_requests} requests "
+                    f"(ratio {cost.ours_bytes / cost.c_git_bytes:.2f})"
                 )
 
-            before = folder_bytes(state)
-            peak = 0
-            started = time.monotonic()
-            for n in range(args.commits):
-                upstream.commit({f"apps/app{n % 10}.yaml": DEPLOYMENT.format(n=1000 + n)})
-                assert source.poll().changed
-                peak = max(peak, folder_bytes(state))
+            growth = state_growth(upstream, source, state, args.commits)
             print(
-                f"state_dir after {args.commits} commits: {folder_bytes(state)} B "
-                f"(peak {peak} B, at the start {before} B; "
-                f"{(time.monotonic() - started) / args.commits * 1000:.0f} ms per commit+poll)"
+                f"state_dir after {args.commits} commits: {growth.final} B "
+                f"(peak {growth.peak} B, at the start {growth.start} B; "
+                f"{growth.ms_per_commit:.0f} ms per commit+poll)"
             )
 
             upstream.add_refs(2000)
             source = gitsource.GitSource(cfg, tmp / "state2")
             print(f"idle poll, 2000 more refs: {idle_polls(server, source, args.polls)}")
-            server.reset_counters()
-            subprocess.run([*git, "ls-remote", server.url(), "refs/heads/main"],
-                           check=True, capture_output=True)  # fmt: skip
+            requests, down, up = ls_remote_cost(server)
             print(
-                f"  C git ls-remote URL refs/heads/main: {server.requests} requests, "
-                f"{server.bytes_sent} B down + {server.bytes_received} B up"
+                f"  C git ls-remote URL refs/heads/main: {requests} requests, "
+                f"{down} B down + {up} B up"
             )
 
 

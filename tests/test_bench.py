@@ -1,0 +1,88 @@
+"""`bench/run --quick` prints every figure issue 10 asks for (values are not judged here:
+timing goals belong to the benchmark's reader, not to assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Every figure of the issue's list, by its JSON key.
+WITHOUT_ENGINE = {
+    "idle_requests": "requests/poll",
+    "idle_wire_bytes": "B/poll",
+    "idle_disk_bytes": "B/poll",
+    "idle_process_cpu_ms": "ms/poll",
+    "idle_git_cpu_ms": "ms/poll",
+    "change_edit_bytes": "B",
+    "change_edit_c_git_bytes": "B",
+    "change_edit_ratio": "ratio",
+    "change_new5_bytes": "B",
+    "change_new5_c_git_bytes": "B",
+    "change_new5_ratio": "ratio",
+    "refs_requests": "requests/poll",
+    "refs_wire_bytes": "B/poll",
+    "refs_wire_ratio": "ratio",
+    "refs_cpu_ms": "ms/poll",
+    "refs_c_git_ls_remote_bytes": "B",
+    "rss_start_kib": "KiB",
+    "rss_polls_kib": "KiB",
+    "rss_growth_kib": "KiB",
+    "state_dir_bytes": "B",
+    "reconcile_cpu_ms": "ms CPU",
+    "cold_start_ms": "ms",
+}
+ENGINE = {"latency_install_s": "s", "latency_update_s": "s"}
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    # VIRTUAL_ENV: bench/run uses this interpreter instead of running tools/setup-host.
+    env = {**os.environ, "VIRTUAL_ENV": sys.prefix}
+    return subprocess.run(
+        [str(ROOT / "bench" / "run"), "--quick", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def figures(result: subprocess.CompletedProcess) -> dict[str, dict]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert {"nproc", "cpu", "ram"} <= report["machine"].keys()
+    return {f["key"]: f for f in report["figures"]}
+
+
+def check_measured(found: dict[str, dict], expected: dict[str, str]) -> None:
+    for key, unit in expected.items():
+        assert key in found, key
+        assert found[key]["unit"] == unit, found[key]
+        assert isinstance(found[key]["value"], int | float), found[key]
+
+
+def test_quick_run_without_engine_prints_every_other_figure():
+    result = bench("--json", "--no-engine")
+    found = figures(result)
+    check_measured(found, WITHOUT_ENGINE)
+    assert found.keys() == WITHOUT_ENGINE.keys() | ENGINE.keys()
+    for key in ENGINE:
+        assert found[key]["value"] is None and "not measured" in found[key]["note"]
+    assert found["idle_requests"]["value"] == 1.0
+    # the table (on stderr with --json): the machine, then one row per figure
+    assert "machine: " in result.stderr and " RAM" in result.stderr
+    rows = result.stderr.splitlines()
+    for figure in found.values():
+        assert any(row.startswith(figure["label"] + " ") for row in rows), figure["label"]
+
+
+@pytest.mark.slow
+@pytest.mark.engine
+def test_quick_run_on_podman_measures_every_figure():
+    check_measured(figures(bench("--json")), WITHOUT_ENGINE | ENGINE)
