@@ -633,7 +633,7 @@ _NEVER_WAIT = 3600.0  # polling is never allowed (hours all inside downtime): lo
 
 
 def _retry_backoff(cfg: config.Config) -> schedule.Backoff:
-    """Retries of a failed component: 10 s after the first failure, doubling, up to poll.max_backoff."""
+    """Retries of a failed component: 10 s after the first failure, doubling, capped."""
     return schedule.Backoff(5.0, max(5.0, cfg.poll.max_backoff))
 
 

@@ -419,7 +419,24 @@ def parse_config(data: Any, *, source: str = "", base_dir: Path | None = None) -
         name: _parse_section(cls, data.get(name), name, source, ctx)
         for name, cls in SECTIONS.items()
     }
+    runtime = sections["runtime"]
+    wanted_engine = _COMPOSE_ENGINE.get(runtime.compose)
+    if wanted_engine and runtime.engine not in ("auto", wanted_engine):
+        raise ConfigError(
+            f"compose driver {runtime.compose} works with engine {wanted_engine}, "
+            f"not {runtime.engine}",
+            source=source,
+            key="runtime.compose",
+        )
     return Config(**sections, source=source)
+
+
+#: Compose drivers that drive one engine only.
+_COMPOSE_ENGINE = {
+    "podman-compose": "podman",
+    "docker-compose": "docker",
+    "docker-compose-plugin": "docker",
+}
 
 
 def _parse_section(cls: type, raw: Any, name: str, source: str, ctx: _Context) -> Any:

@@ -97,6 +97,10 @@ MISTAKES = {
         lambda t: _with(t, "runtime", "engine", "lxc"),
         "runtime.engine: expected one of auto, podman, docker",
     ),
+    "compose driver of another engine": (
+        lambda t: {**base_config(t), "runtime": {"engine": "podman", "compose": "docker-compose"}},
+        "runtime.compose: compose driver docker-compose works with engine docker",
+    ),
     "bad wos scheme": (lambda t: _with(t, "wos", "url", "ftp://wos"), "wos.url: expected a http"),
     "bad device id": (lambda t: _with(t, "device", "id", "../etc"), "device.id: '../etc'"),
     "section not a mapping": (
