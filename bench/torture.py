@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -39,6 +40,8 @@ def main() -> int:
     )
     parser.add_argument("--verbose", action="store_true", help="print every kill as it happens")
     args = parser.parse_args()
+    # SIGTERM ends the run like Ctrl-C: the agent, its containers and podman store go too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     with tempfile.TemporaryDirectory(prefix="margo-torture-") as top:
         top_path = Path(top)

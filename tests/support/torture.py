@@ -63,9 +63,9 @@ class Churn:
     """The desired state and the commits that change it: installs, parameter updates,
     package updates (a compose file change) and removals, chosen by the seeded `rng`."""
 
-    def __init__(self, rng: Random, ports: list[int]) -> None:
+    def __init__(self, rng: Random, ports: list[int], prefix: str) -> None:
         self.rng = rng
-        self.deployments = [Deployment(f"torture-{chr(97 + i)}", p) for i, p in enumerate(ports)]
+        self.deployments = [Deployment(f"{prefix}-{chr(97 + i)}", p) for i, p in enumerate(ports)]
         self.changes = 0
 
     def first(self) -> tuple[str, dict[str, str | None]]:
@@ -133,7 +133,9 @@ class Torture:
     ) -> None:
         self.rig = rig
         self.rng = Random(seed)
-        self.churn = Churn(self.rng, ports)
+        # Ids unique to this process: the agent ends orphaned conmons by project name, so two
+        # runs on one machine (each with its own podman store) must not share project names.
+        self.churn = Churn(self.rng, ports, f"torture{os.getpid()}")
         self.report = Report(seed)
         self.converge_timeout = converge_timeout
         self.max_kill_delay = max_kill_delay
