@@ -32,6 +32,7 @@ def test_power_cut_torture(rig):
     torture = Torture(rig, seed=SEED, ports=[free_port() for _ in range(3)], say=print)
     report = torture.run(KILLS)
     print(report.summary())
+    print(report.phase_table())
     assert report.violations == [], "\n".join(report.violations + report.kill_log[-5:])
     assert report.kills >= KILLS
     assert report.convergences >= report.kills // 2 + 2

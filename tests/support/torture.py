@@ -2,10 +2,16 @@
 it, and check after every convergence that nothing was lost, doubled or left behind.
 
 Shared by the short CI run (tests/test_torture.py) and the long one (bench/torture.py). The
-kill is SIGKILL of the agent's whole process group, so a `podman` call in flight dies with
-it, as on a power cut (the containers and their conmon monitors live on, as on a gateway
-whose engine restarts them). Every random choice comes from `random.Random(seed)`; each
-kill is logged with its instant, so a violation names the seed and the kill that led to it.
+kill is SIGKILL of the agent process; a `podman` call in flight runs on to its end, as when
+the kernel's OOM killer or a crash ends the agent. `kill_group=True` kills the agent's whole
+process group instead, podman calls too; on podman 4.3 with netavark that can leave a
+killed container's port-forwarding (DNAT) rule in the host firewall, ahead of the new
+container's, so the port forwards to a dead address while podman and the agent see the
+container running: an engine hazard the agent cannot observe, and a leftover on the host.
+A real power cut clears both (the firewall and the containers go with the machine).
+
+Every random choice comes from `random.Random(seed)`; each kill is logged with its instant,
+so a violation names the seed and the kill that led to it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,35 @@ from tests.support.rig import APP, Rig, deployment
 #: The compose file of every deployment's own package; `v{version}` in the served page shows
 #: which package version runs, the greeting shows which parameters it got.
 PACKAGE = APP.format(image=IMAGE).replace('\\"$$GREETING\\"', '\\"$$GREETING vVERSION\\"')
+
+#: Log lines that open a short step. A kill aimed at one waits for its line (read from the
+#: agent's log), then a random instant of up to AIMED_DELAY, so kills land in the fast steps
+#: too, not only in the slow podman calls a uniform instant mostly hits.
+MARKERS = {
+    "fetch": ("branch main moved to",),
+    "plan": ("desired state is at commit",),
+    "package": (" is Pending (", " ready: sha256:"),
+    "record+report": (" is Installing", " is Removing"),
+    "after-engine": ("/web done",),
+}
+AIMED_DELAY = 0.1
+
+#: The step a kill landed in, told by the last line the agent logged before it.
+PHASES = (
+    ("margo_lite.gitsource", "fetch"),
+    ("margo_lite.desired", "plan"),
+    ("desired state is at commit", "plan"),
+    ("margo_lite.packages", "package preparation"),
+    ("is Pending", "package preparation"),
+    (" is Installing", "status queued + record write, before the engine"),
+    (" is Removing", "status queued + record write, before the engine"),
+    ("margo_lite.backends", "container creation / removal"),
+    ("/web done", "record write after the engine"),
+    (" is Installed", "status delivery"),
+    (" is Removed", "status delivery"),
+    ("margo_lite.outbox", "status delivery, or idle until the commit is seen"),
+    ("margo_lite.daemon", "start-up and recovery"),
+)
 
 #: Record folders of the state directory that the check reads in full (besides the root).
 RECORD_FOLDERS = ("deployments", "outbox")
@@ -108,6 +144,7 @@ class Report:
     kill_log: list[str] = field(default_factory=list)
     seconds: float = 0.0
     conmons: int = 0  # orphaned conmon monitors found (and ended) at the end
+    phases: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> str:
         return (
@@ -115,6 +152,9 @@ class Report:
             f"{len(self.violations)} violations in {self.seconds:.0f} s "
             f"({self.conmons} orphaned conmon process(es) of killed podman calls ended after)"
         )
+
+    def phase_table(self) -> str:
+        return "\n".join(f"{n:5d}  {phase}" for phase, n in self.phases.most_common())
 
 
 class Torture:
@@ -129,6 +169,7 @@ class Torture:
         converge_timeout: float = 90.0,
         max_kill_delay: float = 3.0,
         max_violations: int = 1,
+        kill_group: bool = False,
         say: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.rig = rig
@@ -140,6 +181,7 @@ class Torture:
         self.converge_timeout = converge_timeout
         self.max_kill_delay = max_kill_delay
         self.max_violations = max_violations
+        self.kill_group = kill_group
         self.say = say
         self.agent: subprocess.Popen | None = None
         self.store = StateStore(rig.tmp / "state")
@@ -158,14 +200,22 @@ class Torture:
             )
         self.rig.agent = self.agent  # so Rig.cleanup ends it whatever happens
 
-    def kill(self, instant: float, after: str) -> None:
-        """SIGKILL the agent's process group `instant` seconds after `after` happened."""
+    def kill(self, instant: float, after: str, *, aim: str | None = None, since: int = 0) -> None:
+        """SIGKILL the agent's process group `instant` seconds after `after` happened, or
+        when `aim` (a MARKERS key) is given, `instant` seconds after the agent logged that
+        step (past byte `since` of its log; not seen within the usual delay: killed then)."""
         assert self.agent is not None
+        if aim is not None:
+            seen = _wait_line(self.rig.log, since, MARKERS[aim], self.max_kill_delay + 1)
+            after = f"{'its' if seen else 'waiting in vain for its'} {aim} step, {after}"
         time.sleep(instant)  # the random instant itself is what this test varies
         last = _last_line(self.rig.log)
+        self.report.phases[_phase(last)] += 1
         alive = self.agent.poll() is None
-        if alive:
+        if alive and self.kill_group:
             os.killpg(self.agent.pid, signal.SIGKILL)
+        elif alive:
+            self.agent.send_signal(signal.SIGKILL)
         self.agent.wait(timeout=60)
         self.report.kills += 1
         line = (
@@ -191,8 +241,15 @@ class Torture:
             self.converge(f"the first commit ({what})")
             while self.report.kills < kills and len(self.report.violations) < self.max_violations:
                 what, files = self.churn.change()
+                since = _size(self.rig.log)
                 self.rig.upstream.commit(files)
-                self.kill(self.rng.uniform(0, self.max_kill_delay), f"commit '{what}'")
+                if self.rng.random() < 0.5:
+                    aim = self.rng.choice(sorted(MARKERS))
+                    instant = self.rng.uniform(0, AIMED_DELAY)
+                    self.kill(instant, f"commit '{what}'", aim=aim, since=since)
+                else:
+                    instant = self.rng.uniform(0, self.max_kill_delay)
+                    self.kill(instant, f"commit '{what}'")
                 self.start()
                 if self.report.kills < kills and self.rng.random() < 0.25:
                     # a second power cut while the agent recovers from the first
@@ -337,6 +394,30 @@ class Torture:
                 os.kill(pid, signal.SIGKILL)
                 reaped += 1
         return reaped
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_line(path: Path, since: int, needles: tuple[str, ...], timeout: float) -> bool:
+    """Whether a line holding one of `needles` appears in `path` past byte `since` in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        if any(n in text for n in needles):
+            return True
+        time.sleep(0.005)  # polls the agent's log file; the step it waits for is milliseconds
+    return False
+
+
+def _phase(line: str) -> str:
+    return next((phase for needle, phase in PHASES if needle in line), "other")
 
 
 def _last_line(path: Path) -> str:
