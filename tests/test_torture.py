@@ -24,9 +24,9 @@ SEED = int(os.environ.get("MARGO_LITE_TORTURE_SEED", "20261126"))
 
 @pytest.mark.skipif(
     Path(sys.prefix).name == ".venv-pypi" and "MARGO_LITE_TORTURE_KILLS" not in os.environ,
-    reason="runs once per CI run, in .venv-debian: what it stresses (crash recovery of state "
-    "files, the outbox, podman) does not depend on the library versions, and 50 kills take "
-    "minutes; the end-to-end tests cover both environments",
+    reason="runs once per CI run, in .venv-debian (the versions a Debian gateway has): what it "
+    "stresses, crash recovery of records, outbox and containers, is the same code with either "
+    "library set, and 50 kills take minutes; the end-to-end tests run in both environments",
 )
 def test_power_cut_torture(rig):
     torture = Torture(rig, seed=SEED, ports=[free_port() for _ in range(3)], say=print)
