@@ -71,6 +71,7 @@ def secret_free_logs() -> Iterator[LogCapture]:
     saved = (list(logger.handlers), logger.level, logger.propagate)
     stream = io.StringIO()
     logs.setup("DEBUG", stream=stream)
+    logger.propagate = True  # caplog (on the root logger) still sees every record
     raw = _RawHandler()
     logger.handlers.insert(0, raw)
     capture = LogCapture(stream, raw)
