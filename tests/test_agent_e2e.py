@@ -132,7 +132,7 @@ def test_drift_is_restored_without_alarming_the_wos(rig, how):
         timeout=60,
         what="the container restored",
     )
-    wait_for(lambda: "web-1/web restored" in rig.log_text(), what="the agent's log line")
+    wait_for(lambda: "web-1/web restored" in rig.log_text(), timeout=120, what="the log line")
     assert "is not running as it should" in rig.log_text()
     assert rig.states("web-1") == ["Pending", "Installing", "Installed"]
     assert rig.stop() == 0
