@@ -9,6 +9,7 @@ Most tests share one device (module scope) with one installed app, and leave it 
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from tests.support.engines import IMAGE, Dockerd, free_port, http_get, run
 from tests.support.gitserver import Fault, GitServer, make_test_ca, refused_url
 from tests.support.rig import APP, Rig, app_files, deployment, wait_state
 from tests.support.wait import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -298,6 +301,8 @@ def test_wos_401_costs_one_token_refresh(device, wos):
     assert [a for _, a in answers[2:]] == [201, 201]  # Installing, Installed
     assert _outbox(device) == 0
     assert device.stop() == 0
+    log = device.log_text()
+    assert CLIENT_SECRET not in log and "simtok-" not in log
 
 
 # --- engine -----------------------------------------------------------------------------------
@@ -390,6 +395,7 @@ def test_engine_daemon_stopped_and_started_again(
             )
             assert agent.poll() is None
             assert http_get(port) is None
+            assert rig.states("web-1") == ["Pending", "Installing", "Installed"]  # no alarm
 
             daemon.start()
             wait_for(lambda: _greeting(rig) == "on-docker", timeout=90, what="the app restored")
@@ -397,6 +403,18 @@ def test_engine_daemon_stopped_and_started_again(
             (again,) = rig.running("web-1")
             assert again["Labels"] == record["Labels"]
             assert rig.states("web-1") == ["Pending", "Installing", "Installed"]
+
+            # A change that comes while the engine is away waits for it (ENGINE_UNAVAILABLE is
+            # transient: retried with backoff), then is applied.
+            daemon.stop()
+            rig.upstream.commit({"web-1.yaml": deployment("web-1", greeting="later", port=port)})
+            status = wait_state(rig, "web-1", "Failed")["status"]
+            assert status["error"]["code"] == "ENGINE_UNAVAILABLE"
+            assert agent.poll() is None
+            daemon.start()
+            wait_for(lambda: _greeting(rig) == "later", timeout=90, what="the change applied")
+            wait_state(rig, "web-1", "Installed")
+            assert len(rig.running("web-1")) == 1
             assert rig.stop() == 0
             assert "Traceback" not in rig.log_text()
         finally:
@@ -407,3 +425,25 @@ def test_engine_daemon_stopped_and_started_again(
                 rig.cleanup()
             daemon.stop()
             shutil.rmtree(daemon.top, ignore_errors=True)
+
+
+# --- the README's table -----------------------------------------------------------------------
+
+
+def test_every_row_of_the_readme_table_names_tests_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Proof: what margo-lite does when things fail")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    here = {m for m in re.findall(r"^def (test_\w+)\(", Path(__file__).read_text(), re.M)}
+    named_here = set()
+    for row in rows[1:]:  # the first is the header
+        names = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)(?:\[[^\]]*\])?`", row)
+        assert any(not module for module, _ in names), f"no agent-level test in: {row}"
+        for module, name in names:
+            if module:
+                assert f"def {name}(" in (ROOT / "tests" / module).read_text(), (module, name)
+            else:
+                assert name in here, name
+                named_here.add(name)
+    assert here - named_here == {"test_every_row_of_the_readme_table_names_tests_that_exist"}

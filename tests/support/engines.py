@@ -167,14 +167,19 @@ class Dockerd:
     def stop(self) -> None:
         """Stop the daemon (by its pid), as a service manager does; its data stays."""
         daemon, self._daemon = self._daemon, None
-        if daemon is None or daemon.poll() is not None:
-            return
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=30)
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(timeout=30)
+        # A dockerd that died (containerd failed to start, say) leaves its data-root mounted.
+        with open("/proc/mounts") as mounts:
+            points = [line.split()[1] for line in mounts]
+        for point in reversed(points):
+            if point.startswith(f"{self.top}/"):
+                subprocess.run(["umount", point], capture_output=True, timeout=30)
 
 
 @contextlib.contextmanager
