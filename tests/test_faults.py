@@ -237,10 +237,12 @@ def test_running_agent_rides_out_every_git_fault(device, git_server):
     ]:
         git_server.fault = fault
         wait_for(lambda c=code: f"[{c}]" in _poll_result(device), timeout=30, what=code)
+        git_server.fault = None
         git_server.release_stalled()
         assert agent.poll() is None, device.log_text()[-2000:]
         assert _greeting(device) == greeting
-    git_server.fault = None
+        # a clean poll between faults, so that each fault's own error is seen
+        wait_for(lambda: _poll_result(device) == "unchanged", timeout=30, what="a clean poll")
     _change(device, "after-the-storm")
     wait_for(lambda: _greeting(device) == "after-the-storm", timeout=60, what="the change")
     wait_state(device, "web-1", "Installed")
