@@ -103,6 +103,8 @@ class _Timers:
     heal_due: dict[tuple[str, str], float] = field(default_factory=dict)
     retry_backoff: dict[tuple[str, str], schedule.Backoff] = field(default_factory=dict)
     retry_due: dict[tuple[str, str], float] = field(default_factory=dict)
+    capabilities_due: float | None = None  # capabilities not sent yet: try again then
+    capabilities_backoff: schedule.Backoff = field(default_factory=schedule.Backoff)
 
 
 class Agent:
@@ -132,7 +134,8 @@ class Agent:
         self.timers = _Timers(
             git_backoff=schedule.Backoff(
                 cfg.poll.interval, max(cfg.poll.interval, cfg.poll.max_backoff)
-            )
+            ),
+            capabilities_backoff=_retry_backoff(cfg),
         )
         self._tidy_needed = True  # sweep leftovers and prune the cache at the next reconcile
 
@@ -503,6 +506,9 @@ class Agent:
         """Hand queued reports to the WOS; nothing is sent during a downtime."""
         if self._in_downtime() and not force:
             return
+        due = self.timers.capabilities_due
+        if due is not None and self._clock() >= due:
+            self._send_capabilities()
         outbox = self.parts.outbox
         if not len(outbox):
             return
@@ -516,7 +522,11 @@ class Agent:
             log.warning("reports not delivered: %s", exc)
 
     def _send_capabilities(self) -> None:
+        """Send the capabilities if they changed. A gateway often starts before its network
+        or its WOS: after a failure (or in a downtime) `report()` tries again, with backoff."""
+        timers = self.timers
         if self._in_downtime():
+            timers.capabilities_due = self._clock()
             return
         from margo_lite import capabilities
 
@@ -526,7 +536,13 @@ class Agent:
             )
             self.parts.client.send_capabilities(body)
         except MargoLiteError as exc:
-            log.warning("capabilities not sent (will try at the next start): %s", exc)
+            timers.capabilities_backoff = timers.capabilities_backoff.failed()
+            wait = schedule.jittered(timers.capabilities_backoff.delay(), 0.2, self._rand())
+            timers.capabilities_due = self._clock() + wait
+            log.warning("capabilities not sent (next try in %.0fs): %s", wait, exc)
+            return
+        timers.capabilities_due = None
+        timers.capabilities_backoff = timers.capabilities_backoff.succeeded()
 
     # --- records ---------------------------------------------------------------------------
 

@@ -307,6 +307,21 @@ def test_wos_401_costs_one_token_refresh(device, wos):
     assert CLIENT_SECRET not in log and "simtok-" not in log
 
 
+def test_wos_down_at_start_capabilities_follow_when_it_is_back(rig):
+    """A gateway often starts before its network: the capabilities it could not send at
+    start are sent once the WOS answers, without a restart."""
+    rig.upstream.commit(app_files(free_port(), "boot"))
+    rig.sim.fault = "down"
+    agent = rig.start()
+    wait_for(lambda: "capabilities not sent" in rig.log_text(), what="the first try failing")
+    wait_for(lambda: _outbox(rig) >= 3, timeout=60, what="reports waiting")
+    rig.sim.fault = None
+    wait_state(rig, "web-1", "Installed")
+    wait_for(lambda: "gw-e2e" in rig.sim.capabilities, timeout=60, what="the capabilities")
+    assert agent.poll() is None
+    assert rig.stop() == 0
+
+
 # --- engine -----------------------------------------------------------------------------------
 
 
