@@ -294,10 +294,17 @@ def test_wos_401_costs_one_token_refresh(device, wos):
     wait_state(device, "web-1", "Installed")
     tokens = wos.token_requests()
     wos.revoke_tokens()
-    seen = len(wos.requests())
+    seen, reports = len(wos.requests()), len(wos.statuses("web-1"))
     _change(device, "after-401")
-    wait_for(lambda: _greeting(device) == "after-401", timeout=60, what="the change")
-    wait_state(device, "web-1", "Installed")
+    wait_for(
+        lambda: (
+            [s["status"]["state"] for s in wos.statuses("web-1")[reports:]]
+            == ["Installing", "Installed"]
+        ),
+        timeout=60,
+        what="Installing and Installed at the WOS",
+    )
+    assert _greeting(device) == "after-401"
     answers = [(r.path, r.answer) for r in wos.requests()[seen:]]
     assert answers[0][1] == 401 and answers[1] == (wossim.TOKEN_PATH, 200), answers
     assert wos.token_requests() == tokens + 1
@@ -325,8 +332,8 @@ def test_wos_down_at_start_capabilities_follow_when_it_is_back(
         try:
             wait_for(lambda: "capabilities not sent" in rig.log_text(), what="the first try")
             sim.fault = None
-            wait_for(lambda: "gw-e2e" in sim.capabilities, timeout=60, what="the capabilities")
-            assert agent.poll() is None
+            wait_for(lambda: "gw-e2e" in sim.capabilities, timeout=90, what="the capabilities")
+            assert agent.poll() is None, rig.log_text()[-3000:]
             assert rig.stop() == 0
         finally:
             rig.cleanup()
