@@ -102,6 +102,8 @@ class _Timers:
     git_backoff: schedule.Backoff = field(default_factory=schedule.Backoff)
     retry_backoff: dict[tuple[str, str], schedule.Backoff] = field(default_factory=dict)
     retry_due: dict[tuple[str, str], float] = field(default_factory=dict)
+    capabilities_due: float | None = None  # capabilities not sent yet: try again then
+    capabilities_backoff: schedule.Backoff = field(default_factory=schedule.Backoff)
 
 
 class Agent:
@@ -135,10 +137,10 @@ class Agent:
         self.timers = _Timers(
             git_backoff=schedule.Backoff(
                 cfg.poll.interval, max(cfg.poll.interval, cfg.poll.max_backoff)
-            )
+            ),
+            capabilities_backoff=_retry_backoff(cfg),
         )
         self._tidy_needed = True  # sweep leftovers and prune the cache at the next reconcile
-        self._capabilities_due: float | None = None  # when to send capabilities
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -157,7 +159,7 @@ class Agent:
                 self._load(held)
             except GitError as exc:  # e.g. unsigned: wait for a good commit, keep what runs
                 log.error("the held commit %s is not applied: %s", held[:12], exc)
-        self._capabilities_due = self._clock()  # sent with the first report, not before READY
+        self.timers.capabilities_due = self._clock()  # with the first report, not before READY
 
     def stop(self) -> None:
         self.parts.client.close()
@@ -546,7 +548,8 @@ class Agent:
         """
         if self._in_downtime() and not force:
             return
-        if self._capabilities_due is not None and self._clock() >= self._capabilities_due:
+        due = self.timers.capabilities_due
+        if due is not None and self._clock() >= due:
             self._send_capabilities()
         outbox = self.parts.outbox
         for _ in range(_FORCED_FLUSH_ROUNDS if force else 1):
@@ -565,7 +568,12 @@ class Agent:
                 return
 
     def _send_capabilities(self) -> None:
-        """Once per start (POST the first time, PUT when changed); hourly while it fails."""
+        """Send the capabilities if they changed. A gateway often starts before its network
+        or its WOS: after a failure (or in a downtime) `report()` tries again, with backoff."""
+        timers = self.timers
+        if self._in_downtime():
+            timers.capabilities_due = self._clock()
+            return
         from margo_lite import capabilities
 
         try:
@@ -574,10 +582,13 @@ class Agent:
             )
             self.parts.client.send_capabilities(body)
         except MargoLiteError as exc:
-            self._capabilities_due = self._clock() + _CAPABILITIES_RETRY
-            log.warning("capabilities not sent (next try in an hour): %s", exc)
-        else:
-            self._capabilities_due = None
+            timers.capabilities_backoff = timers.capabilities_backoff.failed()
+            wait = schedule.jittered(timers.capabilities_backoff.delay(), 0.2, self._rand())
+            timers.capabilities_due = self._clock() + wait
+            log.warning("capabilities not sent (next try in %.0fs): %s", wait, exc)
+            return
+        timers.capabilities_due = None
+        timers.capabilities_backoff = timers.capabilities_backoff.succeeded()
 
     # --- records ---------------------------------------------------------------------------
 
@@ -627,7 +638,6 @@ def _coded(exc: MargoLiteError | OSError) -> MargoLiteError:
     return EngineError(f"{exc.strerror or exc}", code="LOCAL_IO_ERROR")
 
 
-_CAPABILITIES_RETRY = 3600.0
 _FORCED_FLUSH_ROUNDS = 100  # `once`: at most this many flushes (each sends up to 50 reports)
 _NEVER_WAIT = 3600.0  # polling is never allowed (hours all inside downtime): look again later
 

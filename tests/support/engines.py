@@ -111,46 +111,85 @@ def podman(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
         shutil.rmtree(top, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def dockerd(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
-    """A private dockerd on a socket under `top`, the image imported; stopped (by its pid,
-    after removing its containers) on exit. Yields the environment for docker clients."""
-    if not shutil.which("dockerd") or not shutil.which("docker"):
-        pytest.skip("dockerd is not installed (apt: docker.io)")
-    if os.geteuid() != 0:
-        pytest.skip("the dockerd tests run as root")
-    sock = top / "docker.sock"
-    log_path = top / "dockerd.log"
-    with open(log_path, "wb") as log:
-        daemon = subprocess.Popen(
-            [
-                "dockerd",
-                "--host",
-                f"unix://{sock}",
-                "--data-root",
-                str(top / "data"),
-                "--exec-root",
-                str(top / "exec"),
-                "--pidfile",
-                str(top / "dockerd.pid"),
-                "--bridge",
-                "none",  # no docker0: other daemons on this machine may have one
-                "--iptables=false",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    env = {**base_environ(), "DOCKER_HOST": f"unix://{sock}"}
-    try:
+class Dockerd:
+    """A private dockerd on a socket under `top` (own data and exec roots, no default bridge,
+    no iptables rules) that a test can stop and start again on the same data."""
+
+    def __init__(self, top: Path) -> None:
+        if not shutil.which("dockerd") or not shutil.which("docker"):
+            pytest.skip("dockerd is not installed (apt: docker.io)")
+        if os.geteuid() != 0:
+            pytest.skip("the dockerd tests run as root")
+        top.mkdir(parents=True, exist_ok=True)
+        self.top = top
+        self.log_path = top / "dockerd.log"
+        self.environ = {**base_environ(), "DOCKER_HOST": f"unix://{top / 'docker.sock'}"}
+        self._daemon: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start the daemon and wait until it answers."""
+        top = self.top
+        with open(self.log_path, "ab") as log:
+            self._daemon = daemon = subprocess.Popen(
+                [
+                    "dockerd",
+                    "--host",
+                    f"unix://{top / 'docker.sock'}",
+                    "--data-root",
+                    str(top / "data"),
+                    "--exec-root",
+                    str(top / "exec"),
+                    "--pidfile",
+                    str(top / "dockerd.pid"),
+                    "--bridge",
+                    "none",  # no docker0: other daemons on this machine may have one
+                    "--iptables=false",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
         def answers() -> bool:
             if daemon.poll() is not None:
-                raise RuntimeError(f"dockerd exited: {log_path.read_text()[-2000:]}")
-            probe = subprocess.run(["docker", "version"], env=env, capture_output=True, timeout=30)
+                raise RuntimeError(f"dockerd exited: {self.log_path.read_text()[-2000:]}")
+            probe = subprocess.run(
+                ["docker", "version"], env=self.environ, capture_output=True, timeout=30
+            )
             return probe.returncode == 0
 
         wait_for(answers, timeout=60, interval=0.2, what="the private dockerd to answer")
+
+    @property
+    def running(self) -> bool:
+        return self._daemon is not None and self._daemon.poll() is None
+
+    def stop(self) -> None:
+        """Stop the daemon (by its pid), as a service manager does; its data stays."""
+        daemon, self._daemon = self._daemon, None
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(timeout=30)
+        # A dockerd that died (containerd failed to start, say) leaves its data-root mounted.
+        with open("/proc/mounts") as mounts:
+            points = [line.split()[1] for line in mounts]
+        for point in reversed(points):
+            if point.startswith(f"{self.top}/"):
+                subprocess.run(["umount", point], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def dockerd(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
+    """A private `Dockerd` under `top`, the image imported; stopped (after removing its
+    containers) on exit. Yields the environment for docker clients."""
+    daemon = Dockerd(top)
+    env = daemon.environ
+    try:
+        daemon.start()
         run(["docker", "import", str(image_tar), IMAGE], env)
         yield env
     finally:
@@ -159,12 +198,7 @@ def dockerd(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
             subprocess.run(
                 ["docker", "rm", "-f", *ids.stdout.split()], env=env, capture_output=True
             )
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=30)
+        daemon.stop()
         shutil.rmtree(top, ignore_errors=True)
 
 

@@ -78,7 +78,12 @@ class Rig:
     """One device: its Git repository on a real smart-HTTP server, a WOS, podman."""
 
     def __init__(
-        self, tmp_path: Path, server: GitServer, environ: dict[str, str], sim: wossim.WosSimulator
+        self,
+        tmp_path: Path,
+        server: GitServer,
+        environ: dict[str, str],
+        sim: wossim.WosSimulator,
+        config_overrides: dict[str, dict] | None = None,
     ) -> None:
         self.tmp = tmp_path
         self.environ = environ
@@ -108,6 +113,28 @@ class Rig:
         )
         self.agent: subprocess.Popen | None = None
         self.log = tmp_path / "agent.log"
+        if config_overrides:
+            self.configure(config_overrides)
+
+    def configure(self, overrides: dict[str, dict]) -> None:
+        """Change configuration keys: {section: {key: value}}; a value None removes the key.
+
+        A running agent reads its configuration at start only.
+        """
+        data = yaml.safe_load(self.config.read_text())
+        for section, keys in overrides.items():
+            target = data.setdefault(section, {})
+            for key, value in keys.items():
+                if value is None:
+                    target.pop(key, None)
+                else:
+                    target[key] = value
+        self.config.write_text(yaml.safe_dump(data))
+
+    @property
+    def engine(self) -> str:
+        """The engine's command line tool, as the configuration names it."""
+        return yaml.safe_load(self.config.read_text())["runtime"]["engine"]
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**self.environ, "PYTHONPATH": str(ROOT), **extra}
@@ -145,6 +172,22 @@ class Rig:
         return statuses[-1] if statuses else None
 
     def containers(self) -> list[dict]:
+        """Labelled containers as podman's `ps --format json` spells them (Id, Names, State,
+        Labels as a mapping), whichever engine runs them."""
+        if self.engine == "docker":
+            out = subprocess.run(
+                ["docker", "ps", "-a", "--no-trunc", "--filter", f"label={MANAGED}",
+                 "--format", "{{json .}}"],
+                capture_output=True, text=True, env=self.environ, timeout=60, check=True,
+            ).stdout  # fmt: skip
+            found = []
+            for line in out.splitlines():
+                c = json.loads(line)
+                labels = dict(kv.split("=", 1) for kv in c["Labels"].split(",") if "=" in kv)
+                found.append(
+                    {"Id": c["ID"], "Names": [c["Names"]], "State": c["State"], "Labels": labels}
+                )
+            return found
         out = subprocess.run(
             ["podman", "ps", "-a", "--filter", f"label={MANAGED}", "--format", "json"],
             capture_output=True,
@@ -171,7 +214,7 @@ class Rig:
         ids = [c["Id"] for c in self.containers()]
         if ids:
             subprocess.run(
-                ["podman", "rm", "-f", "-t", "0", *ids],
+                [self.engine, "rm", "-f", *(["-t", "0"] if self.engine == "podman" else []), *ids],
                 env=self.environ,
                 capture_output=True,
                 timeout=120,
