@@ -7,6 +7,7 @@ builds on the last one and containers are slow to create on two cores.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
@@ -59,6 +60,12 @@ volumes:
 """
 
 
+def _remove_quietly(backend: Backend, dep: str) -> None:
+    """Leave the shared engine store clean for the tests after this one."""
+    with contextlib.suppress(EngineError):
+        backend.remove(dep, "app")
+
+
 def write_app(folder: Path, port: int | str, image: str = IMAGE, text: str = APP) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "compose.yaml").write_text(text.format(image=image, port=port))
@@ -85,10 +92,13 @@ def web_container(backend: Backend, deployment: str, service: str = "web"):
 
 
 @pytest.mark.parametrize(("engine", "driver"), COMBOS, ids=[f"{e}-{d}" for e, d in COMBOS])
-def test_application_life(engine: str, driver: str, engine_environ, tmp_path: Path) -> None:
+def test_application_life(
+    engine: str, driver: str, engine_environ, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     environ = engine_environ(engine)
     backend = make_backend(engine, driver, environ, tmp_path / "state")
     dep = f"dep-{engine}-{driver}-ä/Ω {'x' * 80}"  # any length or characters
+    request.addfinalizer(lambda: _remove_quietly(backend, dep))  # even when a step fails
     port = free_port()
 
     # install a two-service app whose HTTP port answers

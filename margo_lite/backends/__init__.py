@@ -329,7 +329,7 @@ class Backend:
                 return f"service {service}: no container was created", ""
             c = found[0]
             restart = str(spec.get("restart") or "no")
-            if c.status == "exited":
+            if c.status in ("exited", "stopped"):  # podman says "stopped" for a moment first
                 if c.exit_code == 0 and restart in ("no", "on-failure"):
                     continue
                 return f"service {service}: exited with code {c.exit_code}", ""
