@@ -132,7 +132,7 @@ def _unlink_quietly(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(folder: str | os.PathLike[str], name: str = "agent.lock") -> Iterator[None]:
+def exclusive(folder: str | os.PathLike[str], name: str = ".lock") -> Iterator[None]:
     """Hold `folder/name` locked for this process: one agent (run or once) per state dir.
 
     A second one would interleave outbox numbers, records and leftover sweeps."""
