@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from margo_lite import backends, config, desired, logs, planner, policy, schedule, wos
+from margo_lite import backends, config, desired, logs, planner, policy, pools, schedule, wos
 from margo_lite.errors import (
     EngineError,
     GitError,
@@ -75,13 +75,15 @@ class Parts:
     def build(cls, cfg: config.Config) -> Parts:
         state_dir = cfg.state_dir
         store = StateStore(state_dir)
+        proxies = pools.settings_from(cfg.network, os.environ, source=cfg.source)
+        log.info("network: %s", proxies.describe())
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
-            source=GitSource(cfg.git, state_dir),
-            packages=PackageStore(cfg.packages, state_dir / "packages"),
+            source=GitSource(cfg.git, state_dir, proxies=proxies),
+            packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir),
+            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies),
             backend_factory=lambda: backends.select(cfg.runtime, state_dir, os.environ),
         )
 

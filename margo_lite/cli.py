@@ -84,11 +84,19 @@ def _load(args: argparse.Namespace) -> config.Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    proxies = _proxies(cfg)  # the environment's proxy variables are checked too
     print(f"configuration OK: {cfg.source}")
     print(f"  device {cfg.device.id}, state in {cfg.device.state_dir}")
     print(f"  desired state from {logs.sanitize_url(cfg.git.url)} branch {cfg.git.branch}")
     print(f"  reports to {logs.sanitize_url(cfg.wos.url)}")
+    print(f"  network: {proxies.describe()}")
     return EXIT_OK
+
+
+def _proxies(cfg: config.Config):  # -> proxy.Settings; imported late: urllib3 is not cheap
+    from margo_lite import pools
+
+    return pools.settings_from(cfg.network, os.environ, source=cfg.source)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -108,7 +116,7 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
     body = capabilities.discover(cfg.device.id, cfg.state_dir, cfg.capabilities)
     print(json.dumps(body, indent=2, sort_keys=True))
     if args.send:
-        with wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir) as client:
+        with wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=_proxies(cfg)) as client:
             client.send_capabilities(body, force=True)
         print(f"sent to {logs.sanitize_url(cfg.wos.url)}", file=sys.stderr)
     return EXIT_OK

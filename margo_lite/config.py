@@ -19,6 +19,7 @@ from typing import Any
 
 from margo_lite import schedule, yamlload
 from margo_lite.errors import ConfigError, MargoLiteError
+from margo_lite.proxy import Proxy, Rule, parse_proxy_url, parse_rule
 
 DEFAULT_PATH = "/etc/margo-lite/config.yaml"
 ENV_VAR = "MARGO_LITE_CONFIG"
@@ -179,6 +180,14 @@ def daily_window(value: Any, ctx: _Context) -> schedule.DailyWindow:
 
 def window(value: Any, ctx: _Context) -> schedule.Window:
     return schedule.parse_window(string(value, ctx))
+
+
+def proxy_url(value: Any, ctx: _Context) -> Proxy:
+    return parse_proxy_url(nonempty(value, ctx))
+
+
+def no_proxy_rule(value: Any, ctx: _Context) -> Rule:
+    return parse_rule(nonempty(value, ctx))
 
 
 _kind = yamlload.kind_of
@@ -367,6 +376,29 @@ class CapabilitiesConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    proxy: Proxy | None = option(  # noqa: RUF009 (a frozen dataclass: immutable)
+        None,
+        optional(proxy_url),
+        "The site's HTTP proxy for every connection out, http://[user@]host:port.",
+    )
+    proxy_password_file: str | None = option(
+        None,
+        optional(file_path),
+        "File holding the proxy password (mode 0600), for the user named in the proxy URL.",
+        is_file=True,
+    )
+    no_proxy: tuple | None = option(
+        None,
+        optional(list_of(no_proxy_rule)),
+        "Hosts reached directly: names (with their sub-domains), IP addresses, CIDR ranges.",
+    )
+    proxy_from_env: bool = option(
+        True, boolean, "Without network.proxy / no_proxy, read HTTPS_PROXY, HTTP_PROXY, NO_PROXY."
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, plus the file it came from."""
 
@@ -378,6 +410,7 @@ class Config:
     packages: PackagesConfig = field(default_factory=PackagesConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     capabilities: CapabilitiesConfig = field(default_factory=CapabilitiesConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     source: str = ""
 
     @property
@@ -394,6 +427,7 @@ SECTIONS: dict[str, type] = {
     "packages": PackagesConfig,
     "policy": PolicyConfig,
     "capabilities": CapabilitiesConfig,
+    "network": NetworkConfig,
 }
 
 

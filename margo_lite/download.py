@@ -29,8 +29,9 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError
 
-from margo_lite import __version__, logs
-from margo_lite.errors import DownloadError, PackageError
+from margo_lite import __version__, logs, proxy
+from margo_lite.errors import DownloadError, PackageError, ProxyError
+from margo_lite.pools import Pools
 
 log = logs.get(__name__)
 
@@ -92,13 +93,12 @@ class Downloader:
         ca_file: str | None = None,
         backoff: Backoff = Backoff(),
         sleep: Callable[[float], None] = time.sleep,
+        proxies: proxy.Settings = proxy.DIRECT,
     ) -> None:
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         self._backoff = backoff
         self._sleep = sleep
-        self._pool = urllib3.PoolManager(
-            num_pools=8, maxsize=2, cert_reqs="CERT_REQUIRED", ca_certs=ca_file
-        )
+        self._pool = Pools(proxies, num_pools=8, maxsize=2, ca_file=ca_file)
 
     def fetch(
         self, url: str, dest: Path, *, limit: int, validators: Validators | None = None
@@ -183,6 +183,10 @@ class Downloader:
             ) from None
         except Urllib3Error as exc:
             raise _Retryable(_reason(exc)) from None
+        except ProxyError as exc:  # the site's proxy, not the server: retried with the deployment
+            raise DownloadError(
+                f"cannot download {logs.sanitize_url(url)}: {exc.message}", code=exc.code
+            ) from None
 
     def _save(self, response: urllib3.HTTPResponse, url: str, dest: Path, limit: int) -> Fetched:
         shown = logs.sanitize_url(url)

@@ -158,8 +158,8 @@ class PackageTransientError(PackageError, TransientError):
 class DownloadError(PackageTransientError):
     """A download failed after its retries; `status` is the HTTP status if one came back."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.status = status
 
 
@@ -244,3 +244,14 @@ class WosRejectedError(WosError):
 
 class OnboardingError(WosError):
     code = "ONBOARDING_FAILED"
+
+
+# --- the site's network: the HTTP proxy -------------------------------------------------------
+
+
+class ProxyError(TransientError):
+    """The site's HTTP proxy failed us: PROXY_UNREACHABLE (no connection to it) or
+    PROXY_AUTH_FAILED (HTTP 407). The message names the proxy, its password masked. Each
+    transport re-raises it in its own family with the same code and message."""
+
+    code = "PROXY_UNREACHABLE"

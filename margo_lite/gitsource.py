@@ -25,7 +25,7 @@ from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Commit
 from dulwich.refs import check_ref_format
 
-from margo_lite import logs
+from margo_lite import logs, proxy
 from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError
 from margo_lite.git.localrepo import LocalRemote
@@ -56,12 +56,14 @@ class PollResult:
 class GitSource:
     """The configured branch of the desired-state repository, held in `state_dir/git`."""
 
-    def __init__(self, cfg: GitConfig, state_dir: Path) -> None:
+    def __init__(
+        self, cfg: GitConfig, state_dir: Path, *, proxies: proxy.Settings = proxy.DIRECT
+    ) -> None:
         self._cfg = cfg
         self._branch = _check_branch(cfg.branch)
         self._path = _check_path(cfg.path)
         self._store = Store(Path(state_dir) / "git")
-        self._remote: HttpRemote | LocalRemote = _remote_for(cfg)
+        self._remote: HttpRemote | LocalRemote = _remote_for(cfg, proxies)
 
     def poll(self) -> PollResult:
         """Ask for the branch tip (one request); fetch it (one more) only when it changed."""
@@ -131,7 +133,7 @@ def _check_path(path: str) -> tuple[bytes, ...]:
     return tuple(p.encode() for p in parts)
 
 
-def _remote_for(cfg: GitConfig) -> HttpRemote | LocalRemote:
+def _remote_for(cfg: GitConfig, proxies: proxy.Settings) -> HttpRemote | LocalRemote:
     url = cfg.url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
@@ -145,7 +147,7 @@ def _remote_for(cfg: GitConfig) -> HttpRemote | LocalRemote:
             raise ConfigError("git.auth basic with a token_file needs it", key="git.username")
         if scheme == "http" and cfg.token_file:
             log.warning("git.url is plain http: the access token travels unencrypted")
-        return HttpRemote(url, ca_file=cfg.ca_file, timeout=cfg.timeout)
+        return HttpRemote(url, ca_file=cfg.ca_file, timeout=cfg.timeout, proxies=proxies)
     if scheme == "file":
         parts = urllib.parse.urlsplit(url)
         if parts.netloc not in ("", "localhost"):

@@ -29,6 +29,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import re
 import ssl
 import warnings
@@ -40,7 +41,7 @@ from typing import Any
 import yaml
 from urllib3.exceptions import InsecureRequestWarning
 
-from margo_lite import capabilities, config, logs, yamlload
+from margo_lite import capabilities, config, logs, pools, proxy, yamlload
 from margo_lite.errors import ConfigError, MargoLiteError, OnboardingError, UsageError
 from margo_lite.statestore import DIR_MODE, FILE_MODE, SECRET_MODE, write_file_atomic
 from margo_lite.wos import USER_AGENT, WosClient, check, make_pool, request
@@ -272,9 +273,10 @@ def onboard(
         raise UsageError(f"--device-id: {exc}") from None
     state_dir = _state_dir(data, config_path)
     shown = logs.sanitize_url(wos_url)
+    proxies = _proxies(data, config_path)
 
     # 1. the root CA, trusted only by fingerprint
-    with warnings.catch_warnings(), make_pool(None, timeout, verify=False) as pool:
+    with warnings.catch_warnings(), make_pool(None, timeout, verify=False, proxies=proxies) as pool:
         warnings.simplefilter("ignore", InsecureRequestWarning)  # the fingerprint decides
         answer = check(
             request(pool, "GET", f"{wos_url}/onboarding/certificate"), "onboarding certificate"
@@ -302,7 +304,7 @@ def onboard(
         "serialNumber": identity["serialNumber"],
         "agent": USER_AGENT,
     }
-    with make_pool(None, timeout, ca_data=pem.decode("ascii")) as pool:
+    with make_pool(None, timeout, ca_data=pem.decode("ascii"), proxies=proxies) as pool:
         response = request(
             pool,
             "POST",
@@ -344,11 +346,23 @@ def onboard(
     log.info("onboarded with %s as device %s; configuration in %s", shown, device_id, config_path)
 
     # 4. capabilities
-    with WosClient(new_cfg.wos, device_id, state_dir) as client:
+    with WosClient(new_cfg.wos, device_id, state_dir, proxies=proxies) as client:
         sent = client.send_capabilities(
             capabilities.discover(device_id, state_dir, new_cfg.capabilities), force=True
         )
     return Result(actual, config_path, ca_file, sent)
+
+
+def _proxies(data: dict[str, Any], config_path: Path) -> proxy.Settings:
+    """The site proxy of a configuration that may not be complete yet, and the environment."""
+    section = config._parse_section(
+        config.NetworkConfig,
+        data.get("network"),
+        "network",
+        str(config_path),
+        config._Context(config_path.absolute().parent),
+    )
+    return pools.settings_from(section, os.environ, source=str(config_path))
 
 
 def _capabilities_config(data: dict[str, Any], config_path: Path) -> config.CapabilitiesConfig:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from margo_lite import archive, logs, pgp, yamlload
+from margo_lite import archive, logs, pgp, proxy, yamlload
 from margo_lite.config import PackagesConfig
 from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
@@ -86,7 +86,12 @@ class PackageStore:
     """The package cache under `cache_dir`, and the one way packages get into it."""
 
     def __init__(
-        self, cfg: PackagesConfig, cache_dir: Path, *, downloader: Downloader | None = None
+        self,
+        cfg: PackagesConfig,
+        cache_dir: Path,
+        *,
+        downloader: Downloader | None = None,
+        proxies: proxy.Settings = proxy.DIRECT,
     ) -> None:
         self._cfg = cfg
         self._root = Path(cache_dir)
@@ -94,7 +99,9 @@ class PackageStore:
         self._blobs = self._root / "blobs"
         self._tmp = self._root / "tmp"
         self._limits = archive.Limits(max_bytes=cfg.max_size)
-        self._downloader = downloader or Downloader(timeout=cfg.timeout, ca_file=cfg.ca_file)
+        self._downloader = downloader or Downloader(
+            timeout=cfg.timeout, ca_file=cfg.ca_file, proxies=proxies
+        )
         self._lock = threading.Lock()
         try:
             for folder in (self._root, self._pkgs, self._blobs, self._tmp):

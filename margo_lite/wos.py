@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import ssl
 import threading
 import time
 import urllib.parse
@@ -26,11 +25,11 @@ from typing import Any
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
-from urllib3.util.ssl_ import create_urllib3_context
 
-from margo_lite import __version__, logs
+from margo_lite import __version__, logs, proxy
 from margo_lite.config import WosConfig
-from margo_lite.errors import WosError, WosRejectedError, WosTransientError
+from margo_lite.errors import ProxyError, WosError, WosRejectedError, WosTransientError
+from margo_lite.pools import Pools
 from margo_lite.signing import HEADER as SIGNATURE_HEADER
 from margo_lite.signing import Signer
 from margo_lite.statestore import StateStore
@@ -114,33 +113,32 @@ class _Token:
 
 
 def make_pool(
-    ca_file: str | None, timeout: float, *, verify: bool = True, ca_data: str | None = None
-) -> urllib3.PoolManager:
-    """A connection pool with margo-lite's defaults: no retries, no redirects, a timeout.
+    ca_file: str | None,
+    timeout: float,
+    *,
+    verify: bool = True,
+    ca_data: str | None = None,
+    proxies: proxy.Settings = proxy.DIRECT,
+) -> Pools:
+    """Connection pools with margo-lite's defaults: no retries, no redirects, a timeout.
 
-    `ca_data` (PEM) trusts a CA not yet on disk (onboarding writes nothing before it ends).
+    `ca_data` (PEM) trusts a CA not yet on disk (onboarding writes nothing before it ends);
+    `verify=False` only for downloading that CA, whose fingerprint is checked instead.
     """
-    kwargs: dict[str, Any] = {
-        "timeout": urllib3.Timeout(connect=timeout, read=timeout),
-        "retries": False,
-        "maxsize": 2,
-        "headers": {"User-Agent": USER_AGENT},
-    }
-    if verify:
-        kwargs["cert_reqs"] = "CERT_REQUIRED"
-        if ca_file:
-            kwargs["ca_certs"] = ca_file
-        elif ca_data:
-            context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-            context.load_verify_locations(cadata=ca_data)
-            kwargs["ssl_context"] = context
-    else:  # only for downloading the CA at onboarding; its fingerprint is checked instead
-        kwargs["cert_reqs"] = "CERT_NONE"
-    return urllib3.PoolManager(**kwargs)
+    return Pools(
+        proxies,
+        ca_file=ca_file,
+        ca_data=ca_data,
+        verify=verify,
+        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        retries=False,
+        maxsize=2,
+        headers={"User-Agent": USER_AGENT},
+    )
 
 
 def request(
-    pool: urllib3.PoolManager,
+    pool: Pools,
     method: str,
     url: str,
     *,
@@ -166,6 +164,8 @@ def request(
         ) from None
     except (Urllib3Error, OSError) as exc:
         raise WosTransientError(f"{shown}: {_reason(exc)}") from None
+    except ProxyError as exc:
+        raise WosTransientError(f"{shown}: {exc.message}", code=exc.code) from None
     try:
         data = raw.read(MAX_RESPONSE + 1)
         complete = len(data) <= MAX_RESPONSE
@@ -238,12 +238,13 @@ class WosClient:
         state_dir: Path,
         *,
         clock: Callable[[], float] = time.monotonic,
+        proxies: proxy.Settings = proxy.DIRECT,
     ) -> None:
         self.cfg = cfg
         self.device_id = device_id
         self.store = StateStore(state_dir)
         self._clock = clock
-        self._pool = make_pool(cfg.ca_file, cfg.timeout)
+        self._pool = make_pool(cfg.ca_file, cfg.timeout, proxies=proxies)
         self._token: _Token | None = None
         self._token_lock = threading.Lock()
         self._signer: Signer | None = None

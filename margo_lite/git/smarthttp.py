@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator, Mapping
 
 import urllib3
 
-from margo_lite import __version__, logs
-from margo_lite.errors import GitError, GitTransientError
+from margo_lite import __version__, logs, proxy
+from margo_lite.errors import GitError, GitTransientError, ProxyError
+from margo_lite.pools import Pools
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
 MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything near this is wrong)
@@ -36,18 +37,25 @@ class HttpRemote:
     reuse them. Connections are closed after each poll, so nothing lingers between polls.
     """
 
-    def __init__(self, url: str, *, ca_file: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_file: str | None,
+        timeout: float,
+        proxies: proxy.Settings = proxy.DIRECT,
+    ) -> None:
         self._url = url.rstrip("/")
         self._shown = logs.sanitize_url(url)
         retries = urllib3.Retry(
             total=1, connect=1, read=0, redirect=0, status=0, other=0, raise_on_status=False
         )
-        self._pool = urllib3.PoolManager(
+        self._pool = Pools(
+            proxies,
             num_pools=2,
             retries=retries,
             timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=ca_file,
+            ca_file=ca_file,
         )
         self._authorization: str | None = None
         self._capabilities: dict[bytes, bytes] | None = None
@@ -190,6 +198,8 @@ class HttpRemote:
             )
         except urllib3.exceptions.HTTPError as exc:
             raise _network_error(exc, self._shown) from exc
+        except ProxyError as exc:
+            raise GitTransientError(f"{self._shown}: {exc.message}", code=exc.code) from None
         try:
             _check_status(resp, self._shown)
             try:
