@@ -21,9 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from margo_lite import gitsource
+from margo_lite import gitsource, proxy
 from margo_lite.config import GitConfig
 from tests.support.gitserver import DEPLOYMENT, BearerAuth, GitServer, Upstream
+from tests.support.proxyserver import ForwardProxy
+from tests.support.wait import wait_for
 
 TOKEN = "bench-token-123"
 #: The two changes fetched next to C git: (label, files changed).
@@ -98,6 +100,40 @@ def idle_poll_cost(server: GitServer, source: gitsource.GitSource, polls: int) -
     cpu_ms = (time.thread_time() - cpu) * 1000 / polls
     return PollCost(
         server.requests / polls, server.bytes_sent / polls, server.bytes_received / polls, cpu_ms
+    )
+
+
+@dataclass(frozen=True)
+class ProxiedPollCost:
+    """Idle polls of one repository, direct (the anchor) and through a forward proxy, in turn."""
+
+    direct: PollCost
+    proxied: PollCost  # counted at the Git server: what the proxy forwarded
+    proxy_requests: float  # per poll, from the proxy's access log
+    proxy_down: float  # bytes per poll the proxy sent to margo-lite (its access log)
+
+
+def proxied_idle_poll_cost(
+    server: GitServer, cfg: GitConfig, tmp: Path, polls: int
+) -> ProxiedPollCost:
+    """The same idle polls, direct and through squid with basic auth on 127.0.0.1."""
+    direct = idle_poll_cost(server, gitsource.GitSource(cfg, tmp / "state-direct"), polls)
+    user, password = "bench-user", "bench-proxy-pass"
+    with ForwardProxy(auth=(user, password)) as fwd:
+        via = proxy.Proxy("127.0.0.1", fwd.port, user)
+        settings = proxy.resolve(via, (), False, {}, password)
+        source = gitsource.GitSource(cfg, tmp / "state-proxy", proxies=settings)
+        server.reset_counters()
+        source.poll()  # the first poll fetches
+        wait_for(lambda: len(fwd.entries(server.port)) == server.requests, what="the proxy log")
+        logged = len(fwd.entries(server.port))
+        proxied = idle_poll_cost(server, source, polls)  # two more polls to warm up, then N
+        per_poll = round(proxied.requests)
+        expected = logged + per_poll * (polls + 2)
+        wait_for(lambda: len(fwd.entries(server.port)) >= expected, what="the proxy's log")
+        measured = fwd.entries(server.port)[expected - per_poll * polls : expected]
+    return ProxiedPollCost(
+        direct, proxied, len(measured) / polls, sum(e.size for e in measured) / polls
     )
 
 

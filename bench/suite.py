@@ -47,6 +47,7 @@ from margo_lite.statestore import StateStore  # noqa: E402
 from margo_lite.statusview import DEPLOYMENTS, POLL_RECORD  # noqa: E402
 from tests.support import engines  # noqa: E402
 from tests.support.gitserver import GitServer, Request, Upstream  # noqa: E402
+from tests.support.proxyserver import ForwardProxy  # noqa: E402
 from tests.support.rig import Rig, app_files, deployment  # noqa: E402
 from tests.support.wait import wait_for  # noqa: E402
 
@@ -196,6 +197,8 @@ def git_figures(tmp: Path, counts: Counts) -> list[Figure]:
             )
         ]
 
+        out += proxy_figures(server, cfg, tmp, counts)
+
         upstream.add_refs(counts.extra_refs)
         refs = gitbench.idle_poll_cost(
             server, gitsource.GitSource(cfg, tmp / "state-refs"), counts.git_polls
@@ -229,6 +232,31 @@ def git_figures(tmp: Path, counts: Counts) -> list[Figure]:
             ),
         ]
     return out
+
+
+def proxy_figures(server: GitServer, cfg: config.GitConfig, tmp: Path, counts: Counts) -> list:
+    """Idle polls through a real forward proxy (squid, basic auth), direct ones as anchor."""
+    keys = [
+        ("proxy_idle_requests", "idle poll via proxy: requests", "requests/poll"),
+        ("proxy_idle_wire_bytes", "idle poll via proxy: bytes proxy to server", "B/poll"),
+        ("proxy_idle_client_bytes", "idle poll via proxy: bytes proxy to margo-lite", "B/poll"),
+        ("proxy_idle_ratio", "idle poll via proxy / direct: bytes down", "ratio"),
+        ("proxy_idle_cpu_ms", "idle poll via proxy: CPU of GitSource.poll", "ms/poll"),
+    ]
+    if not Path(ForwardProxy.squid).exists():
+        return skipped(keys, "no squid (tools/setup-host installs it)")
+    cost = gitbench.proxied_idle_poll_cost(server, cfg, tmp, counts.git_polls)
+    d, p = cost.direct, cost.proxied
+    anchor = f"direct, same run: {d.requests:.1f} requests, {d.down:.0f} B down + {d.up:.0f} B up"
+    return [
+        fig(keys[0][0], keys[0][1], cost.proxy_requests, keys[0][2], f"proxy's log; {anchor}"),
+        fig(
+            keys[1][0], keys[1][1], p.down + p.up, keys[1][2], f"{p.down:.0f} down + {p.up:.0f} up"
+        ),
+        fig(keys[2][0], keys[2][1], cost.proxy_down, keys[2][2], "squid's access log"),
+        fig(keys[3][0], keys[3][1], cost.proxy_down / d.down, keys[3][2], "to margo-lite"),
+        fig(keys[4][0], keys[4][1], p.cpu_ms, keys[4][2], f"direct, same run: {d.cpu_ms:.2f}"),
+    ]
 
 
 # --- real `margo-lite run` processes -------------------------------------------------------
@@ -584,6 +612,11 @@ ORDER = [
     "change_new5_bytes",
     "change_new5_c_git_bytes",
     "change_new5_ratio",
+    "proxy_idle_requests",
+    "proxy_idle_wire_bytes",
+    "proxy_idle_client_bytes",
+    "proxy_idle_ratio",
+    "proxy_idle_cpu_ms",
     "refs_requests",
     "refs_wire_bytes",
     "refs_wire_ratio",

@@ -26,6 +26,11 @@ WITHOUT_ENGINE = {
     "change_new5_bytes": "B",
     "change_new5_c_git_bytes": "B",
     "change_new5_ratio": "ratio",
+    "proxy_idle_requests": "requests/poll",  # through squid, the direct poll as anchor
+    "proxy_idle_wire_bytes": "B/poll",
+    "proxy_idle_client_bytes": "B/poll",
+    "proxy_idle_ratio": "ratio",
+    "proxy_idle_cpu_ms": "ms/poll",
     "refs_requests": "requests/poll",
     "refs_wire_bytes": "B/poll",
     "refs_wire_ratio": "ratio",

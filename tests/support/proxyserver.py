@@ -61,6 +61,7 @@ class Entry:
     """One line of squid's access log."""
 
     status: int
+    size: int  # bytes squid sent to the client
     method: str
     url: str  # absolute URL for forwarded requests, host:port for CONNECT
     user: str  # "-" when none
@@ -69,6 +70,8 @@ class Entry:
 class ForwardProxy:
     """squid on 127.0.0.1:port; with `auth` (user, password) it requires basic auth."""
 
+    squid = SQUID
+
     def __init__(self, auth: tuple[str, str] | None = None) -> None:
         self.auth = auth
         self.port = free_port()
@@ -76,6 +79,7 @@ class ForwardProxy:
         # (below a root-only folder) does not allow.
         self.dir = Path(tempfile.mkdtemp(prefix="margo-lite-proxy-"))
         self._process: subprocess.Popen | None = None
+        self._stderr = None
 
     def url(self, user: str | None = None) -> str:
         return f"http://{user + '@' if user else ''}127.0.0.1:{self.port}"
@@ -97,10 +101,11 @@ class ForwardProxy:
             entry = pwd.getpwnam(SQUID_USER)
             for path in [self.dir, *self.dir.iterdir()]:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
+        self._stderr = open(self.dir / "stderr.log", "wb")  # noqa: SIM115 (closed in stop)
         self._process = subprocess.Popen(
             [SQUID, "-N", "-f", str(self.dir / "squid.conf")],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "stderr.log", "wb"),  # noqa: SIM115 (closed with the process)
+            stderr=self._stderr,
             start_new_session=True,
         )
         wait_for(self._accepting, timeout=60, what="squid to accept connections")
@@ -123,6 +128,8 @@ class ForwardProxy:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=30)
+        if self._stderr is not None:
+            self._stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ForwardProxy:
@@ -142,7 +149,7 @@ class ForwardProxy:
             if len(fields) < 8:
                 continue
             status = int(fields[3].rpartition("/")[2] or 0)
-            entry = Entry(status, fields[5], fields[6], fields[7])
+            entry = Entry(status, int(fields[4]), fields[5], fields[6], fields[7])
             if port is None or f"127.0.0.1:{port}" in entry.url:
                 found.append(entry)
         return found
