@@ -256,6 +256,12 @@ class WosConfig:
     signing_cert: str | None = option(
         None, optional(file_path), "Device certificate (PEM) matching signing_key.", is_file=True
     )
+    client_cert: str | None = option(
+        None, optional(file_path), "Client certificate (PEM) for mutual TLS.", is_file=True
+    )
+    client_key: str | None = option(
+        None, optional(file_path), "Its private key (PEM); default: in client_cert.", is_file=True
+    )
 
 
 @dataclass(frozen=True)

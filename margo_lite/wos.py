@@ -1,9 +1,11 @@
 """The Device API client: status reports, capabilities, OAuth2 client credentials.
 
-One urllib3 pool per client (connections are reused), a timeout on every call, TLS checked
-against `wos.ca_file` (onboarding stores the WOS root CA there) or the system store, and no
-automatic retries or redirects: the caller (the outbox) decides when to try again, from the
-error's type: `WosTransientError` means later, `WosRejectedError` means the WOS said no.
+One set of pools per client (`margo_lite.pools`: direct or through the site proxy;
+connections are reused), a timeout on every call, mutual TLS when `wos.client_cert` is set,
+TLS checked against `wos.ca_file` (onboarding stores the WOS root CA there) or the system
+store, and no automatic retries or redirects: the caller (the outbox) decides when to try
+again, from the error's type: `WosTransientError` means later, `WosRejectedError` means the
+WOS said no.
 
 A 401 costs one token refresh and one retry, never more. The client secret is read from its
 file whenever a token is needed, so a rotated secret needs no restart; the secret and every
@@ -119,6 +121,8 @@ def make_pool(
     verify: bool = True,
     ca_data: str | None = None,
     proxies: proxy.Settings = proxy.DIRECT,
+    client_cert: str | None = None,
+    client_key: str | None = None,
 ) -> Pools:
     """Connection pools with margo-lite's defaults: no retries, no redirects, a timeout.
 
@@ -130,6 +134,8 @@ def make_pool(
         ca_file=ca_file,
         ca_data=ca_data,
         verify=verify,
+        cert_file=client_cert,
+        key_file=client_key,
         timeout=urllib3.Timeout(connect=timeout, read=timeout),
         retries=False,
         maxsize=2,
@@ -244,7 +250,13 @@ class WosClient:
         self.device_id = device_id
         self.store = StateStore(state_dir)
         self._clock = clock
-        self._pool = make_pool(cfg.ca_file, cfg.timeout, proxies=proxies)
+        self._pool = make_pool(
+            cfg.ca_file,
+            cfg.timeout,
+            proxies=proxies,
+            client_cert=cfg.client_cert,
+            client_key=cfg.client_key,
+        )
         self._token: _Token | None = None
         self._token_lock = threading.Lock()
         self._signer: Signer | None = None

@@ -77,6 +77,7 @@ class WosSimulator:
         client_secret: str | None = None,
         token_lifetime: float = 3600.0,
         tls: tuple[str, str] | None = None,
+        client_ca: str | None = None,
         ca_pem: bytes | None = None,
         git: Mapping[str, Any] | None = None,
         host: str = "127.0.0.1",
@@ -99,6 +100,9 @@ class WosSimulator:
         if tls:
             self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self._tls.load_cert_chain(*tls)
+            if client_ca:  # mutual TLS: a client certificate from this CA is required
+                self._tls.verify_mode = ssl.CERT_REQUIRED
+                self._tls.load_verify_locations(client_ca)
         self._server = _Server((host, port), _Handler, self)
         self._thread: threading.Thread | None = None
 

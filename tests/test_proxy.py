@@ -8,6 +8,7 @@ naming the proxy, its password masked; TLS is verified against the server, not t
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -398,3 +399,27 @@ def test_config_yaml_round_trip_of_a_proxy_section(tmp_path, config_file):
     settings = pools.settings_from(cfg.network, {"HTTPS_PROXY": "http://ignored:1"})
     assert settings.proxy_for("https://wos.example.com/").url == "http://proxy.site:3128"
     assert yaml.safe_load(path.read_text())["network"]["no_proxy"] == []
+
+
+def test_wos_mutual_tls_through_the_tunnel(open_proxy, test_ca, tmp_path):  # noqa: F811
+    """A WOS that requires a client certificate, reached through the proxy: the handshake
+    (server certificate checked against wos.ca_file, client certificate sent) is end to end."""
+    cert, key = _client_cert(test_ca, tmp_path)
+    tls = (str(test_ca.cert_file), str(test_ca.key_file))
+    settings = _settings(open_proxy)
+    body = status_body("web-1", "Installed", None, [], "capitalized")
+    with wossim.WosSimulator(tls=tls, client_ca=str(test_ca.ca_file)) as sim:
+        cfg = WosConfig(url=sim.url, ca_file=str(test_ca.ca_file), timeout=10.0)
+        anonymous = WosClient(cfg, "gw-proxy", tmp_path, proxies=settings)
+        with anonymous, pytest.raises(WosError) as refused:  # no client certificate
+            anonymous.post_status("web-1", body)
+        assert refused.value.code in ("WOS_TLS_FAILED", "WOS_UNREACHABLE"), refused.value
+        assert sim.statuses("web-1") == []
+
+        mtls = dataclasses.replace(cfg, client_cert=str(cert), client_key=str(key))
+        with WosClient(mtls, "gw-proxy", tmp_path, proxies=settings) as client:
+            client.post_status("web-1", body)
+        assert [s["status"]["state"] for s in sim.statuses("web-1")] == ["Installed"]
+        port = _port(sim.url)
+    tunnels = wait_for(lambda: open_proxy.entries(port), what="the CONNECT tunnels")
+    assert {e.method for e in tunnels} == {"CONNECT"}
