@@ -206,8 +206,10 @@ def wait_until(
 
 
 def http_get(port: int) -> str | None:
+    """The demo app's page; never through a proxy from the environment (it is local)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+        with opener.open(f"http://127.0.0.1:{port}/", timeout=2) as response:
             return response.read().decode().strip()
     except OSError:
         return None
