@@ -23,10 +23,11 @@ import ipaddress
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MASK = "***"
 DEFAULT_PORT = 1080  # curl's, for an environment variable that names none
+_CONTROL = re.compile(r"[\x00-\x20\x7f]|%[01][0-9a-f]|%7f", re.IGNORECASE)
 _HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
@@ -37,7 +38,7 @@ class Proxy:
     host: str
     port: int
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     source: str = "network.proxy"  # the configuration key or environment variable
 
     @property
@@ -119,6 +120,8 @@ def parse_proxy_url(value: str, *, source: str = "network.proxy", lenient: bool 
     `lenient` (environment values) accepts a missing scheme or port, as curl does.
     """
     text = value.strip()
+    if _CONTROL.search(text):
+        raise ValueError("contains control characters or spaces")
     if lenient and "://" not in text:
         text = "http://" + text
     try:

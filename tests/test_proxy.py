@@ -18,7 +18,7 @@ import pytest
 import urllib3
 import yaml
 
-from margo_lite import capabilities, pools, proxy, wossim
+from margo_lite import capabilities, config, pools, proxy, wossim
 from margo_lite.config import CapabilitiesConfig, GitConfig, WosConfig
 from margo_lite.download import Downloader
 from margo_lite.errors import DownloadError, GitError, WosError
@@ -51,12 +51,15 @@ def test_proxy_url_takes_a_user_but_never_a_password():
         ("http://proxy:3128/path", "path"),
         ("http://:3128", "host"),
         ("http://proxy:99999", "valid"),
+        ("http://us%0d%0aX-Evil: 1@proxy:3128", "control"),  # no header injection by the user
+        ("http://proxy\r\nX-Evil: 1:3128", "control"),
     ]:
         with pytest.raises(ValueError, match=says):
             proxy.parse_proxy_url(bad)
     # environment values may omit the scheme and the port, as curl allows
     assert proxy.parse_proxy_url("proxy:8080", lenient=True).port == 8080
     assert proxy.parse_proxy_url("http://proxy", lenient=True).port == proxy.DEFAULT_PORT
+    assert "pw-12345" not in repr(p.with_password("pw-12345"))
 
 
 @pytest.mark.parametrize(
@@ -277,6 +280,26 @@ def test_every_transport_goes_through_the_proxy(servers, open_proxy, auth_proxy,
     assert servers.pkg.downloads("/apps/web.tgz") == 1
     if with_auth:
         assert {e.user for e in git_logged() + wos_logged() + tunnels} == {USER}
+
+
+def test_the_environment_variables_are_honoured(servers, open_proxy):
+    """HTTP_PROXY / NO_PROXY as a systemd drop-in would set them, no network section at all."""
+    env = {"HTTP_PROXY": open_proxy.url(), "NO_PROXY": "localhost"}
+    settings = pools.settings_from(config.NetworkConfig(), env)
+    wos_port = _port(servers.sim.url)
+    with WosClient(
+        WosConfig(url=servers.sim.url, timeout=10.0), "gw-env", servers.tmp, proxies=settings
+    ) as client:
+        client.post_status("web-1", status_body("web-1", "Installed", None, [], "capitalized"))
+    assert wait_for(lambda: open_proxy.entries(wos_port), what="the report in the proxy's log")
+    env["NO_PROXY"] = "localhost,127.0.0.1"
+    settings = pools.settings_from(config.NetworkConfig(), env)
+    with WosClient(
+        WosConfig(url=servers.sim.url, timeout=10.0), "gw-env", servers.tmp, proxies=settings
+    ) as client:
+        client.post_status("web-1", status_body("web-1", "Failed", ("X", "y"), [], "capitalized"))
+    assert len(servers.sim.statuses("web-1")) == 2
+    assert len(open_proxy.entries(wos_port)) == 1
 
 
 def test_no_proxy_hosts_bypass_the_proxy(servers, open_proxy):

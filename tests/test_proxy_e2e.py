@@ -75,6 +75,7 @@ def test_the_whole_scenario_goes_through_the_proxy(rig, git_server, tmp_path, wi
         assert pkg.downloads("/web.tgz") == 1
         if with_auth:
             assert {e.user for e in fwd.entries()} == {USER}
+            assert PASSWORD not in rig.log_text()
 
         logged = len(fwd.entries())
         if with_auth:  # a wrong password: PROXY_AUTH_FAILED, and nothing else changes
