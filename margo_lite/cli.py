@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from margo_lite import __version__, config, logs, statestore, statusview
+from margo_lite import __version__, config, logs, proxy, statestore, statusview
 from margo_lite.errors import ConfigError, MargoLiteError, UsageError
 
 EXIT_OK = 0
@@ -93,8 +93,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _proxies(cfg: config.Config):  # -> proxy.Settings; imported late: urllib3 is not cheap
-    from margo_lite import pools
+def _proxies(cfg: config.Config) -> proxy.Settings:
+    """The site proxy in force; raises ConfigError for a bad environment or password file."""
+    from margo_lite import pools  # late: urllib3 is not cheap, and most commands need none
 
     return pools.settings_from(cfg.network, os.environ, source=cfg.source)
 
