@@ -18,7 +18,7 @@ import pytest
 import urllib3
 import yaml
 
-from margo_lite import capabilities, config, pools, proxy, wossim
+from margo_lite import capabilities, config, onboarding, pools, proxy, wossim
 from margo_lite.config import CapabilitiesConfig, GitConfig, WosConfig
 from margo_lite.download import Downloader
 from margo_lite.errors import DownloadError, GitError, WosError
@@ -32,6 +32,7 @@ from tests.support.pkgserver import PackageServer
 from tests.support.proxyserver import ForwardProxy
 from tests.support.testca import TestCA
 from tests.support.wait import wait_for
+from tests.support.wos import pki, simulator  # noqa: F401 (pki: a fixture)
 
 USER, PASSWORD = "gw-proxy-user", "proxy-pass-7d2e91"
 
@@ -446,3 +447,35 @@ def test_wos_mutual_tls_through_the_tunnel(open_proxy, test_ca, tmp_path):  # no
         port = _port(sim.url)
     tunnels = wait_for(lambda: open_proxy.entries(port), what="the CONNECT tunnels")
     assert {e.method for e in tunnels} == {"CONNECT"}
+
+
+def test_onboarding_goes_through_the_proxy(auth_proxy, pki, cli, tmp_path):  # noqa: F811
+    """`margo-lite onboard` behind the proxy: the CA download, the onboarding call, the token
+    and the capabilities all go through it, and the network section survives the rewrite."""
+    password_file = tmp_path / "proxy-password"
+    password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
+    path = tmp_path / "config.yaml"
+    network = {
+        "proxy": auth_proxy.url(USER),
+        "proxy_password_file": str(password_file),
+        "no_proxy": [],
+    }
+    path.write_text(
+        yaml.safe_dump({"device": {"id": "gw-proxy", "state_dir": str(tmp_path / "state")},
+                        "network": network})
+    )  # fmt: skip
+    fingerprint = onboarding.fingerprint(pki.ca_cert.read_bytes())
+    git = {"url": "https://git.example.com/gw-proxy.git", "token": "git-token-proxy-1"}
+    with simulator(
+        tls=(str(pki.server_cert), str(pki.server_key)), ca_pem=pki.ca_cert.read_bytes(), git=git
+    ) as sim:
+        args = ("-c", str(path), "onboard", "--wos-url", sim.url, "--ca-fingerprint", fingerprint)
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert sim.onboarded[0]["deviceId"] == "gw-proxy" and "gw-proxy" in sim.capabilities
+        port = _port(sim.url)
+    tunnels = wait_for(lambda: len(auth_proxy.entries(port)) >= 3 and auth_proxy.entries(port))
+    assert {(e.method, e.user) for e in tunnels} == {("CONNECT", USER)}
+    assert yaml.safe_load(path.read_text())["network"]["proxy"] == auth_proxy.url(USER)
+    assert PASSWORD not in result.stdout + result.stderr + path.read_text()
