@@ -29,6 +29,7 @@ import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
 
 from margo_lite import logs, proxy
+from margo_lite.config import NetworkConfig
 from margo_lite.errors import ConfigError, ProxyError
 
 log = logs.get(__name__)
@@ -38,9 +39,11 @@ _TUNNEL_STATUS = re.compile(r"Tunnel connection failed: (\d{3})")
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*")
 
 
-def settings_from(cfg: Any, environ: Mapping[str, str], *, source: str = "") -> proxy.Settings:
-    """The proxy settings of a configuration's `network` section (a `config.NetworkConfig`)
-    and the environment; reads the password file. Raises ConfigError naming the key."""
+def settings_from(
+    cfg: NetworkConfig, environ: Mapping[str, str], *, source: str = ""
+) -> proxy.Settings:
+    """The proxy settings of a configuration's `network` section and the environment; reads
+    the password file. Raises ConfigError naming the key or variable."""
     password = _read_password(cfg.proxy_password_file, source) if cfg.proxy_password_file else None
     try:
         settings = proxy.resolve(cfg.proxy, cfg.no_proxy, cfg.proxy_from_env, environ, password)
