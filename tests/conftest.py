@@ -19,6 +19,12 @@ from tests.support.wos import secret_free_logs  # noqa: F401 (autouse: every tes
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The agent reads proxy variables as curl and git do; a developer's own must not route the
+# tests' loopback servers through a proxy (the proxy tests set their own).
+for _name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.upper(), None)
+
 
 def base_config(tmp_path: Path) -> dict:
     """A minimal valid configuration whose state lives in `tmp_path`."""
