@@ -31,7 +31,7 @@ from margo_lite import logs
 from margo_lite.errors import GitError, GitTransientError
 from margo_lite.git.localrepo import LocalRemote
 from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
-from margo_lite.statestore import fsync_dir, write_file_atomic
+from margo_lite.statestore import fsync_dir, remove_write_leftovers, write_file_atomic
 
 log = logs.get(__name__)
 
@@ -248,6 +248,8 @@ class Store:
             leftover.unlink(missing_ok=True)
         for leftover in (self._repo / "objects").glob("incoming-*"):
             leftover.unlink(missing_ok=True)
+        for folder in (self._repo, (self._repo / LOCAL_REF).parent):  # our atomic writes
+            remove_write_leftovers(folder)
 
 
 def _pack_files(repo: Path) -> set[str]:
