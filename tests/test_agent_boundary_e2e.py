@@ -84,9 +84,7 @@ def _hostile(case: str, port: int) -> dict[str, str]:
         }
     if case == "unquoted-date":
         return {
-            "apps/bad/compose.yaml": app.replace(
-                "    stop_grace_period: 1s\n", "    stop_grace_period: 1s\n    hostname: 2024-01-01\n"
-            ),
+            "apps/bad/compose.yaml": app + "    hostname: 2024-01-01\n",
             "bad-1.yaml": plain,
         }
     assert case == "number-service-name"
