@@ -319,6 +319,11 @@ class PackagesConfig:
     max_size: int = option(512 << 20, size, "Largest package download or extracted package.")
     cache_size: int = option(2 << 30, size, "Bound of the package cache; oldest unused go first.")
     timeout: float = option(60.0, positive_duration, "Connect and read timeout of downloads.")
+    deadline: float = option(
+        1800.0,
+        positive_duration,
+        "Longest one package download may take, retries included (a trickling server).",
+    )
     ca_file: str | None = option(
         None,
         optional(file_path),

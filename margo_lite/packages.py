@@ -94,7 +94,9 @@ class PackageStore:
         self._blobs = self._root / "blobs"
         self._tmp = self._root / "tmp"
         self._limits = archive.Limits(max_bytes=cfg.max_size)
-        self._downloader = downloader or Downloader(timeout=cfg.timeout, ca_file=cfg.ca_file)
+        self._downloader = downloader or Downloader(
+            timeout=cfg.timeout, deadline=cfg.deadline, ca_file=cfg.ca_file
+        )
         self._lock = threading.Lock()
         try:
             for folder in (self._root, self._pkgs, self._blobs, self._tmp):

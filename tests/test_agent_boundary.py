@@ -95,28 +95,40 @@ def sim() -> Iterator[wossim.WosSimulator]:
         yield simulator
 
 
-def _device(tmp_path: Path, sim: wossim.WosSimulator) -> tuple[agent.Agent, TwinBackend]:
+def _device(
+    tmp_path: Path,
+    sim: wossim.WosSimulator,
+    *,
+    bad_files: dict[str, str] | None = None,
+    overrides: dict[str, dict] | None = None,
+) -> tuple[agent.Agent, TwinBackend]:
+    """An agent on the twin engine with two deployments, GOOD and BAD (or `bad_files`)."""
     upstream = Upstream(tmp_path / "repo.git")
+    if bad_files is None:
+        bad_files = {
+            "apps/bad/compose.yaml": APP.format(image="example.com/web:1"),
+            f"{BAD}.yaml": deployment(BAD, greeting="hello", port=18081, package="apps/bad"),
+        }
     upstream.commit(
         {
             "apps/web/compose.yaml": APP.format(image="example.com/web:1"),
-            "apps/bad/compose.yaml": APP.format(image="example.com/web:1"),
             f"{GOOD}.yaml": deployment(GOOD, greeting="hello", port=18080),
-            f"{BAD}.yaml": deployment(BAD, greeting="hello", port=18081, package="apps/bad"),
+            **bad_files,
         }
     )
-    cfg = config.parse_config(
-        {
-            "device": {
-                "id": "gw-boundary",
-                "state_dir": str(tmp_path / "state"),
-                "runtime_dir": str(tmp_path / "run"),
-            },
-            "wos": {"url": sim.url},
-            "git": {"url": str(upstream.path)},
-            "poll": {"interval": "1s", "jitter": 0},
-        }
-    )
+    data = {
+        "device": {
+            "id": "gw-boundary",
+            "state_dir": str(tmp_path / "state"),
+            "runtime_dir": str(tmp_path / "run"),
+        },
+        "wos": {"url": sim.url},
+        "git": {"url": str(upstream.path)},
+        "poll": {"interval": "1s", "jitter": 0},
+    }
+    for section, keys in (overrides or {}).items():
+        data.setdefault(section, {}).update(keys)
+    cfg = config.parse_config(data)
     twin = TwinBackend()
     parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
     return agent.Agent(cfg, parts=parts), twin
