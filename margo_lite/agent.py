@@ -275,7 +275,12 @@ class Agent:
 
     def _load(self, commit: str) -> None:
         snapshot = self.parts.source.snapshot(commit)
-        state = desired.parse_files(snapshot.files)
+        try:
+            state = desired.parse_files(snapshot.files)
+        except MargoLiteError:
+            raise
+        except Exception as exc:  # the whole commit's boundary: the last one stays in force
+            raise GitError(f"its documents cannot be read: {internal_error(exc)}") from None
         for failure in state.failures:
             log.error("desired state: %s", failure.error)
         self.snapshot, self.desired = snapshot, state
@@ -303,7 +308,13 @@ class Agent:
         self.timers.next_retry = None
         if self.desired is None or self.snapshot is None:
             return
-        plan = planner.plan(self.desired, self.records)
+        try:
+            plan = planner.plan(self.desired, self.records)
+        except MargoLiteError:
+            raise
+        except Exception as exc:  # nothing to tell deployments apart yet: what runs stays
+            log.error("the desired state cannot be planned: %s", internal_error(exc))
+            return
         for dp in plan.deployments:
             if self._should_stop():
                 return  # SIGTERM: what is done is recorded; the rest waits for the next start

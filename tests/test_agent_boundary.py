@@ -196,3 +196,36 @@ def test_the_test_hook_raises_only_where_it_is_told(tmp_path, sim):
     assert _last(sim, BAD)["error"]["code"] == "INTERNAL_ERROR"
     assert "RuntimeError: test hook" in _last(sim, BAD)["error"]["message"]
     assert _last(sim, GOOD)["state"] == "Installed"
+
+
+@pytest.mark.parametrize("where", ["reading", "planning"])
+def test_a_surprise_with_the_whole_desired_state_keeps_what_runs(tmp_path, sim, monkeypatch, where):
+    """Before deployments can be told apart (reading the commit's documents, planning),
+    a surprise keeps the last desired state in force: nothing is removed or reported,
+    self-heal goes on, and the next good commit is applied."""
+    device, twin = _device(tmp_path, sim)
+    device.start()
+    _cycle(device)
+    reports = len(sim.statuses())
+    upstream = Upstream(tmp_path / "repo.git")
+    upstream.commit({f"{GOOD}.yaml": deployment(GOOD, greeting="new", port=18080)})
+    target = (agent.desired, "parse_files") if where == "reading" else (agent.planner, "plan")
+
+    def surprise(*args, **kwargs):
+        raise AttributeError("'int' object has no attribute 'lower'")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(*target, surprise)
+        error = device.observe(force=True)
+        device.reconcile()
+        del twin.running[(BAD, "web")]  # unchanged by the new commit: self-heal restores it
+        device.heal()
+        device.report(force=True)
+    if where == "reading":
+        assert error is not None and "INTERNAL_ERROR" in error
+    assert (GOOD, "web") in twin.running and (BAD, "web") in twin.running
+    assert len(sim.statuses()) == reports
+
+    _cycle(device)  # the surprise is gone: the new commit is applied
+    assert twin.running[(GOOD, "web")].env["GREETING"] == "new"
+    assert _last(sim, GOOD)["state"] == "Installed"
