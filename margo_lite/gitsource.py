@@ -8,7 +8,8 @@ ref advertisement, then one POST). An idle poll reads the token and the ref file
 writes nothing.
 
 The parts live in `margo_lite.git`: `smarthttp` (the protocol on urllib3), `localrepo`
-(file:// and paths), `store` (the bounded local bare repository), `signature` (gpgv).
+(file:// and paths), `store` (the bounded local bare repository), `objects` (reads that
+check an object's type), `signature` (the signed bytes of a commit; `pgp` verifies them).
 """
 
 from __future__ import annotations
