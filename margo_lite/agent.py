@@ -52,7 +52,6 @@ KILL_AT_ENV = "MARGO_LITE_TEST_KILL_AT"
 #: Test hook (documented in DEVELOPERS.md): `<point>:<deployment id>` raises an unexpected
 #: exception (RuntimeError) at prepare, apply or heal of that deployment, every time.
 RAISE_AT_ENV = "MARGO_LITE_TEST_RAISE_AT"
-RAISE_POINTS = ("prepare", "apply", "heal")
 PACKAGE_FACT = "package"  # ComponentRecord.data key: digest of the package in use
 POLICY_CHECK = Reason(
     policy.PENDING_REASON, "preparing the package and checking it against local policy"
