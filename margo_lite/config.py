@@ -322,7 +322,7 @@ class PackagesConfig:
     deadline: float = option(
         1800.0,
         positive_duration,
-        "Longest one package download may take, retries included (a trickling server).",
+        "Longest the downloads of one package (signature, key) take, retries included.",
     )
     ca_file: str | None = option(
         None,

@@ -20,6 +20,7 @@ taken as stored (no Content-Encoding decoding): a signature covers the bytes as 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -120,12 +121,26 @@ class Downloader:
     ) -> None:
         self._read_timeout = timeout
         self._deadline = deadline
+        self._shared: _Deadline | None = None  # set by `one_deadline`
         self._backoff = backoff
         self._sleep = sleep
         self._clock = clock
         self._pool = urllib3.PoolManager(
             num_pools=8, maxsize=2, cert_reqs="CERT_REQUIRED", ca_certs=ca_file
         )
+
+    @contextlib.contextmanager
+    def one_deadline(self) -> Iterator[None]:
+        """Every fetch inside shares one deadline: a package, its signature and its key
+        together take no longer than one download may (one step's whole budget)."""
+        self._shared = self._new_deadline()
+        try:
+            yield
+        finally:
+            self._shared = None
+
+    def _new_deadline(self) -> _Deadline:
+        return _Deadline(self._clock() + self._deadline, self._deadline, self._clock)
 
     def fetch(
         self, url: str, dest: Path, *, limit: int, validators: Validators | None = None
@@ -138,7 +153,7 @@ class Downloader:
         shown = logs.sanitize_url(url)
         if not _valid_url(url):
             raise PackageError(f"{shown}: not a valid http(s) URL", code="PACKAGE_INVALID")
-        deadline = _Deadline(self._clock() + self._deadline, self._deadline, self._clock)
+        deadline = self._shared or self._new_deadline()
         failures = 0
         while True:
             try:

@@ -118,7 +118,8 @@ class PackageStore:
             work = self._tmp / f"prepare-{uuid.uuid4().hex}"
             try:
                 work.mkdir(mode=0o700)
-                return self._prepare(package_location, key_location, repo_files, work)
+                with self._downloader.one_deadline():  # package, signature, key: one budget
+                    return self._prepare(package_location, key_location, repo_files, work)
             except (OSError, StateError) as exc:
                 raise _cache_error(self._root, exc) from None
             finally:

@@ -71,6 +71,26 @@ def test_within_the_deadline_the_same_server_serves_the_body(server, tmp_path: P
     assert (tmp_path / "fast.tar.gz").read_bytes() == BODY
 
 
+def test_a_package_its_signature_and_its_key_share_one_deadline(server, tmp_path: Path) -> None:
+    """What one step downloads (`PackageStore.prepare` asks for this) has one budget: after
+    a trickle spent it, the next download is not even asked for."""
+    slow = server.put("/app.tar.gz", BODY)
+    server.trickle["/app.tar.gz"] = TRICKLE
+    fast = server.put("/app.tar.gz.asc", b"signature")
+    downloader = Downloader(timeout=10.0, deadline=2.0)
+
+    def step() -> None:
+        with downloader.one_deadline():
+            with pytest.raises(DownloadError):
+                downloader.fetch(slow, tmp_path / "a", limit=len(BODY))
+            downloader.fetch(fast, tmp_path / "b", limit=100)
+
+    error = _in_thread(step).get("error")
+    assert isinstance(error, DownloadError) and "packages.deadline" in error.message
+    assert server.requests("/app.tar.gz.asc") == 0
+    assert downloader.fetch(fast, tmp_path / "c", limit=100).size == len(b"signature")
+
+
 def test_the_agent_fails_the_slow_package_alone(server, tmp_path: Path) -> None:
     """Two deployments: one's package trickles from the server, the other's is in the
     repository. The slow one fails at packages.deadline; the other is Installed."""
