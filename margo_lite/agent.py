@@ -26,7 +26,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,9 @@ log = logs.get(__name__)
 #: Test hook (documented in DEVELOPERS.md): the agent SIGKILLs itself at the named point,
 #: one of before-apply, after-apply, before-remove, after-remove.
 KILL_AT_ENV = "MARGO_LITE_TEST_KILL_AT"
+#: Test hook (documented in DEVELOPERS.md): `<point>:<deployment id>` raises an unexpected
+#: exception (RuntimeError) at prepare, apply or heal of that deployment, every time.
+RAISE_AT_ENV = "MARGO_LITE_TEST_RAISE_AT"
 PACKAGE_FACT = "package"  # ComponentRecord.data key: digest of the package in use
 POLICY_CHECK = Reason(
     policy.PENDING_REASON, "preparing the package and checking it against local policy"
@@ -119,6 +122,7 @@ class Agent:
         wall: Callable[[], dt.datetime] = dt.datetime.now,
         rand: Callable[[], float] = random.random,
         kill_at: str | None = None,
+        raise_at: str | None = None,
         long_step: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -126,6 +130,7 @@ class Agent:
         self._long_step = long_step
         self._should_stop = should_stop
         self._kill_at = kill_at
+        self._raise_at = raise_at
         self.parts = parts or Parts.build(cfg)
         self._heartbeat = heartbeat
         self._clock = clock
@@ -271,7 +276,12 @@ class Agent:
 
     def _load(self, commit: str) -> None:
         snapshot = self.parts.source.snapshot(commit)
-        state = desired.parse_files(snapshot.files)
+        try:
+            state = desired.parse_files(snapshot.files)
+        except MargoLiteError:
+            raise
+        except Exception as exc:  # the whole commit's boundary: the last one stays in force
+            raise GitError(f"its documents cannot be read: {internal_error(exc)}") from None
         for failure in state.failures:
             log.error("desired state: %s", failure.error)
         self.snapshot, self.desired = snapshot, state
@@ -299,31 +309,20 @@ class Agent:
         self.timers.next_retry = None
         if self.desired is None or self.snapshot is None:
             return
-        plan = planner.plan(self.desired, self.records)
+        try:
+            plan = planner.plan(self.desired, self.records)
+        except MargoLiteError:
+            raise
+        except Exception as exc:  # nothing to tell deployments apart yet: what runs stays
+            log.error("the desired state cannot be planned: %s", internal_error(exc))
+            return
         for dp in plan.deployments:
             if self._should_stop():
                 return  # SIGTERM: what is done is recorded; the rest waits for the next start
             self._heartbeat()
-            blockers = plan.blocked_by(dp, self.records)
-            record = planner.planned_record(dp, self.records.get(dp.id), blockers=blockers)
-            if record is None:
-                continue
-            if dp.failure is not None or dp.held or blockers or not dp.changes:
-                record = self._save(record)
-            else:
-                # The planned record stays in memory: the first step's change is the news.
-                for step in dp.changes:
-                    if self._should_stop():
-                        return
-                    record, ran = self._run_step(record, step)
-                    if (
-                        ran
-                        and record.component(step.component) is not None
-                        and (record.component(step.component).state is State.FAILED)
-                    ):
-                        break  # later components wait for this one (listed order)
-            if record.state is State.REMOVED:
-                self._forget(record)
+            with self._boundary(dp.id):
+                if not self._reconcile_one(plan, dp):
+                    return
         if plan.changes or self._tidy_needed:
             # Only after a change or a start: an idle cycle costs no engine call, no write.
             swept = self._remove_orphans(plan.desired_ids) if self.desired.complete else True
@@ -336,6 +335,57 @@ class Agent:
         ):
             self.applied_commit = self.snapshot.commit
             self.parts.store.write_json(AGENT_RECORD, {"commit": self.applied_commit})
+
+    def _reconcile_one(self, plan: planner.Plan, dp: planner.DeploymentPlan) -> bool:
+        """Carry out one deployment's plan; False when a stop was asked for meanwhile."""
+        blockers = plan.blocked_by(dp, self.records)
+        record = planner.planned_record(dp, self.records.get(dp.id), blockers=blockers)
+        if record is None:
+            return True
+        if dp.failure is not None or dp.held or blockers or not dp.changes:
+            record = self._save(record)
+        else:
+            # The planned record stays in memory: the first step's change is the news.
+            for step in dp.changes:
+                if self._should_stop():
+                    return False
+                record, ran = self._run_step(record, step)
+                if (
+                    ran
+                    and record.component(step.component) is not None
+                    and (record.component(step.component).state is State.FAILED)
+                ):
+                    break  # later components wait for this one (listed order)
+        if record.state is State.REMOVED:
+            self._forget(record)
+        return True
+
+    @contextlib.contextmanager
+    def _boundary(self, deployment_id: str) -> Iterator[None]:
+        """The per-deployment error boundary: nothing in one deployment's documents stops
+        the others. A step's own failures are handled in the step (`_run_step`, `_heal_one`);
+        what escapes here is a surprise outside a step (planning its record, building its
+        report): the deployment is Failed with INTERNAL_ERROR and the loop goes on. Errors
+        of the device itself (a full disk, a corrupt record) still go up to the loop."""
+        try:
+            yield
+        except MargoLiteError:
+            raise
+        except Exception as exc:
+            error = internal_error(exc)
+            log.error("deployment %s failed: %s", deployment_id, error)
+            old = self.records.get(deployment_id) or DeploymentRecord(deployment_id, State.PENDING)
+            failed = dataclasses.replace(old, state=State.FAILED, error=Reason.of(error))
+            try:
+                self._save(failed)
+            except MargoLiteError:
+                raise
+            except Exception as again:  # even its report cannot be built: the log says it
+                log.error(
+                    "deployment %s: its failure cannot be recorded: %s",
+                    deployment_id,
+                    internal_error(again),
+                )
 
     def _run_step(self, record: DeploymentRecord, step: Step) -> tuple[DeploymentRecord, bool]:
         """Run one step; (the record after it, whether it ran). A retry not yet due is
@@ -367,11 +417,12 @@ class Agent:
                 self.report()
                 self._checkpoint("before-apply")
                 touched = True
+                self._raise_if_asked("apply", step.deployment_id)
                 with self._long_step():
                     self.backend.apply(unit)
                 self._checkpoint("after-apply")
                 done = planner.succeeded(record, step, {PACKAGE_FACT: package})
-        except (MargoLiteError, OSError) as exc:
+        except Exception as exc:  # the step's boundary: any surprise is this step's failure
             # An update that failed before touching anything, or that the backend rolled
             # back, leaves the previous version running.
             error = _coded(exc)
@@ -393,6 +444,11 @@ class Agent:
             log.warning("test hook: killing the agent at %s", name)
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def _raise_if_asked(self, point: str, deployment_id: str) -> None:
+        """Robustness tests: an unexpected exception at a named point (see RAISE_AT_ENV)."""
+        if self._raise_at == f"{point}:{deployment_id}":
+            raise RuntimeError(f"test hook: raised at {point} of {deployment_id}")
+
     def _retry_later(self, key: tuple[str, str]) -> None:
         """A failed component is tried again with backoff: 10 s, doubling, up to
         poll.max_backoff. Transient or not, the cause may go away (an image loaded by hand,
@@ -410,6 +466,7 @@ class Agent:
     def _prepare(self, step: Step) -> tuple[backends.ComponentUnit, str]:
         component = step.desired
         assert component is not None and self.snapshot is not None
+        self._raise_if_asked("prepare", step.deployment_id)
         if not component.package_location:
             raise EngineError(
                 f"component {component.name} has no packageLocation", code="PACKAGE_INVALID"
@@ -490,37 +547,40 @@ class Agent:
             deployment = wanted.get(record.id)
             if deployment is None:
                 continue
-            for component in deployment.components:
-                current = record.component(component.name)
-                if (
-                    current is not None
-                    and current.state is State.INSTALLED
-                    and current.digest == component.digest
-                ):
-                    record = self._heal_one(record, component)
+            with self._boundary(record.id):
+                for component in deployment.components:
+                    current = record.component(component.name)
+                    if (
+                        current is not None
+                        and current.state is State.INSTALLED
+                        and current.digest == component.digest
+                    ):
+                        record = self._heal_one(record, component)
 
     def _heal_one(self, record: DeploymentRecord, component: desired.Component) -> DeploymentRecord:
         self._heartbeat()
-        try:
-            health = self.backend.observe(record.id, component.name)
-        except MargoLiteError as exc:
-            log.warning("cannot observe %s/%s: %s", record.id, component.name, exc)
-            return record
-        if health.ok:
-            return record
-        problems = "; ".join(health.problems()) or "not running"
-        log.warning(
-            "%s/%s is not running as it should (%s); restoring it",
-            record.id,
-            component.name,
-            problems,
-        )
         step = Step(
             record.id, component.name, Action.UPDATE, component, record.component(component.name)
         )
-        current = record.component(component.name)
-        digest = current.data.get(PACKAGE_FACT) if current is not None else None
+        problems = ""
         try:
+            self._raise_if_asked("heal", record.id)
+            try:
+                health = self.backend.observe(record.id, component.name)
+            except MargoLiteError as exc:
+                log.warning("cannot observe %s/%s: %s", record.id, component.name, exc)
+                return record
+            if health.ok:
+                return record
+            problems = "; ".join(health.problems()) or "not running"
+            log.warning(
+                "%s/%s is not running as it should (%s); restoring it",
+                record.id,
+                component.name,
+                problems,
+            )
+            current = record.component(component.name)
+            digest = current.data.get(PACKAGE_FACT) if current is not None else None
             # From the package prepared at install: no network, so it works offline.
             package = self.parts.packages.ready(digest) if digest else None
             if package is None:
@@ -530,12 +590,16 @@ class Agent:
                 )
             with self._long_step():
                 self.backend.apply(self._unit(step, package.path))
-        except (MargoLiteError, OSError) as exc:
+        except Exception as exc:  # the heal step's boundary: any surprise fails this component
             # Reported now; the reconcile retries it with backoff and reports Installed.
             error = _coded(exc)
             log.error("%s/%s could not be restored: %s", record.id, component.name, error)
             self._retry_later((record.id, component.name))
-            reason = Reason("CONTAINER_DOWN", f"{problems}; restoring failed: {error}")
+            reason = (
+                Reason.of(error)
+                if error.code == "INTERNAL_ERROR"
+                else Reason("CONTAINER_DOWN", f"{problems}; restoring failed: {error}")
+            )
             return self._save(planner.failed(record, step, reason, restored=False))
         log.info("%s/%s restored", record.id, component.name)
         return self._save(planner.succeeded(record, step, {PACKAGE_FACT: package.digest}))
@@ -633,11 +697,23 @@ class Agent:
 _SETTLED = (State.INSTALLED, State.REMOVED)
 
 
-def _coded(exc: MargoLiteError | OSError) -> MargoLiteError:
-    """An OSError from a step (a full or read-only disk) as a coded error for its report."""
+def _coded(exc: Exception) -> MargoLiteError:
+    """Any exception from a step as a coded error for its report: an OSError (a full or
+    read-only disk) is LOCAL_IO_ERROR, anything unexpected INTERNAL_ERROR."""
     if isinstance(exc, MargoLiteError):
         return exc
-    return EngineError(f"{exc.strerror or exc}", code="LOCAL_IO_ERROR")
+    if isinstance(exc, OSError):
+        return EngineError(f"{exc.strerror or exc}", code="LOCAL_IO_ERROR")
+    return internal_error(exc)
+
+
+def internal_error(exc: Exception) -> MargoLiteError:
+    """An exception no code was written for, as INTERNAL_ERROR: its class and message for
+    the report (secrets masked), the traceback in the log at debug level only."""
+    log.debug("unexpected %s", type(exc).__name__, exc_info=exc)
+    text = logs.redact(str(exc))
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return MargoLiteError(f"unexpected error: {message[:400]}", code="INTERNAL_ERROR")
 
 
 _FORCED_FLUSH_ROUNDS = 100  # `once`: at most this many flushes (each sends up to 50 reports)

@@ -158,7 +158,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.config or config.default_path(),
             cfg,
             lambda cfg, **hooks: agent.Agent(
-                cfg, kill_at=os.environ.get(agent.KILL_AT_ENV), **hooks
+                cfg,
+                kill_at=os.environ.get(agent.KILL_AT_ENV),
+                raise_at=os.environ.get(agent.RAISE_AT_ENV),
+                **hooks,
             ),
         ).run()
 
@@ -168,7 +171,11 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     with statestore.exclusive(cfg.state_dir):
-        runner = agent.Agent(cfg, kill_at=os.environ.get(agent.KILL_AT_ENV))
+        runner = agent.Agent(
+            cfg,
+            kill_at=os.environ.get(agent.KILL_AT_ENV),
+            raise_at=os.environ.get(agent.RAISE_AT_ENV),
+        )
         runner.start()
         try:
             result = runner.once()

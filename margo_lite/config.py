@@ -334,6 +334,11 @@ class PackagesConfig:
     max_size: int = option(512 << 20, size, "Largest package download or extracted package.")
     cache_size: int = option(2 << 30, size, "Bound of the package cache; oldest unused go first.")
     timeout: float = option(60.0, positive_duration, "Connect and read timeout of downloads.")
+    deadline: float = option(
+        1800.0,
+        positive_duration,
+        "Longest the downloads of one package (signature, key) take, retries included.",
+    )
     ca_file: str | None = option(
         None,
         optional(file_path),

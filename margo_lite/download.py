@@ -1,11 +1,14 @@
 """HTTP(S) downloads of packages, signatures and keys: bounded in size, time and retries.
 
 TLS is always verified (the system store, or a given CA bundle). Each connect and each
-read has a timeout; a body larger than the limit is refused from its Content-Length
-before it is read, and while it streams when the server sends none. Failures that may go
-away by themselves (no connection, timeouts, a cut body, 5xx, 408, 429) are retried with
-exponential backoff a bounded number of times. Redirects are followed by hand so that
-an https URL can never be redirected to plain http.
+read has a timeout, and the whole fetch (redirects, retries and their waits included) a
+deadline: a server that trickles a byte at a time, each within the read timeout, is cut
+there, so one slow package never holds up the other deployments' steps longer. A body
+larger than the limit is refused from its Content-Length before it is read, and while it
+streams when the server sends none. Failures that may go away by themselves (no
+connection, timeouts, a cut body, 5xx, 408, 429) are retried with exponential backoff a
+bounded number of times, within the deadline. Redirects are followed by hand so that an
+https URL can never be redirected to plain http.
 
 Credentials in the URL (`https://user:password@host/...`) are sent as HTTP basic auth to
 that origin only, never to where it redirects, and are never logged.
@@ -17,11 +20,13 @@ taken as stored (no Content-Encoding decoding): a signature covers the bytes as 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +88,25 @@ class _Retryable(Exception):
     """One attempt failed in a way worth another attempt."""
 
 
+@dataclass(frozen=True)
+class _Deadline:
+    """When the whole fetch must be over (monotonic seconds), and what it is called."""
+
+    at: float
+    seconds: float
+    clock: Callable[[], float]
+
+    def left(self) -> float:
+        return self.at - self.clock()
+
+    def check(self, shown: str) -> None:
+        if self.left() <= 0:
+            raise DownloadError(
+                f"cannot download {shown}: not done within packages.deadline "
+                f"({self.seconds:g}s); the server sends too slowly"
+            )
+
+
 class Downloader:
     """Fetches URLs into files. One connection pool, reused across fetches."""
 
@@ -90,42 +114,62 @@ class Downloader:
         self,
         *,
         timeout: float,
+        deadline: float = 1800.0,
         ca_file: str | None = None,
         backoff: Backoff = Backoff(),
         sleep: Callable[[float], None] = time.sleep,
         proxies: proxy.Settings = proxy.DIRECT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._read_timeout = timeout
+        self._deadline = deadline
+        self._shared: _Deadline | None = None  # set by `one_deadline`
         self._backoff = backoff
         self._sleep = sleep
+        self._clock = clock
         self._pool = Pools(proxies, num_pools=8, maxsize=2, ca_file=ca_file)
+
+    @contextlib.contextmanager
+    def one_deadline(self) -> Iterator[None]:
+        """Every fetch inside shares one deadline: a package, its signature and its key
+        together take no longer than one download may (one step's whole budget)."""
+        self._shared = self._new_deadline()
+        try:
+            yield
+        finally:
+            self._shared = None
+
+    def _new_deadline(self) -> _Deadline:
+        return _Deadline(self._clock() + self._deadline, self._deadline, self._clock)
 
     def fetch(
         self, url: str, dest: Path, *, limit: int, validators: Validators | None = None
     ) -> Fetched:
         """GET `url` into the new file `dest` (nothing is left there on failure).
 
-        Raises DownloadError (transient: the cause is remote) or PACKAGE_TOO_LARGE.
+        Raises DownloadError (transient: the cause is remote; also when the deadline
+        passes) or PACKAGE_TOO_LARGE.
         """
         shown = logs.sanitize_url(url)
         if not _valid_url(url):
             raise PackageError(f"{shown}: not a valid http(s) URL", code="PACKAGE_INVALID")
+        deadline = self._shared or self._new_deadline()
         failures = 0
         while True:
             try:
-                return self._attempt(url, dest, limit=limit, validators=validators)
+                return self._attempt(url, dest, limit=limit, validators=validators, by=deadline)
             except _Retryable as exc:
                 failures += 1
-                if failures >= self._backoff.attempts:
+                delay = self._backoff.delay(failures)
+                if failures >= self._backoff.attempts or delay >= deadline.left():
                     raise DownloadError(
                         f"cannot download {shown}: {exc} (tried {failures} times)"
                     ) from None
-                delay = self._backoff.delay(failures)
                 log.info("download of %s failed (%s); retrying in %.1fs", shown, exc, delay)
                 self._sleep(delay)
 
     def _attempt(
-        self, url: str, dest: Path, *, limit: int, validators: Validators | None
+        self, url: str, dest: Path, *, limit: int, validators: Validators | None, by: _Deadline
     ) -> Fetched:
         headers = {
             "User-Agent": f"margo-lite/{__version__}",
@@ -144,7 +188,10 @@ class Downloader:
         for _ in range(MAX_REDIRECTS + 1):
             # credentials go to the origin named in the URL only, never where it redirects
             same_origin = _origin(current) == origin
-            response = self._request(current, {**headers, **(credentials if same_origin else {})})
+            by.check(logs.sanitize_url(url))
+            response = self._request(
+                current, {**headers, **(credentials if same_origin else {})}, by
+            )
             try:
                 if response.status in (301, 302, 303, 307, 308):
                     current = _redirect_target(current, response.headers.get("Location"))
@@ -158,14 +205,16 @@ class Downloader:
                         f"cannot download {logs.sanitize_url(url)}: HTTP {response.status}",
                         status=response.status,
                     )
-                return self._save(response, url, dest, limit)
+                return self._save(response, url, dest, limit, by)
             finally:
                 _finish(response)
         raise DownloadError(
             f"cannot download {logs.sanitize_url(url)}: more than {MAX_REDIRECTS} redirects"
         )
 
-    def _request(self, url: str, headers: dict[str, str]) -> urllib3.HTTPResponse:
+    def _request(self, url: str, headers: dict[str, str], by: _Deadline) -> urllib3.HTTPResponse:
+        # No single wait outlasts the deadline: the body loop checks it between reads.
+        wait = max(0.001, min(self._read_timeout, by.left()))
         try:
             return self._pool.request(
                 "GET",
@@ -175,7 +224,7 @@ class Downloader:
                 decode_content=False,
                 redirect=False,
                 retries=False,
-                timeout=self._timeout,
+                timeout=urllib3.Timeout(connect=wait, read=wait),
             )
         except SSLError as exc:  # a certificate problem does not go away by retrying
             raise DownloadError(
@@ -188,7 +237,9 @@ class Downloader:
                 f"cannot download {logs.sanitize_url(url)}: {exc.message}", code=exc.code
             ) from None
 
-    def _save(self, response: urllib3.HTTPResponse, url: str, dest: Path, limit: int) -> Fetched:
+    def _save(
+        self, response: urllib3.HTTPResponse, url: str, dest: Path, limit: int, by: _Deadline
+    ) -> Fetched:
         shown = logs.sanitize_url(url)
         length = _content_length(response.headers.get("Content-Length"))
         if length is not None and length > limit:
@@ -202,7 +253,8 @@ class Downloader:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             try:
-                for chunk in response.stream(CHUNK, decode_content=False):
+                for chunk in _arriving(response):
+                    by.check(shown)
                     size += len(chunk)
                     if size > limit:
                         response.close()
@@ -214,7 +266,7 @@ class Downloader:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
-            except Urllib3Error as exc:
+            except (Urllib3Error, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
                 raise _Retryable(f"body cut short: {_reason(exc)}") from None
             if length is not None and size != length:
                 raise _Retryable(f"body cut short: {size} of {length} bytes")
@@ -228,6 +280,16 @@ class Downloader:
             etag=response.headers.get("ETag"), last_modified=response.headers.get("Last-Modified")
         )
         return Fetched(modified=True, validators=validators, sha256=digest.hexdigest(), size=size)
+
+
+def _arriving(response: urllib3.HTTPResponse) -> Iterator[bytes]:
+    """The body as it arrives: each read returns what the connection has (`read1`), up to
+    CHUNK, so the deadline is checked between reads of a trickle, not after 64 KiB of it."""
+    read1 = getattr(response, "read1", None)  # urllib3 2
+    if read1 is None:  # urllib3 1.26: http.client's own read1, the body taken as stored
+        read1 = response._fp.read1
+    while chunk := read1(CHUNK):
+        yield chunk
 
 
 def _finish(response: urllib3.HTTPResponse) -> None:

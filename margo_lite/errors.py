@@ -79,7 +79,8 @@ class GitError(MargoLiteError):
     GIT_BRANCH_MISSING, GIT_REDIRECTED, GIT_TLS_FAILED, GIT_PROTOCOL_UNSUPPORTED (no
     protocol v2 or no shallow fetch), GIT_TOKEN_UNREADABLE, GIT_TOO_LARGE,
     GIT_SIGNATURE_INVALID, GIT_COMMIT_MISSING (not held locally), GIT_PATH_INVALID,
-    GIT_STORE_FAILED (the local repository cannot be written).
+    GIT_STORE_FAILED (the local repository cannot be written), GIT_OBJECT_INVALID (a branch,
+    commit or tree entry names an object of another type: a tag, tree or blob as the tip).
     """
 
     code = "GIT_ERROR"

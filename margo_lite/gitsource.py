@@ -8,7 +8,8 @@ ref advertisement, then one POST). An idle poll reads the token and the ref file
 writes nothing.
 
 The parts live in `margo_lite.git`: `smarthttp` (the protocol on urllib3), `localrepo`
-(file:// and paths), `store` (the bounded local bare repository), `signature` (gpgv).
+(file:// and paths), `store` (the bounded local bare repository), `objects` (reads that
+check an object's type), `signature` (the signed bytes of a commit; `pgp` verifies them).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from margo_lite import logs, proxy
 from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError
 from margo_lite.git.localrepo import LocalRemote
+from margo_lite.git.objects import typed
 from margo_lite.git.signature import verify_commit_signature
 from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
 from margo_lite.git.store import CORRUPT, Store, read_files
@@ -109,9 +111,7 @@ class GitSource:
             if commit == self._store.tip():
                 raise KeyError(commit)  # the recorded tip is gone: a damaged repository
             raise GitError(f"commit {commit} is not held locally", code="GIT_COMMIT_MISSING")
-        obj = store[commit.encode()]
-        if not isinstance(obj, Commit):
-            raise GitError(f"{commit} is not a commit", code="GIT_COMMIT_MISSING")
+        obj = typed(store, commit.encode(), Commit, "the held tip")
         if self._cfg.trusted_keys:
             verify_commit_signature(obj.as_raw_string(), self._cfg.trusted_keys)
         return read_files(store, obj.tree, self._path)

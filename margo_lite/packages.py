@@ -100,7 +100,7 @@ class PackageStore:
         self._tmp = self._root / "tmp"
         self._limits = archive.Limits(max_bytes=cfg.max_size)
         self._downloader = downloader or Downloader(
-            timeout=cfg.timeout, ca_file=cfg.ca_file, proxies=proxies
+            timeout=cfg.timeout, deadline=cfg.deadline, ca_file=cfg.ca_file, proxies=proxies
         )
         self._lock = threading.Lock()
         try:
@@ -123,7 +123,8 @@ class PackageStore:
             work = self._tmp / f"prepare-{uuid.uuid4().hex}"
             try:
                 work.mkdir(mode=0o700)
-                return self._prepare(package_location, key_location, repo_files, work)
+                with self._downloader.one_deadline():  # package, signature, key: one budget
+                    return self._prepare(package_location, key_location, repo_files, work)
             except (OSError, StateError) as exc:
                 raise _cache_error(self._root, exc) from None
             finally:

@@ -1,24 +1,31 @@
-"""Detached PGP signatures, verified by `gpgv` against keys given as bytes.
+"""Detached PGP signatures, verified by `gpgv` against keys given as bytes: the one
+verification path of margo-lite, for package signatures and for signed commits alike.
 
 Only `gpgv` is needed at run time: it trusts exactly the keys in the keyring it is given,
 has no trust database and reads no configuration. It wants binary keys, so ASCII-armored
 keys (base64 with a CRC24, RFC 4880 section 6) are decoded here rather than by `gpg
 --dearmor`, which would pull in all of GnuPG. A signature counts as valid only when gpgv
-exits 0 and reports GOODSIG and VALIDSIG with no error, expiry or revocation status.
+exits 0 and reports GOODSIG and VALIDSIG with no error, expiry or revocation status, and
+the signature was not made in the future. gpgv exits 0 for a signature by an expired or
+revoked key (EXPKEYSIG, REVKEYSIG): the exit code alone is not enough. A key created in
+the future (a clock behind, or a forged date) is gpgv's ERRSIG.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import calendar
 import os
 import shutil
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from margo_lite import logs
-from margo_lite.errors import PackageError
+from margo_lite.errors import MargoLiteError, PackageError
 
 log = logs.get(__name__)
 
@@ -26,6 +33,14 @@ GPGV_TIMEOUT = 60.0
 _BEGIN = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
 _END = "-----END PGP PUBLIC KEY BLOCK-----"
 _BAD_STATUS = {"BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG", "NO_PUBKEY"}
+CLOCK_SKEW = 300.0  # seconds a signature may seem to come from the future (clocks differ)
+
+#: Builds the caller's error from a message and, optionally, a more specific code.
+Refusal = Callable[..., MargoLiteError]
+
+
+def package_refusal(message: str, code: str = "SIGNATURE_INVALID") -> MargoLiteError:
+    return PackageError(message, code=code)
 
 
 def key_error(message: str) -> PackageError:
@@ -93,23 +108,29 @@ def dearmor(text: bytes, *, source: str = "key") -> bytes:
     return b"".join(keys)
 
 
-def gpgv_path() -> str:
+def gpgv_path(refuse: Refusal = package_refusal) -> str:
     found = shutil.which("gpgv")
     if not found:
-        raise PackageError(
-            "gpgv is not installed; it is needed to verify package signatures",
-            code="GPGV_MISSING",
-        )
+        raise refuse("gpgv is not installed; it is needed to verify signatures", "GPGV_MISSING")
     return found
 
 
-def verify_detached(data_file: Path, signature: bytes, keyring: bytes, *, what: str) -> str:
+def verify_detached(
+    data_file: Path,
+    signature: bytes,
+    keyring: bytes,
+    *,
+    what: str,
+    refuse: Refusal = package_refusal,
+    now: Callable[[], float] = time.time,
+) -> str:
     """Check `signature` over the file's content against `keyring` (binary keys).
 
-    Returns the fingerprint of the signing key; raises SIGNATURE_INVALID otherwise.
-    `what` names the package in messages.
+    Returns the fingerprint of the signing key. Otherwise raises `refuse(message)`:
+    SIGNATURE_INVALID for packages by default; the commit path passes its own code.
+    `what` names the signed thing in messages.
     """
-    gpgv = gpgv_path()
+    gpgv = gpgv_path(refuse)
     with tempfile.TemporaryDirectory(prefix="margo-lite-gpgv.") as tmp:
         home = Path(tmp, "home")
         home.mkdir(mode=0o700)
@@ -137,19 +158,33 @@ def verify_detached(data_file: Path, signature: bytes, keyring: bytes, *, what: 
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            raise PackageError(
-                f"{what}: gpgv took longer than {GPGV_TIMEOUT:.0f}s", code="SIGNATURE_INVALID"
-            ) from None
+            raise refuse(f"{what}: gpgv took longer than {GPGV_TIMEOUT:.0f}s") from None
+        except OSError as exc:
+            raise refuse(f"{what}: cannot run gpgv: {exc.strerror or exc}") from None
     status = _status(result.stdout)
+    problems = sorted(_BAD_STATUS & status.keys())
     good = "GOODSIG" in status and bool(status.get("VALIDSIG"))
-    if result.returncode != 0 or not good or _BAD_STATUS & status.keys():
-        problems = sorted(_BAD_STATUS & status.keys()) or ["no good signature"]
+    if good and not problems:
+        made = _seconds(status["VALIDSIG"][2] if len(status["VALIDSIG"]) > 2 else "")
+        if made is None or made > now() + CLOCK_SKEW:
+            problems = ["signature made in the future"]
+    if result.returncode != 0 or not good or problems:
+        problems = problems or ["no good signature"]
         log.debug("gpgv on %s: %s", what, result.stderr.decode(errors="replace").strip())
-        raise PackageError(
-            f"{what}: signature does not verify against the trusted key ({', '.join(problems)})",
-            code="SIGNATURE_INVALID",
+        raise refuse(
+            f"{what}: signature does not verify against the trusted keys ({', '.join(problems)})"
         )
     return status["VALIDSIG"][0]
+
+
+def _seconds(stamp: str) -> float | None:
+    """A gpgv status time stamp: seconds since the epoch, or ISO 8601 (`20240101T120000`)."""
+    if stamp.isdigit():
+        return float(stamp)
+    try:
+        return float(calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%S")))
+    except ValueError:
+        return None
 
 
 def _status(output: bytes) -> dict[str, list[str]]:

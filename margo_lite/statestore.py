@@ -35,6 +35,9 @@ SECRET_MODE = 0o600
 FILE_MODE = 0o644
 DIR_MODE = 0o700
 _NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
+MAX_NAME_PARTS = 2  # "record" or "folder/record": where leftovers are looked for
+# What `_write` leaves when a crash stops it: `.<record>[.prev].tmp.<pid>`.
+_LEFTOVER = re.compile(r"^\.([A-Za-z0-9_][A-Za-z0-9._-]{0,199})" + re.escape(TMP_MARK) + r"\d+$")
 
 #: The steps of a write, in order; a fault hook sees each name as the step completes.
 WRITE_STEPS = ("tmp-written", "tmp-synced", "prev-kept", "renamed", "dir-synced")
@@ -131,6 +134,22 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
 
 
+def remove_write_leftovers(folder: Path) -> int:
+    """Delete what an interrupted `_write` left directly in `folder`
+    (`.<name>[.prev].tmp.<pid>`); returns how many."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    count = 0
+    for entry in entries:
+        found = _LEFTOVER.match(entry.name)
+        if found and _NAME_PART.match(found.group(1)) and entry.is_file(follow_symlinks=False):
+            _unlink_quietly(Path(entry.path))
+            count += 1
+    return count
+
+
 @contextlib.contextmanager
 def exclusive(folder: str | os.PathLike[str], name: str = ".lock") -> Iterator[None]:
     """Hold `folder/name` locked for this process: one agent (run or once) per state dir.
@@ -169,7 +188,11 @@ class StateStore:
 
     def path(self, name: str) -> Path:
         parts = name.split("/")
-        if not all(_NAME_PART.match(part) for part in parts) or name.endswith(PREV_SUFFIX):
+        if (
+            len(parts) > MAX_NAME_PARTS
+            or not all(_NAME_PART.match(part) for part in parts)
+            or name.endswith(PREV_SUFFIX)
+        ):
             raise StateError(f"invalid record name {name!r}")
         return self.root.joinpath(*parts)
 
@@ -264,20 +287,17 @@ class StateStore:
         return sorted(found)
 
     def remove_leftovers(self) -> int:
-        """Delete temporary files a crash left behind; returns how many."""
-        count = 0
-        for tmp in self._leftovers():
-            _unlink_quietly(tmp)
-            count += 1
-        return count
+        """Delete the temporary files a crash left in this store; returns how many.
 
-    def _leftovers(self) -> Iterator[Path]:
-        if not self.root.is_dir():
-            return
-        for folder, _dirs, files in os.walk(self.root):
-            for name in files:
-                if name.startswith(".") and TMP_MARK in name:
-                    yield Path(folder) / name
+        Only where `_write` could have left one: the root and the record folders directly
+        below it. Other concerns keep their own trees under the state dir (packages, the
+        Git copy): their files are theirs, whatever their names."""
+        count = remove_write_leftovers(self.root)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.root):
+                if _NAME_PART.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                    count += remove_write_leftovers(Path(entry.path))
+        return count
 
     def _makedirs(self, folder: Path) -> None:
         if folder.is_dir():

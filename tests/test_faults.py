@@ -24,6 +24,7 @@ from margo_lite.statusview import POLL_RECORD
 from tests.support import engines
 from tests.support.engines import IMAGE, Dockerd, free_port, http_get, run
 from tests.support.gitserver import Fault, GitServer, make_test_ca, refused_url
+from tests.support.pkgserver import PackageServer
 from tests.support.rig import APP, Rig, app_files, deployment, wait_state
 from tests.support.wait import wait_for
 
@@ -459,6 +460,81 @@ def test_engine_daemon_stopped_and_started_again(
                 rig.cleanup()
             daemon.stop()
             shutil.rmtree(daemon.top, ignore_errors=True)
+
+
+# --- hostile desired state and package servers ----------------------------------------------
+
+
+def test_surprise_in_one_deployment_fails_it_alone_and_run_goes_on(device):
+    """An exception no code was written for (the test hook raises it at apply) fails that
+    deployment alone with INTERNAL_ERROR; web-1 is untouched and `run` stays up."""
+    before, greeting = _snapshot(device), _greeting(device)
+    _second_app(device, "surprise", free_port())
+    agent = device.start(MARGO_LITE_TEST_RAISE_AT="apply:surprise")
+    status = wait_state(device, "surprise", "Failed", timeout=90)["status"]
+    assert status["error"]["code"] == "INTERNAL_ERROR"
+    assert "RuntimeError" in status["error"]["message"]
+    assert agent.poll() is None
+    assert _snapshot(device)[0] == before[0] and _greeting(device) == greeting
+    _drop(device, "surprise")
+    wait_state(device, "surprise", "Removed")
+    assert device.stop() == 0
+    assert "Traceback" not in device.log_text()
+
+
+def test_git_object_of_the_wrong_type_keeps_the_last_desired_state(device):
+    """The branch names a tag object (crafted on the server: `git update-ref` refuses it)."""
+    tip = device.upstream.tip()
+    before, greeting = _snapshot(device), _greeting(device)
+    device.upstream.git("tag", "-f", "-a", "-m", "not a commit", "faults-tag", tip)
+    tag = device.upstream.git("rev-parse", "refs/tags/faults-tag")
+    (device.upstream.path / "refs" / "heads" / device.upstream.branch).write_text(f"{tag}\n")
+    try:
+        result = device.once()
+        assert result.returncode == 1
+        assert "[GIT_OBJECT_INVALID]" in result.stdout
+        assert "Traceback" not in result.stdout + result.stderr
+        assert _snapshot(device) == before and _greeting(device) == greeting
+    finally:
+        device.upstream.set_branch(tip)
+    assert device.once().returncode == 0
+    assert _snapshot(device) == before
+
+
+def test_trickling_package_server_is_cut_at_the_deadline(device):
+    """A package server sends one byte every half second (each read in time, the transfer
+    endless): cut at `packages.deadline` with PACKAGE_DOWNLOAD_FAILED; the deployment
+    beside it is Installed and `run` stays up."""
+    before, greeting = _snapshot(device), _greeting(device)
+    device.configure({"packages": {"deadline": "3s", "timeout": "10s"}})
+    with PackageServer(None) as server:
+        url = server.put("/slow.tar.gz", bytes(1 << 20))
+        server.trickle["/slow.tar.gz"] = 0.5
+        beside_port = free_port()
+        device.upstream.commit(
+            {
+                "a-slow.yaml": deployment("a-slow", greeting="slow", port=free_port(), package=url),
+                "apps/beside/compose.yaml": APP.format(image=IMAGE),
+                "beside.yaml": deployment(
+                    "beside", greeting="beside", port=beside_port, package="apps/beside"
+                ),
+            }
+        )
+        agent = device.start()
+        status = wait_state(device, "a-slow", "Failed", timeout=90)["status"]
+        assert status["error"]["code"] == "PACKAGE_DOWNLOAD_FAILED"
+        assert "packages.deadline" in status["error"]["message"]
+        wait_state(device, "beside", "Installed", timeout=90)
+        assert (http_get(beside_port) or "").strip() == "beside"
+        assert agent.poll() is None
+        assert server.body_bytes["/slow.tar.gz"] < 1 << 20
+    device.upstream.commit(
+        {"a-slow.yaml": None, "beside.yaml": None, "apps/beside/compose.yaml": None}
+    )
+    wait_state(device, "beside", "Removed")
+    assert device.stop() == 0
+    assert _snapshot(device)[0] == before[0]
+    wait_for(lambda: _greeting(device) == greeting, timeout=30, what="web-1 still answering")
 
 
 # --- the README's table -----------------------------------------------------------------------

@@ -159,3 +159,34 @@ def test_write_file_atomic_replaces_plain_file(tmp_path):
     statestore.write_file_atomic(target, b"new: 2\n", mode=0o600)
     assert target.read_text() == "new: 2\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_leftover_sweep_touches_only_what_its_writes_leave(tmp_path):
+    """Other concerns keep their own trees under the state dir: a package file shaped
+    like a temporary name is theirs, and survives the sweep at start."""
+    store = StateStore(tmp_path)
+    store.write_json("deployments/a.json", OLD)
+    mine = [
+        tmp_path / f".agent.json{statestore.TMP_MARK}4242",
+        tmp_path / "deployments" / f".a.json{statestore.TMP_MARK}4242",
+        tmp_path / "deployments" / f".a.json.prev{statestore.TMP_MARK}4242",
+    ]
+    package = tmp_path / "packages" / "pkgs" / ("ab" * 32)
+    package.mkdir(parents=True)
+    theirs = [
+        package / f".compose.yaml{statestore.TMP_MARK}4242",  # a file in a package
+        package / f".data{statestore.TMP_MARK}1",
+        tmp_path / "deployments" / f".a.json{statestore.TMP_MARK}not-a-pid",
+        tmp_path / f"agent.json{statestore.TMP_MARK}4242",  # not hidden: not ours
+    ]
+    for path in mine + theirs:
+        path.write_bytes(b"x")
+    assert store.remove_leftovers() == len(mine)
+    assert [p for p in mine if p.exists()] == []
+    assert [p for p in theirs if not p.exists()] == []
+    assert store.read_json("deployments/a.json") == OLD
+
+
+def test_record_names_are_at_most_folder_and_name(tmp_path):
+    with pytest.raises(StateError):
+        StateStore(tmp_path).write_json("a/b/c.json", OLD)

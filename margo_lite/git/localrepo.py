@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
-from dulwich.objects import S_ISGITLINK, ShaFile
+from dulwich.objects import S_ISGITLINK, Commit, ShaFile, Tree
 from dulwich.repo import Repo
 
 from margo_lite.errors import GitError
+from margo_lite.git.objects import typed
 from margo_lite.git.smarthttp import MAX_PACK_BYTES
 
 
@@ -48,7 +49,7 @@ class LocalRemote:
         with self._open() as repo:
             store = repo.object_store
             try:
-                commit = store[want.encode()]
+                commit = typed(store, want.encode(), Commit, "the branch")
                 found: dict[bytes, ShaFile] = {commit.id: commit}
                 pending = [commit.tree]
                 total = 0
@@ -56,7 +57,7 @@ class LocalRemote:
                     sha = pending.pop()
                     if sha in found or held(sha):
                         continue  # a held tree is held with everything below it
-                    tree = found[sha] = store[sha]
+                    tree = found[sha] = typed(store, sha, Tree, "a commit or folder entry")
                     for entry in tree.iteritems():
                         if stat.S_ISDIR(entry.mode):
                             pending.append(entry.sha)

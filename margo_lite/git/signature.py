@@ -1,18 +1,17 @@
-"""Commit signatures: the tip must be signed by a trusted PGP key, checked offline by gpgv."""
+"""Commit signatures: the tip must be signed by a trusted PGP key.
+
+Git's part only: which bytes of a commit are signed. The verification itself (gpgv,
+expired, revoked and future keys and signatures refused) is `margo_lite.pgp`, the same
+path package signatures take.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from margo_lite import logs
-from margo_lite.errors import GitError
-
-log = logs.get(__name__)
+from margo_lite import pgp
+from margo_lite.errors import GitError, MargoLiteError
 
 
 def split_signature(raw: bytes) -> tuple[bytes, bytes | None]:
@@ -33,48 +32,25 @@ def split_signature(raw: bytes) -> tuple[bytes, bytes | None]:
     return payload, (b"\n".join(signature) + b"\n" if signature else None)
 
 
-def dearmor(data: bytes) -> bytes:
-    """Binary OpenPGP data from ASCII armor (gpgv reads binary keyrings only)."""
-    text = data.decode("ascii", "replace")
-    if "-----BEGIN PGP" not in text:
-        return data
-    body = text.split("-----BEGIN PGP", 1)[1].split("\n", 1)[1]
-    body = body.split("-----END PGP", 1)[0]
-    if "\n\n" in body.replace("\r", ""):
-        body = body.replace("\r", "").split("\n\n", 1)[1]
-    lines = [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.startswith("=")]
-    return base64.b64decode("".join(lines))
+def _refusal(message: str, code: str | None = None) -> GitError:
+    return GitError(message, code="GIT_SIGNATURE_INVALID")
 
 
-def verify_commit_signature(raw: bytes, key_files: tuple[str, ...]) -> None:
-    """Raise GIT_SIGNATURE_INVALID unless a trusted key made the commit's signature."""
+def verify_commit_signature(raw: bytes, key_files: tuple[str, ...]) -> str:
+    """The fingerprint of the trusted key that signed the commit; GIT_SIGNATURE_INVALID
+    otherwise (unsigned, another key, tampered, expired, revoked, from the future)."""
     payload, signature = split_signature(raw)
     if signature is None:
         raise GitError("the commit is not signed", code="GIT_SIGNATURE_INVALID")
-    with tempfile.TemporaryDirectory(prefix="margo-lite-gpgv-") as tmp:
-        keyring, sig, data = Path(tmp, "keys.gpg"), Path(tmp, "commit.sig"), Path(tmp, "commit")
-        try:
-            keyring.write_bytes(b"".join(dearmor(Path(k).read_bytes()) for k in key_files))
-        except (OSError, ValueError, binascii.Error) as exc:
-            raise GitError(
-                f"cannot read git.trusted_keys: {exc}", code="GIT_SIGNATURE_INVALID"
-            ) from None
-        sig.write_bytes(signature)
+    try:
+        keyring = b"".join(
+            pgp.dearmor(Path(k).read_bytes(), source=f"git.trusted_keys {k}") for k in key_files
+        )
+    except OSError as exc:
+        raise _refusal(f"cannot read git.trusted_keys: {exc.strerror or exc}") from None
+    except MargoLiteError as exc:
+        raise _refusal(exc.message) from None
+    with tempfile.TemporaryDirectory(prefix="margo-lite-commit.") as tmp:
+        data = Path(tmp, "commit")
         data.write_bytes(payload)
-        argv = ["gpgv", "--status-fd", "1", "--keyring", str(keyring), str(sig), str(data)]
-        started = time.monotonic()
-        try:
-            proc = subprocess.run(argv, capture_output=True, timeout=60, env={"LANG": "C"})
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise GitError(f"cannot run gpgv: {exc}", code="GIT_SIGNATURE_INVALID") from None
-        log.debug("gpgv took %.0f ms", (time.monotonic() - started) * 1000)
-    if proc.returncode != 0 or b"[GNUPG:] VALIDSIG " not in proc.stdout:
-        status = proc.stdout.decode(errors="replace")
-        reason = next(
-            (w for w in ("BADSIG", "NO_PUBKEY", "EXPKEYSIG", "REVKEYSIG", "ERRSIG") if w in status),
-            "no valid signature",
-        )
-        raise GitError(
-            f"the commit's signature does not verify against git.trusted_keys ({reason})",
-            code="GIT_SIGNATURE_INVALID",
-        )
+        return pgp.verify_detached(data, signature, keyring, what="the commit", refuse=_refusal)

@@ -24,14 +24,15 @@ from pathlib import Path
 
 from dulwich.errors import ChecksumMismatch, NotGitRepository, ObjectFormatException
 from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
-from dulwich.objects import S_ISGITLINK, Commit, ShaFile, Tree
+from dulwich.objects import S_ISGITLINK, Blob, Commit, ShaFile, Tree
 from dulwich.repo import Repo
 
 from margo_lite import logs
 from margo_lite.errors import GitError, GitTransientError
 from margo_lite.git.localrepo import LocalRemote
+from margo_lite.git.objects import typed
 from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
-from margo_lite.statestore import fsync_dir, write_file_atomic
+from margo_lite.statestore import fsync_dir, remove_write_leftovers, write_file_atomic
 
 log = logs.get(__name__)
 
@@ -166,9 +167,8 @@ class Store:
                     store.add_objects([(obj, None) for obj in objects])
                 else:
                     self._fetch_pack(remote, store, want, held)
-                _check_complete(store, want)
+                commit = _check_complete(store, want)
                 _fsync_new(self._repo, before)
-                commit = store[want.encode()]
                 shallow = self.shallow() | ({want} if commit.parents else set())
                 if len(_pack_files(self._repo)) > COMPACT_AFTER_PACKS:
                     shallow, doomed = self._compact(store, commit)
@@ -207,7 +207,7 @@ class Store:
             sha = pending.pop()
             if sha in objects:
                 continue
-            tree = objects[sha] = store[sha]
+            tree = objects[sha] = typed(store, sha, Tree, "a folder entry")
             for entry in tree.iteritems():
                 if stat.S_ISDIR(entry.mode):
                     pending.append(entry.sha)
@@ -248,6 +248,8 @@ class Store:
             leftover.unlink(missing_ok=True)
         for leftover in (self._repo / "objects").glob("incoming-*"):
             leftover.unlink(missing_ok=True)
+        for folder in (self._repo, (self._repo / LOCAL_REF).parent):  # our atomic writes
+            remove_write_leftovers(folder)
 
 
 def _pack_files(repo: Path) -> set[str]:
@@ -267,15 +269,14 @@ def _fsync_new(repo: Path, before: set[str]) -> None:
     fsync_dir(pack_dir)
 
 
-def _check_complete(store: BaseObjectStore, want: str) -> None:
-    """The commit and every tree and blob of it are held: never record a partial tip."""
+def _check_complete(store: BaseObjectStore, want: str) -> Commit:
+    """The commit and every tree and blob of it are held, each of the type that names it:
+    never record a partial tip, nor one that a walk would trip over."""
     try:
-        commit = store[want.encode()]
-        if not isinstance(commit, Commit):
-            raise KeyError(want)
+        commit = typed(store, want.encode(), Commit, "the branch")
         pending = [commit.tree]
         while pending:
-            tree = store[pending.pop()]
+            tree = typed(store, pending.pop(), Tree, "a commit or folder entry")
             for entry in tree.iteritems():
                 if stat.S_ISDIR(entry.mode):
                     pending.append(entry.sha)
@@ -286,6 +287,7 @@ def _check_complete(store: BaseObjectStore, want: str) -> None:
             f"the fetched commit {want} is incomplete (missing {exc.args[0]!r})",
             code="GIT_PACK_INVALID",
         ) from None
+    return commit
 
 
 def read_files(store: BaseObjectStore, tree_id: bytes, path: tuple[bytes, ...]) -> dict[str, bytes]:
@@ -294,7 +296,7 @@ def read_files(store: BaseObjectStore, tree_id: bytes, path: tuple[bytes, ...]) 
     A missing folder gives no files: Git cannot hold an empty folder, so a WOS that removed
     the last deployment removed the folder too.
     """
-    tree = store[tree_id]
+    tree = typed(store, tree_id, Tree, "the commit's tree")
     for name in path:
         entry = next((e for e in tree.iteritems() if e.path == name), None)
         if entry is None:
@@ -304,7 +306,7 @@ def read_files(store: BaseObjectStore, tree_id: bytes, path: tuple[bytes, ...]) 
                 f"git.path {b'/'.join(path).decode(errors='replace')!r} is not a folder",
                 code="GIT_PATH_INVALID",
             )
-        tree = store[entry.sha]
+        tree = typed(store, entry.sha, Tree, f"folder {name.decode(errors='replace')!r}")
     files: dict[str, bytes] = {}
     total = 0
     pending: list[tuple[str, Tree]] = [("", tree)]
@@ -313,9 +315,9 @@ def read_files(store: BaseObjectStore, tree_id: bytes, path: tuple[bytes, ...]) 
         for entry in tree.iteritems():
             name = prefix + entry.path.decode("utf-8", "surrogateescape")
             if stat.S_ISDIR(entry.mode):
-                pending.append((name + "/", store[entry.sha]))
+                pending.append((name + "/", typed(store, entry.sha, Tree, f"folder {name!r}")))
             elif stat.S_ISREG(entry.mode):
-                data = store[entry.sha].as_raw_string()
+                data = typed(store, entry.sha, Blob, f"file {name!r}").as_raw_string()
                 total += len(data)
                 if total > MAX_SNAPSHOT_BYTES or len(files) >= MAX_SNAPSHOT_FILES:
                     raise GitError(

@@ -57,6 +57,7 @@ def make_store(tmp_path: Path, test_ca: TestCA) -> Callable[..., PackageStore]:
         sleeps: list[float] = []
         downloader = Downloader(
             timeout=cfg.timeout,
+            deadline=cfg.deadline,
             ca_file=cfg.ca_file,
             backoff=backoff or Backoff(),
             sleep=sleeps.append,

@@ -3,7 +3,8 @@
 It answers GET for the files put into it, with an ETag (and optionally Last-Modified) and
 "304 Not Modified" to matching conditional requests, so tests can count at the server
 whether a package was downloaded again. Faults are switched per path: answer with given
-statuses first, cut bodies short, send no Content-Length, redirect, or hold the answer.
+statuses first, cut bodies short, send no Content-Length, redirect, hold the answer, or
+trickle the body one byte at a time.
 """
 
 from __future__ import annotations
@@ -84,7 +85,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with owner.lock:
                 owner.answers[path].append(-200)
             return
+        if path in owner.trickle:
+            return self._trickle(path, data, owner.trickle[path])
         self._answer(path, 200, data, headers, length=path not in owner.no_length)
+
+    def _trickle(self, path: str, data: bytes, interval: float) -> None:
+        """Promise the whole body, then send one byte every `interval` seconds: each read
+        the client makes succeeds in time, the transfer never ends. Until the client hangs
+        up, the body is sent, or stop()."""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        owner = self.server.owner
+        with owner.lock:
+            owner.answers[path].append(200)
+        self.close_connection = True
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                with owner.lock:
+                    owner.body_bytes[path] += 1
+                if owner.released.wait(interval):
+                    return
+        except OSError:  # the client gave up
+            return
 
     def _answer(
         self, path: str, status: int, body: bytes, headers: dict | None = None, length=True
@@ -124,6 +149,7 @@ class PackageServer:
         self.no_length: set[str] = set()
         self.cut_first: dict[str, int] = {}  # path -> how many answers to cut short (as -200)
         self.hold: set[str] = set()
+        self.trickle: dict[str, float] = {}  # path -> seconds between the bytes of its body
         self.released = threading.Event()
         self.answers: dict[str, list[int]] = collections.defaultdict(list)
         self.headers_seen: dict[str, list[dict]] = collections.defaultdict(list)
