@@ -12,12 +12,18 @@ import pytest
 import yaml
 
 from margo_lite import wossim
-from tests.support import engines
+from tests.support import engines, hypo
 from tests.support.gitserver import GitServer
 from tests.support.rig import Rig
 from tests.support.wos import secret_free_logs  # noqa: F401 (autouse: every test's log)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+HYPOTHESIS_PROFILE = hypo.load()  # before the test modules build their settings
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {HYPOTHESIS_PROFILE} (tests/support/hypo.py)"
 
 
 def base_config(tmp_path: Path) -> dict:
