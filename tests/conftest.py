@@ -22,6 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 HYPOTHESIS_PROFILE = hypo.load()  # before the test modules build their settings
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "proves(*claims): fault-table claims this test proves (tests/support/faults.py)"
+    )
+
+
 def pytest_report_header() -> str:
     return f"hypothesis profile: {HYPOTHESIS_PROFILE} (tests/support/hypo.py)"
 
