@@ -379,7 +379,6 @@ def _drop(rig: Rig, dep_id: str) -> None:
     rig.upstream.commit({f"{dep_id}.yaml": None, f"apps/{dep_id}/compose.yaml": None})
 
 
-@proves("image-missing")
 def _left_of(rig: Rig, dep_id: str) -> dict[str, list[str]]:
     """Whatever the engine still holds of a deployment: containers in any state (created,
     exited, running), networks and volumes, found by its ownership label."""
@@ -394,6 +393,7 @@ def _left_of(rig: Rig, dep_id: str) -> dict[str, list[str]]:
     return found
 
 
+@proves("image-missing")
 def test_missing_image_fails_that_deployment_alone(device):
     before, greeting = _snapshot(device), _greeting(device)
     _second_app(device, "no-image", free_port(), image="localhost/margo-test-missing:1")
