@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from margo_lite import config, logs, sdnotify
+from margo_lite import config, logs, portcheck, sdnotify
 from margo_lite.errors import ConfigError, MargoLiteError, StateCorruptError
 
 log = logs.get(__name__)
@@ -130,7 +130,10 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         agent = self._agent(self.cfg)
+        unclean = portcheck.mark_running(self.cfg.device.runtime_dir)
         agent.start()
+        if unclean:  # killed with its podman calls (watchdog, OOM): see portcheck.py
+            portcheck.after_unclean_stop(agent)
         interval = self.notifier.watchdog_interval()
         if interval:
             threading.Thread(target=self._feed_during_steps, args=(interval,), daemon=True).start()
@@ -157,6 +160,7 @@ class Daemon:
             self._stopped.set()
             self.notifier.stopping()
             agent.stop()
+            portcheck.mark_stopped(self.cfg.device.runtime_dir)
             log.info("margo-lite stopped")
         return 0
 
