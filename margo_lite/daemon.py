@@ -130,10 +130,10 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         agent = self._agent(self.cfg)
-        unclean = portcheck.mark_running(self.cfg.device.runtime_dir)
+        # killed with its podman calls (watchdog, OOM)? Then check the ports after the first
+        # cycle has put back what the kill interrupted (portcheck.py).
+        check_ports = portcheck.mark_running(self.cfg.device.runtime_dir)
         agent.start()
-        if unclean:  # killed with its podman calls (watchdog, OOM): see portcheck.py
-            portcheck.after_unclean_stop(agent)
         interval = self.notifier.watchdog_interval()
         if interval:
             threading.Thread(target=self._feed_during_steps, args=(interval,), daemon=True).start()
@@ -153,6 +153,10 @@ class Daemon:
                 except MargoLiteError as exc:  # e.g. a full disk: keep what runs, try again
                     log.error("cycle failed, trying again in %.0fs: %s", _ERROR_PAUSE, exc)
                     delay = _ERROR_PAUSE
+                if check_ports:
+                    check_ports = False
+                    with self.long_step():  # podman calls and probes: keep the watchdog fed
+                        portcheck.after_unclean_stop(agent)
                 if self.requests.stop:
                     break
                 self._sleep(delay)

@@ -23,7 +23,6 @@ commands run through an injected `run`.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shlex
 import socket
@@ -32,11 +31,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from margo_lite import logs
 from margo_lite.backends.project import COMPONENT, DEPLOYMENT, MANAGED_BY, MANAGED_BY_VALUE
 from margo_lite.errors import MargoLiteError
-from margo_lite.logs import LOGGER_NAME
 
-log = logging.getLogger(f"{LOGGER_NAME}.portcheck")
+log = logs.get(__name__)
 
 MARKER = "agent.running"  # in runtime_dir while the agent runs; a clean stop removes it
 MANAGED = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
@@ -60,6 +59,12 @@ def mark_running(runtime_dir: Path | str) -> bool:
     except OSError as exc:  # volatile bookkeeping: never a reason not to start
         log.warning("cannot write %s: %s", marker, exc)
         return False
+    if unclean:
+        log.warning(
+            "the last run did not stop cleanly (%s was left): published ports are checked "
+            "after the first cycle",
+            marker,
+        )
     return unclean
 
 
@@ -253,7 +258,7 @@ def _delete(run: Run, rule: Rule) -> None:
 
 def after_unclean_stop(agent: object) -> None:
     """The agent stopped uncleanly last time: check its published ports (podman only)."""
-    log.warning("the last run did not stop cleanly: checking every published port")
+    log.info("checking that every published port reaches its container")
     try:
         engine = agent.backend.engine  # type: ignore[attr-defined]
         program, environ = engine.program, engine.environ

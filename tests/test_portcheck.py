@@ -159,6 +159,7 @@ def test_the_agent_checks_its_ports_after_an_unclean_stop_only(rig):
     assert rig.stop() == 0
     assert not (Path(rig.tmp) / "run" / portcheck.MARKER).exists()
     assert "did not stop cleanly" not in rig.log_text()
+    assert "port check" not in rig.log_text()
     rig.start()
     wait_for(lambda: rig.log_text().count("margo-lite started") == 2, what="the second start")
     rig.agent.kill()
