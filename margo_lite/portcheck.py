@@ -27,6 +27,7 @@ import re
 import shlex
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,10 +241,20 @@ def check(run: Run, probe: Probe = tcp_probe, program: str = "podman") -> Outcom
         log.warning("port %s goes nowhere; restarting its container", port.where())
         run([program, "restart", port.container])
         outcome.restarted += 1
-        if not probe(port.host_ip, port.host_port):
+        if not _answers_soon(probe, port):
             outcome.unreachable += 1
             log.error("port %s still goes nowhere after a restart", port.where())
     return outcome
+
+
+def _answers_soon(probe: Probe, port: Published, tries: int = 20, pause: float = 0.5) -> bool:
+    """A restarted container takes a moment to listen: probe for up to tries x pause."""
+    for attempt in range(tries):
+        if probe(port.host_ip, port.host_port):
+            return True
+        if attempt < tries - 1:
+            time.sleep(pause)
+    return False
 
 
 def _delete(run: Run, rule: Rule) -> None:
@@ -273,7 +284,8 @@ def after_unclean_stop(agent: object) -> None:
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         log.error("port check failed: %s", exc)
         return
-    log.warning(
+    repaired = outcome.rules_removed or outcome.restarted or outcome.unreachable
+    (log.warning if repaired else log.info)(
         "port check: %d published port(s) checked, %d stale forwarding rule(s) removed, "
         "%d container(s) restarted, %d still unreachable",
         outcome.checked,

@@ -5,6 +5,7 @@ killed container's forwarding rule ahead of the live one's, so its port goes now
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -73,6 +74,34 @@ def test_only_rules_of_containers_not_running_for_that_address_and_port_are_stal
     ]
     # a rule of a container this engine runs is never touched, even on our port
     assert portcheck.stale_rules(text, port, running={A, B}) == []
+
+
+def test_a_port_that_still_goes_nowhere_gets_its_container_restarted(caplog):
+    """No stale rule to blame (another kind of leftover): the container answers on its own
+    address but not through the host, so it is restarted and probed again. (The engine and
+    the network are twins here: the real hazard is the slow test below.)"""
+    commands: list[list[str]] = []
+    answers = {
+        ("ps", "-q", "--no-trunc", "--filter"): B,
+        ("ps", "-q", "--no-trunc"): B,
+        ("inspect",): json.dumps([inspected(B, 18080)]),
+    }
+
+    def run(argv: list[str]) -> str:
+        commands.append(argv)
+        if argv[0] == "iptables":
+            return ""
+        return next((v for k, v in answers.items() if tuple(argv[1 : 1 + len(k)]) == k), "")
+
+    host_answers = iter([False, True])  # dead before the restart, alive after
+
+    def probe(address: str, port: int) -> bool:
+        return True if address == "10.89.0.7" else next(host_answers)
+
+    outcome = portcheck.check(run, probe)
+    assert outcome == portcheck.Outcome(checked=1, rules_removed=0, restarted=1, unreachable=0)
+    assert ["podman", "restart", B] in commands
+    assert "127.0.0.1:18080 of web-1/web goes nowhere; restarting" in caplog.text
 
 
 def test_the_marker_tells_an_unclean_stop(tmp_path):
