@@ -30,8 +30,6 @@ from tests.support.gitserver import Fault, GitServer, make_test_ca, refused_url
 from tests.support.rig import APP, Rig, app_files, deployment, wait_state
 from tests.support.wait import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
 CLIENT_ID = "gw-faults"
