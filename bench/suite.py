@@ -42,7 +42,8 @@ import yaml  # noqa: E402
 from bench import gitsource as gitbench  # noqa: E402
 from bench import plan as planbench  # noqa: E402
 from margo_lite import backends, config, desired, gitsource, logs, planner, wossim  # noqa: E402
-from margo_lite.agent import Agent, Parts  # noqa: E402
+from margo_lite.agent import Agent, Parts, load_records  # noqa: E402
+from margo_lite.backends import builtin, project  # noqa: E402
 from margo_lite.statestore import StateStore  # noqa: E402
 from margo_lite.statusview import DEPLOYMENTS, POLL_RECORD  # noqa: E402
 from tests.support import engines  # noqa: E402
@@ -464,8 +465,34 @@ def process_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figu
 # --- the no-change reconcile with 100 deployments, in-process ------------------------------
 
 
+def fleet_containers(env: dict[str, str], records: list[planner.DeploymentRecord]) -> int:
+    """One created container per recorded component, named and labelled as the built-in
+    driver names and labels them, so the engine's store holds what the records say runs
+    (created, not started: 300 idle containers would cost the machine, not the figure)."""
+    for record in records:
+        for component in record.components:
+            name = project.project_name(record.id, component.name)
+            labels = {
+                **project.ownership_labels(record.id, component.name),
+                project.SERVICE: "app",
+            }
+            argv = ["podman", "create", "--name", builtin.container_name(name, "app")]
+            for key, value in labels.items():
+                argv += ["--label", f"{key}={value}"]
+            engines.run([*argv, engines.IMAGE, "sleep", "3600"], env)
+    return managed_count(env)
+
+
+def managed_count(env: dict[str, str]) -> int:
+    out = engines.run(
+        ["podman", "ps", "-a", "-q", "--filter", "label=io.margo.managed-by=margo-lite"], env
+    )
+    return len(out.split())
+
+
 def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figure]:
-    """`Agent.reconcile()` with N Installed records and nothing changed (real parts)."""
+    """`Agent.reconcile()` with N Installed records and nothing changed (real parts), against
+    an engine store holding their containers."""
     n = counts.deployments
     files = {f"apps/{i:04}.yaml": yaml.safe_dump(planbench.document(i)).encode() for i in range(n)}
     (tmp / "srv").mkdir()
@@ -475,6 +502,7 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
     for record in planbench.converge(desired.parse_files(files)).values():
         assert record.state is planner.State.INSTALLED
         store.write_json(f"{DEPLOYMENTS}/{record.id}.json", record.to_json())
+    stored = fleet_containers(env, list(load_records(store).values()))
     run = volatile_dir("margo-bench-run-")
     try:
         with wossim.WosSimulator() as sim, GitServer(tmp / "srv") as server:
@@ -503,6 +531,7 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
                     times.append((time.process_time() - cpu) * 1000)
                 assert len(parts.outbox) == queued, "a no-change reconcile queued a report"
                 assert all(r.state is planner.State.INSTALLED for r in agent.records.values())
+                left = managed_count(env)  # the first reconcile's sweep removed none of them
             finally:
                 agent.stop()
     finally:
@@ -514,7 +543,8 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
             f"no-change reconcile(), {n} deployments",
             statistics.median(times),
             "ms CPU",
-            f"{components} components Installed; median of {len(times)} "
+            f"{components} components Installed, {stored} containers in the engine's store "
+            f"({left} after); median of {len(times)} "
             f"(max {max(times):.2f} ms), time.process_time",
         )
     ]
@@ -646,14 +676,15 @@ def measure(counts: Counts, engine: bool, progress: Callable[[str], None]) -> li
             figures += process_figures(tmp / "proc", counts, env)
         progress(f"reconcile(): {counts.deployments} deployments, nothing changed")
         (tmp / "fleet").mkdir()
-        with private_podman(tmp / "podman-fleet") as env:
+        tar = engines.build_busybox_tar(Path(tempfile.mkdtemp(dir=tmp)))
+        (tmp / "podman-fleet").mkdir()
+        with engines.podman(tmp / "podman-fleet", tar) as env:
             figures += reconcile_figures(tmp / "fleet", counts, env)
         if not engine:
             figures += skipped(LATENCY_FIGURES, "--no-engine")
             return figures
         progress("podman: commit to Installed")
         try:
-            tar = engines.build_busybox_tar(Path(tempfile.mkdtemp(dir=tmp)))
             (tmp / "podman").mkdir()
             environ = stack.enter_context(engines.podman(tmp / "podman", tar))
         except pytest.skip.Exception as exc:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from margo_lite import config, logs, sdnotify
+from margo_lite import config, logs, portcheck, sdnotify
 from margo_lite.errors import ConfigError, MargoLiteError, StateCorruptError
 
 log = logs.get(__name__)
@@ -130,6 +130,9 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()
         agent = self._agent(self.cfg)
+        # killed with its podman calls (watchdog, OOM)? Then check the ports after the first
+        # cycle has put back what the kill interrupted (portcheck.py).
+        check_ports = portcheck.mark_running(self.cfg.device.runtime_dir)
         agent.start()
         interval = self.notifier.watchdog_interval()
         if interval:
@@ -150,6 +153,10 @@ class Daemon:
                 except MargoLiteError as exc:  # e.g. a full disk: keep what runs, try again
                     log.error("cycle failed, trying again in %.0fs: %s", _ERROR_PAUSE, exc)
                     delay = _ERROR_PAUSE
+                if check_ports:
+                    check_ports = False
+                    with self.long_step():  # podman calls and probes: keep the watchdog fed
+                        portcheck.after_unclean_stop(agent)
                 if self.requests.stop:
                     break
                 self._sleep(delay)
@@ -157,6 +164,7 @@ class Daemon:
             self._stopped.set()
             self.notifier.stopping()
             agent.stop()
+            portcheck.mark_stopped(self.cfg.device.runtime_dir)
             log.info("margo-lite stopped")
         return 0
 

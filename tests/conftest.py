@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from margo_lite import wossim
-from tests.support import engines
+from tests.support import engines, hypo
 from tests.support.gitserver import GitServer
 from tests.support.rig import Rig
 from tests.support.wos import secret_free_logs  # noqa: F401 (autouse: every test's log)
@@ -24,6 +24,18 @@ ROOT = Path(__file__).resolve().parent.parent
 for _name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
     os.environ.pop(_name, None)
     os.environ.pop(_name.upper(), None)
+
+HYPOTHESIS_PROFILE = hypo.load()  # before the test modules build their settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "proves(*claims): fault-table claims this test proves (tests/support/faults.py)"
+    )
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {HYPOTHESIS_PROFILE} (tests/support/hypo.py)"
 
 
 def base_config(tmp_path: Path) -> dict:

@@ -11,9 +11,12 @@ from hypothesis import strategies as st
 
 from margo_lite import desired
 from margo_lite.errors import DESIRED_STATE_CODES, DesiredStateError
+from tests.support.hypo import examples
 from tests.test_desired_docs import doc, dump, env_param
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 scalars = st.one_of(
     st.none(),

@@ -3,13 +3,14 @@ fails. Each test drives `margo-lite once` or `margo-lite run` on real parts (C g
 http-backend, the WOS simulator, podman or a private dockerd) and checks what a user
 would: the app still answers, its container was not touched, what the WOS heard.
 
-The README's table "Proof: what margo-lite does when things fail" names one test per row.
+The README's table "Proof: what margo-lite does when things fail" is rendered from
+tests/support/faults.py, which links each of its claims to the tests here that carry
+`@proves(claim)` (checked by tests/test_fault_table.py).
 Most tests share one device (module scope) with one installed app, and leave it as found.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 from collections.abc import Iterator
@@ -21,14 +22,14 @@ from margo_lite import wossim
 from margo_lite.errors import MargoLiteError
 from margo_lite.statestore import StateStore
 from margo_lite.statusview import POLL_RECORD
+from tests.conftest import run_cli
 from tests.support import engines
 from tests.support.engines import IMAGE, Dockerd, free_port, http_get, run
+from tests.support.faults import proves
 from tests.support.gitserver import Fault, GitServer, make_test_ca, refused_url
 from tests.support.pkgserver import PackageServer
 from tests.support.rig import APP, Rig, app_files, deployment, wait_state
 from tests.support.wait import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -124,6 +125,14 @@ def _change(rig: Rig, greeting: str) -> str:
     ],
     ids=["401", "403", "404", "500", "stall"],
 )
+@proves(
+    "git-untouched",
+    "git-once-exits-1",
+    "git-auth",
+    "git-not-found",
+    "git-server-error",
+    "git-stall",
+)
 def test_git_http_fault_keeps_the_last_desired_state(device, git_server, fault, code):
     before, greeting = _snapshot(device), _greeting(device)
     _change(device, f"after-{fault.name}")
@@ -140,6 +149,7 @@ def test_git_http_fault_keeps_the_last_desired_state(device, git_server, fault, 
     assert _greeting(device) == f"after-{fault.name}"
 
 
+@proves("git-refused")
 def test_git_connection_refused_keeps_the_last_desired_state(device):
     before, greeting = _snapshot(device), _greeting(device)
     device.configure({"git": {"url": refused_url()}})
@@ -151,6 +161,7 @@ def test_git_connection_refused_keeps_the_last_desired_state(device):
 
 
 @pytest.mark.parametrize("fault", [Fault.TRUNCATE, Fault.CORRUPT], ids=["truncated", "corrupt"])
+@proves("git-pack")
 def test_broken_pack_is_not_applied_then_fetched_again(device, git_server, fault):
     before, greeting = _snapshot(device), _greeting(device)
     new = _change(device, f"after-{fault.value}")
@@ -177,6 +188,7 @@ def tls_git(tmp_path_factory, git_server: GitServer) -> Iterator[tuple[GitServer
 
 
 @pytest.mark.parametrize("mismatch", ["host name", "unknown CA"])
+@proves("git-tls")
 def test_tls_certificate_mismatch_is_refused(device, tls_git, mismatch):
     server, ca, other_ca = tls_git
     name = device.upstream.path.name
@@ -194,6 +206,7 @@ def test_tls_certificate_mismatch_is_refused(device, tls_git, mismatch):
     assert _snapshot(device) == before
 
 
+@proves("git-force-push")
 def test_force_push_is_followed(device):
     old = _change(device, "before-force-push")
     assert device.once().returncode == 0
@@ -208,6 +221,7 @@ def test_force_push_is_followed(device):
     assert device.last("web-1")["status"]["state"] == "Installed"
 
 
+@proves("git-branch-missing")
 def test_deleted_branch_keeps_the_last_desired_state(device):
     tip = device.upstream.tip()
     before, greeting = _snapshot(device), _greeting(device)
@@ -223,6 +237,7 @@ def test_deleted_branch_keeps_the_last_desired_state(device):
     assert _snapshot(device) == before
 
 
+@proves("git-status-shows-error", "git-auth", "git-stall")
 def test_running_agent_rides_out_every_git_fault(device, git_server):
     """The daemon: faults one after another, it keeps polling, the app keeps answering,
     and the first commit after the faults is applied."""
@@ -239,6 +254,8 @@ def test_running_agent_rides_out_every_git_fault(device, git_server):
     ]:
         git_server.fault = fault
         wait_for(lambda c=code: f"[{c}]" in _poll_result(device), timeout=30, what=code)
+        shown = run_cli("-c", str(device.config), "status")  # what the operator sees
+        assert shown.returncode == 0 and f"[{code}]" in shown.stdout, shown.stdout + shown.stderr
         git_server.fault = None
         git_server.release_stalled()
         assert agent.poll() is None, device.log_text()[-2000:]
@@ -265,6 +282,7 @@ def _poll_result(rig: Rig) -> str:
 
 
 @pytest.mark.parametrize("fault", ["down", "500", "slow"])
+@proves("wos-outbox", "wos-slow")
 def test_wos_fault_reports_wait_in_the_outbox_and_are_delivered_after(device, wos, fault):
     seen = len(wos.statuses("web-1"))
     wos.fault = fault
@@ -285,6 +303,7 @@ def test_wos_fault_reports_wait_in_the_outbox_and_are_delivered_after(device, wo
     ]
 
 
+@proves("wos-401")
 def test_wos_401_costs_one_token_refresh(device, wos):
     """The running agent holds a token; the WOS forgets it; the next report gets a 401, one
     new token, and goes through."""
@@ -316,6 +335,7 @@ def test_wos_401_costs_one_token_refresh(device, wos):
     assert CLIENT_SECRET not in log and "simtok-" not in log
 
 
+@proves("capabilities-follow")
 def test_wos_down_at_start_capabilities_follow_when_it_is_back(
     tmp_path, tmp_path_factory, git_server, busybox_tar
 ):
@@ -358,6 +378,21 @@ def _drop(rig: Rig, dep_id: str) -> None:
     rig.upstream.commit({f"{dep_id}.yaml": None, f"apps/{dep_id}/compose.yaml": None})
 
 
+def _left_of(rig: Rig, dep_id: str) -> dict[str, list[str]]:
+    """Whatever the engine still holds of a deployment: containers in any state (created,
+    exited, running), networks and volumes, found by its ownership label."""
+    label = f"label=io.margo.deployment={dep_id}"
+    found = {}
+    for kind, argv in [
+        ("containers", ["ps", "-a", "--filter", label, "--format", "{{.Names}} {{.State}}"]),
+        ("networks", ["network", "ls", "--filter", label, "--format", "{{.Name}}"]),
+        ("volumes", ["volume", "ls", "--filter", label, "--format", "{{.Name}}"]),
+    ]:
+        found[kind] = run(["podman", *argv], rig.environ).split()
+    return found
+
+
+@proves("image-missing")
 def test_missing_image_fails_that_deployment_alone(device):
     before, greeting = _snapshot(device), _greeting(device)
     _second_app(device, "no-image", free_port(), image="localhost/margo-test-missing:1")
@@ -373,6 +408,7 @@ def test_missing_image_fails_that_deployment_alone(device):
     assert device.last("no-image")["status"]["state"] == "Removed"
 
 
+@proves("port-taken")
 def test_port_taken_fails_that_deployment_alone_until_the_next_start(device):
     """The running agent: Failed with PORT_IN_USE, web-1 untouched, the agent goes on. The
     error is not transient, so it is tried again at the next change or the next start."""
@@ -389,8 +425,7 @@ def test_port_taken_fails_that_deployment_alone_until_the_next_start(device):
         assert f"127.0.0.1:{port}" in status["error"]["message"]
         assert agent.poll() is None
         assert _snapshot(device)[0] == before[0] and _greeting(device) == greeting
-        assert not [c for c in device.containers() if c["State"] == "running"
-                    and c["Labels"].get("io.margo.deployment") == "busy-port"]  # fmt: skip
+        assert _left_of(device, "busy-port") == {"containers": [], "networks": [], "volumes": []}
     finally:
         holder.close()
     assert device.stop() == 0
@@ -403,6 +438,7 @@ def test_port_taken_fails_that_deployment_alone_until_the_next_start(device):
     assert _snapshot(device)[0] == before[0] and _greeting(device) == greeting
 
 
+@proves("engine-restart")
 def test_engine_daemon_stopped_and_started_again(
     tmp_path, tmp_path_factory, git_server, busybox_tar
 ):
@@ -465,6 +501,7 @@ def test_engine_daemon_stopped_and_started_again(
 # --- hostile desired state and package servers ----------------------------------------------
 
 
+@proves("surprise-alone")
 def test_surprise_in_one_deployment_fails_it_alone_and_run_goes_on(device):
     """An exception no code was written for (the test hook raises it at apply) fails that
     deployment alone with INTERNAL_ERROR; web-1 is untouched and `run` stays up."""
@@ -482,6 +519,7 @@ def test_surprise_in_one_deployment_fails_it_alone_and_run_goes_on(device):
     assert "Traceback" not in device.log_text()
 
 
+@proves("git-object-type")
 def test_git_object_of_the_wrong_type_keeps_the_last_desired_state(device):
     """The branch names a tag object (crafted on the server: `git update-ref` refuses it)."""
     tip = device.upstream.tip()
@@ -501,6 +539,7 @@ def test_git_object_of_the_wrong_type_keeps_the_last_desired_state(device):
     assert _snapshot(device) == before
 
 
+@proves("package-deadline")
 def test_trickling_package_server_is_cut_at_the_deadline(device):
     """A package server sends one byte every half second (each read in time, the transfer
     endless): cut at `packages.deadline` with PACKAGE_DOWNLOAD_FAILED; the deployment
@@ -535,25 +574,3 @@ def test_trickling_package_server_is_cut_at_the_deadline(device):
     assert device.stop() == 0
     assert _snapshot(device)[0] == before[0]
     wait_for(lambda: _greeting(device) == greeting, timeout=30, what="web-1 still answering")
-
-
-# --- the README's table -----------------------------------------------------------------------
-
-
-def test_every_row_of_the_readme_table_names_tests_that_exist():
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("## Proof: what margo-lite does when things fail")
-    section = readme[start : readme.index("\n## ", start + 1)]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
-    here = {m for m in re.findall(r"^def (test_\w+)\(", Path(__file__).read_text(), re.M)}
-    named_here = set()
-    for row in rows[1:]:  # the first is the header
-        names = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)(?:\[[^\]]*\])?`", row)
-        assert any(not module for module, _ in names), f"no agent-level test in: {row}"
-        for module, name in names:
-            if module:
-                assert f"def {name}(" in (ROOT / "tests" / module).read_text(), (module, name)
-            else:
-                assert name in here, name
-                named_here.add(name)
-    assert here - named_here == {"test_every_row_of_the_readme_table_names_tests_that_exist"}

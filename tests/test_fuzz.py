@@ -9,8 +9,9 @@ link targets built from `..`, `/`, `.` and a path outside) and byte-level mutati
 good tarball. Extraction either refuses with a package code or leaves a tree whose every
 entry is a plain file, folder or link resolving inside; nothing is ever written outside.
 
-Bounded for CI: every test stops at a few hundred examples with no deadline. For a long
-hunt, MARGO_LITE_FUZZ_SCALE=N runs N times as many.
+Bounded for CI: every test stops at a few hundred examples with no deadline, derandomized
+(tests/support/hypo.py). For a long random hunt, HYPOTHESIS_PROFILE=hunt (and
+MARGO_LITE_FUZZ_SCALE=N for N times more).
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from hypothesis import strategies as st
 from margo_lite import archive, desired, planner
 from margo_lite.errors import DESIRED_STATE_CODES, DesiredStateError, PackageError
 from tests.corpus import corpus
+from tests.support.hypo import examples
 from tests.test_planner import run
 
-SCALE = int(os.environ.get("MARGO_LITE_FUZZ_SCALE", "1"))
 SETTINGS = settings(
-    max_examples=200 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 SLOWER = settings(
-    max_examples=100 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 GOOD = corpus.good_files()

@@ -9,10 +9,13 @@ from hypothesis import strategies as st
 
 from margo_lite import desired, planner
 from margo_lite.planner import Action, DeploymentRecord, State
+from tests.support.hypo import examples
 from tests.test_desired_docs import doc, env_param, files_of
 from tests.test_planner import run
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 IDS = ["a", "b", "c", "d", "e", "f"]
 NAMES = ["web", "db", "cache", "queue"]
 
