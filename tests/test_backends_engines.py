@@ -277,28 +277,43 @@ def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Pat
 def test_orphaned_conmon_holding_our_port_is_ended(engine_environ, tmp_path: Path) -> None:
     """The podman 4.3 hazard from sandbox-notes: a conmon outliving its container holds the
     published port. One is faked here (a process named conmon holding the port), because
-    causing the real one needs a SIGKILL at an exact instant of `podman run`."""
+    causing the real one needs a SIGKILL at an exact instant of `podman run`. Orphans of
+    another device's project, or of another podman store, are left alone."""
     backend = make_backend("podman", "builtin", engine_environ("podman"), tmp_path / "state")
     dep = "conmon-orphan"
     name = builtin.container_name(proj.project_name(dep, "app", device=DEVICE), "web")
+    store = backend.engine._run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
     port = free_port()
     script = tmp_path / "fake_conmon.py"
     script.write_text(FAKE_CONMON)
-    fake = subprocess.Popen(
-        ["conmon", str(script), "-c", "0" * 64, "-n", name, str(port)],
-        executable=sys.executable,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+
+    def fake_conmon(name: str, store: str, port: int) -> subprocess.Popen:
+        cid = "0" * 64
+        bundle = f"{store}/overlay-containers/{cid}/userdata"
+        conmon = subprocess.Popen(
+            ["conmon", str(script), "-c", cid, "-n", name, "-b", bundle, str(port)],
+            executable=sys.executable,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert conmon.stdout.readline() == "bound\n"
+        return conmon
+
+    fakes = []
     try:
-        assert fake.stdout.readline() == "bound\n"
+        fakes.append(ours := fake_conmon(name, store, port))
+        other_device = builtin.container_name(proj.project_name(dep, "app", device="gw-x"), "web")
+        fakes.append(theirs := fake_conmon(other_device, store, free_port()))
+        fakes.append(elsewhere := fake_conmon(name, str(tmp_path / "other-store"), free_port()))
         backend.apply(unit(write_app(tmp_path / "app", port, text=SIMPLE), dep, "o1"))
-        assert fake.wait(timeout=30) == -signal.SIGKILL
+        assert ours.wait(timeout=30) == -signal.SIGKILL
         assert wait_for(lambda: http_get(port) == "busybox\n", what="the web service")
+        assert theirs.poll() is None and elsewhere.poll() is None
     finally:
-        if fake.poll() is None:
-            fake.kill()
-            fake.wait()
+        for fake in fakes:
+            if fake.poll() is None:
+                fake.kill()
+                fake.wait()
         backend.remove(dep, "app")
 
 
