@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite.backends import Backend, legacy
+from margo_lite.backends import Backend, legacy, select
 from margo_lite.backends import project as proj
+from margo_lite.config import RuntimeConfig
 from margo_lite.errors import EngineError
 from tests.support.engines import free_port, http_get
-from tests.support.legacy import install_as_older_version
+from tests.support.legacy import install_as_older_version, install_doc_as_older_version
+from tests.support.rig import app_files
 from tests.support.wait import wait_for
 from tests.test_backends_engines import DEVICE, make_backend, unit, write_app
 
@@ -112,3 +114,34 @@ def test_upgrade_replaces_this_devices_older_objects_only(
         for dep_id, prefix in ((theirs, their_name), (dep, old_name)):
             for name in _named(eng.volumes({proj.DEPLOYMENT: dep_id}), prefix):
                 eng.remove_volume(name)
+
+
+def test_agent_upgrade_takes_over_without_alarming_the_wos(rig) -> None:
+    """An Installed deployment whose containers an older margo-lite made: the upgraded
+    agent replaces them as it restores drift (the WOS hears nothing new), and serves on."""
+    port = free_port()
+    rig.upstream.commit(app_files(port, "kept"))
+    assert rig.once().returncode == 0
+    backend = select(
+        RuntimeConfig(engine="podman", compose="builtin"),
+        rig.tmp / "state",
+        rig.environ,
+        device=rig.device,
+    )
+    record = backend.store.read_json(
+        f"backends/{proj.project_name('web-1', 'web', device=rig.device)}.json"
+    )
+    backend.remove("web-1", "web")  # and now as the older version would have left it:
+    install_doc_as_older_version(backend, "web-1", "web", record["digest"], record["doc"])
+    old_ids = {c.id for c in legacy.containers(backend.engine, "web-1", "web")}
+    assert old_ids and rig.containers() == []  # nothing labelled for this device yet
+    assert wait_for(lambda: (http_get(port) or "").strip() == "kept", what="the older one")
+
+    rig.start()
+    wait_for(lambda: len(rig.running("web-1")) == 1, timeout=120, what="the new container")
+    assert wait_for(lambda: (http_get(port) or "").strip() == "kept", what="the app")
+    assert all(backend.engine.container(cid) is None for cid in old_ids)
+    wait_for(lambda: "web-1/web restored" in rig.log_text(), timeout=60, what="the log line")
+    assert "replacing what an older margo-lite installed" in rig.log_text()
+    assert rig.states("web-1") == ["Pending", "Installing", "Installed"]
+    assert rig.stop() == 0

@@ -19,22 +19,36 @@ def install_as_older_version(backend: Backend, unit: ComponentUnit, *, record: b
     `record=False` leaves no record in this state dir: what another device's older agent
     installed on the same engine looks like from here.
     """
-    name = project.legacy_project_name(unit.deployment_id, unit.component)
-    doc = _without_device(
-        project.with_ownership(
-            load_project(unit.package_dir, unit.env, unit.overlays),
-            unit.deployment_id,
-            unit.component,
-            device="older",
-        )
+    doc = project.with_ownership(
+        load_project(unit.package_dir, unit.env, unit.overlays),
+        unit.deployment_id,
+        unit.component,
+        device="older",
     )
+    return install_doc_as_older_version(
+        backend, unit.deployment_id, unit.component, unit.digest, doc, record=record
+    )
+
+
+def install_doc_as_older_version(
+    backend: Backend,
+    deployment_id: str,
+    component: str,
+    digest: str,
+    doc: dict[str, Any],
+    *,
+    record: bool = True,
+) -> str:
+    """The same from a labelled document (a newer record's): its device labels dropped."""
+    name = project.legacy_project_name(deployment_id, component)
+    doc = _without_device(doc)
     if record:
         backend.store.write_json(
             f"backends/{name}.json",
             {
-                "deployment_id": unit.deployment_id,
-                "component": unit.component,
-                "digest": unit.digest,
+                "deployment_id": deployment_id,
+                "component": component,
+                "digest": digest,
                 "state": "applied",
                 "doc": doc,
                 "previous": None,
