@@ -60,8 +60,10 @@ def test_upgrade_replaces_this_devices_older_objects_only(
         record=False,
     )  # fmt: skip
     try:
-        assert wait_for(lambda: http_get(port) == "hi\n", what="the older installation")
-        assert wait_for(lambda: http_get(their_port) == "hi\n", what="the other device's")
+        assert wait_for(
+            lambda: http_get(port) == "hi\n", timeout=120, what="the older installation"
+        )
+        assert wait_for(lambda: http_get(their_port) == "hi\n", timeout=120, what="the other one")
         old_ids = {c.id for c in legacy.containers(eng, dep, "app")}
         their_ids = {c.id for c in legacy.containers(eng, theirs, "app")}
         assert old_ids and their_ids
@@ -74,7 +76,7 @@ def test_upgrade_replaces_this_devices_older_objects_only(
 
         # the next apply replaces it: same port (so the old container is gone), new names
         backend.apply(mine)
-        assert wait_for(lambda: http_get(port) == "hi\n", what="the new installation")
+        assert wait_for(lambda: http_get(port) == "hi\n", timeout=120, what="the new one")
         assert all(eng.container(cid) is None for cid in old_ids)
         (web,) = eng.containers(proj.ownership_labels(dep, "app", device=DEVICE))
         assert web.labels[proj.DEVICE] == DEVICE
@@ -82,9 +84,19 @@ def test_upgrade_replaces_this_devices_older_objects_only(
         assert not _named(eng.networks({proj.DEPLOYMENT: dep}), old_name)
         # the older volume is kept (its data is not carried over), and logged
         assert _named(eng.volumes({proj.DEPLOYMENT: dep}), old_name) == {f"{old_name}_data"}
-        assert backend.store.read_json(legacy.record_name("backends", dep, "app")) is None
+        assert legacy.record(backend.store, "backends", dep, "app")["retired"] is True
         assert backend.observe(dep, "app").ok
         assert http_get(port, "/starts.txt") == "start\n"  # a fresh volume
+
+        # an update after that touches nothing old; a removal with purge_volumes takes the
+        # older volume and the record with it
+        backend.apply(unit(write_app(tmp_path / "mine2", port, text=APP), dep, "m2"))
+        assert [c.id for c in eng.containers({proj.DEPLOYMENT: dep})] == [web.id]
+        assert _named(eng.volumes({proj.DEPLOYMENT: dep}), old_name) == {f"{old_name}_data"}
+        purge.remove(dep, "app")
+        assert not _named(eng.volumes({proj.DEPLOYMENT: dep}), old_name)
+        assert legacy.record(backend.store, "backends", dep, "app") is None
+        assert (dep, "app") not in backend.managed()
 
         # what another device's older agent installed here is untouched
         assert {c.id for c in legacy.containers(eng, theirs, "app")} == their_ids

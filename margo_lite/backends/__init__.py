@@ -157,7 +157,7 @@ class Backend:
             log.debug("%s/%s: unchanged and running", unit.deployment_id, unit.component)
             return
         self.driver.check(doc)
-        self._retire_legacy(unit.deployment_id, unit.component, volumes=False)
+        self._retire_legacy(unit.deployment_id, unit.component, removal=False)
         for image in sorted({str(s["image"]) for s in doc["services"].values() if "image" in s}):
             self.engine.ensure_image(image)
         if record and record.get("state") == "applied":
@@ -194,7 +194,7 @@ class Backend:
     def remove(self, deployment_id: str, component: str) -> None:
         """Remove the component's containers and networks (and volumes with purge_volumes)."""
         name = project_name(deployment_id, component, device=self.device)
-        self._retire_legacy(deployment_id, component, volumes=self.purge_volumes)
+        self._retire_legacy(deployment_id, component, removal=True)
         self._remove_objects(deployment_id, component, volumes=self.purge_volumes)
         self.store.delete(self._record_name(name))
         compose_file = self._workdir(name) / "compose.yaml"
@@ -207,7 +207,7 @@ class Backend:
         A component an older margo-lite installed counts as missing (to be replaced)."""
         record = self._record(project_name(deployment_id, component, device=self.device))
         old = None if record else legacy.record(self.store, RECORDS, deployment_id, component)
-        if old and isinstance(old.get("doc"), dict):
+        if old and not old.get("retired") and isinstance(old.get("doc"), dict):
             detail = "installed by an older margo-lite without a device label: to be replaced"
             return ComponentHealth(
                 {
@@ -443,7 +443,7 @@ class Backend:
             for volume in self.engine.volumes(owned):
                 self.engine.remove_volume(volume["Name"])
 
-    def _retire_legacy(self, deployment_id: str, component: str, *, volumes: bool) -> None:
+    def _retire_legacy(self, deployment_id: str, component: str, *, removal: bool) -> None:
         legacy.retire(
             self.engine,
             self.store,
@@ -451,7 +451,8 @@ class Backend:
             deployment_id,
             component,
             remove_containers=self._remove_containers,
-            volumes=volumes,
+            removal=removal,
+            volumes=removal and self.purge_volumes,
             workdir=self._workdir(project.legacy_project_name(deployment_id, component)),
         )
 

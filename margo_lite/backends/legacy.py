@@ -6,12 +6,12 @@ labels but no `io.margo.device`, and their names start with `project.legacy_proj
 agents share an engine, so one proof is accepted: the backend record the older version
 wrote under `<state_dir>/backends/<legacy name>.json` before creating anything, and
 deleted only after removing everything. A component with such a record in this state dir
-is this device's; on its next apply or removal its containers and networks are removed,
-then the record, and the new version creates what it needs under the per-device name.
-Its named volumes are kept (as a removal keeps them), logged with their names, unless
-`purge_volumes` removes them with the component. Objects without such a record are never
-touched: another device's agent may own them (docs/decisions.md, "Upgrade to per-device
-ownership").
+is this device's; on its next apply or removal its containers and networks are removed
+and the new version creates what it needs under the per-device name. Its named volumes
+are kept (as a removal keeps them), logged with their names, and the record stays, marked
+retired, until the component is removed: `purge_volumes` then removes them too. Objects
+without such a record are never touched: another device's agent may own them
+(docs/decisions.md, "Upgrade to per-device ownership").
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def record_name(folder: str, deployment_id: str, component: str) -> str:
 
 
 def record(store: StateStore, folder: str, deployment_id: str, component: str) -> Any:
-    """The older version's record of this component in this state dir, or None."""
+    """The older version's record of this component in this state dir, or None; marked
+    `retired` once its containers and networks were replaced."""
     found = store.read_json(record_name(folder, deployment_id, component))
     return found if isinstance(found, dict) and "device" not in found else None
 
@@ -78,41 +79,54 @@ def retire(
     component: str,
     *,
     remove_containers: Callable[[list[Container]], None],
+    removal: bool,
     volumes: bool,
     workdir: Path,
-) -> bool:
+) -> None:
     """Remove what the older version made of this component, if this state dir proves it
-    is this device's; returns whether there was anything to retire. Safe to repeat."""
-    if record(store, folder, deployment_id, component) is None:
-        return False
+    is this device's. Safe to repeat.
+
+    Before an apply (`removal` false) the containers and networks go and the record is
+    kept, marked retired, while the old volumes stay: they go with the component's removal
+    when `volumes` (purge_volumes) says so, and the record then goes too.
+    """
+    found = record(store, folder, deployment_id, component)
+    if found is None:
+        return
     prefix = project.legacy_project_name(deployment_id, component)
     old = _old_labels(deployment_id, component)
-    log.warning(
-        "%s/%s: replacing what an older margo-lite installed as project %s",
-        deployment_id,
-        component,
-        prefix,
-    )
-    remove_containers(containers(engine, deployment_id, component))
-    for network in engine.networks(old):
-        if _theirs(network["Labels"], str(network["Name"]), prefix):
-            engine.remove_network(network["Name"])
+    if not found.get("retired"):
+        log.warning(
+            "%s/%s: replacing what an older margo-lite installed as project %s",
+            deployment_id,
+            component,
+            prefix,
+        )
+        remove_containers(containers(engine, deployment_id, component))
+        for network in engine.networks(old):
+            if _theirs(network["Labels"], str(network["Name"]), prefix):
+                engine.remove_network(network["Name"])
+        (workdir / "compose.yaml").unlink(missing_ok=True)
     for volume in engine.volumes(old):
         if not _theirs(volume["Labels"], str(volume["Name"]), prefix):
             continue
         if volumes:
             engine.remove_volume(volume["Name"])
-        else:
+        elif not found.get("retired"):
             log.warning(
-                "%s/%s: volume %s of the older installation is kept; its data is not "
-                "carried over (remove it by hand when no longer needed)",
+                "%s/%s: volume %s of the older installation is kept, its data not carried "
+                "over; it goes when the component is removed with runtime.purge_volumes",
                 deployment_id,
                 component,
                 volume["Name"],
             )
-    (workdir / "compose.yaml").unlink(missing_ok=True)
-    store.delete(record_name(folder, deployment_id, component))
-    return True
+    name = record_name(folder, deployment_id, component)
+    if removal:
+        store.delete(name)
+    elif not found.get("retired"):
+        store.write_json(
+            name, {"deployment_id": deployment_id, "component": component, "retired": True}
+        )
 
 
 def _old_labels(deployment_id: str, component: str) -> dict[str, str]:
