@@ -174,6 +174,29 @@ def test_ownership_labels_everywhere_except_external() -> None:
     }
 
 
+def test_a_document_cannot_claim_another_devices_ownership() -> None:
+    claimed = {
+        project.DEVICE: "gw-victim",
+        project.DEPLOYMENT: "theirs",
+        project.COMPONENT: "theirs",
+        project.MANAGED_BY: "someone",
+    }
+    doc = {
+        "services": {"web": {"image": "i", "labels": dict(claimed)}},
+        "networks": {"default": {"labels": dict(claimed)}},
+        "volumes": {"data": {"labels": [f"{k}={v}" for k, v in claimed.items()]}},
+    }
+    owned = project.with_ownership(doc, "dep", "comp", device="gw-mine")
+    mine = project.ownership_labels("dep", "comp", device="gw-mine")
+    assert mine[project.DEVICE] == "gw-mine"
+    for labels in (
+        owned["services"]["web"]["labels"],
+        owned["networks"]["default"]["labels"],
+        owned["volumes"]["data"]["labels"],
+    ):
+        assert {k: labels[k] for k in mine} == mine
+
+
 def test_dump_escapes_dollars_for_external_tools() -> None:
     doc = {"services": {"web": {"image": "i", "command": "echo $HOME"}}}
     assert yaml.safe_load(project.dump(doc))["services"]["web"]["command"] == "echo $$HOME"

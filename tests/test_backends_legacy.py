@@ -24,6 +24,7 @@ def test_only_the_older_versions_own_records_count(tmp_path: Path) -> None:
         legacy.record_name("backends", "web-4", "web"), {**older, "deployment_id": "web-5"}
     )
     store.write_json("backends/junk.json", ["not", "a", "record"])
+    (tmp_path / "backends" / "torn.json").write_bytes(b"\x00garbage")  # unreadable: skipped
 
     assert legacy.components(store, "backends") == {("web-1", "web")}
     assert legacy.record(store, "backends", "web-1", "web") == older

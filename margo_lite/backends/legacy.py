@@ -23,6 +23,7 @@ from typing import Any
 from margo_lite import logs
 from margo_lite.backends import project
 from margo_lite.backends.engine import Container, Engine
+from margo_lite.errors import StateError
 from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
@@ -43,7 +44,11 @@ def components(store: StateStore, folder: str) -> set[tuple[str, str]]:
     """(deployment id, component) of every record the older version left in this state dir."""
     found = set()
     for name in store.names(folder):
-        data = store.read_json(name)
+        try:
+            data = store.read_json(name)
+        except StateError as exc:  # that component's own steps report it; the sweep goes on
+            log.warning("skipping unreadable record %s: %s", name, exc)
+            continue
         if not isinstance(data, dict) or "device" in data:
             continue
         deployment_id, component = data.get("deployment_id"), data.get("component")
