@@ -244,8 +244,7 @@ class Engine:
 
     def reap_orphans(self, project: str) -> int:
         """End engine helper processes left behind for containers of compose project
-        `project` (names `<project>-...` or `<project>_...`) that the engine no longer
-        knows; returns how many."""
+        `project` that the engine no longer knows; returns how many."""
         return 0
 
     # --- networks and volumes --------------------------------------------------------------
@@ -350,19 +349,13 @@ class Podman(Engine):
         # know are ended: another store's or another device's are never touched.
         known = set(self._run(["ps", "-a", "-q", "--no-trunc"]).stdout.split())
         store = self._run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
-        if not store.startswith("/"):
-            return 0
         reaped = 0
         for pid, argv in _processes():
             if os.path.basename(argv[0]) != "conmon":
                 continue
             cid, name, bundle = _option(argv, "-c"), _option(argv, "-n"), _option(argv, "-b")
-            if (
-                not cid
-                or cid in known
-                or not name.startswith((f"{project}-", f"{project}_"))
-                or not os.path.normpath(bundle).startswith(store.rstrip("/") + "/")
-            ):
+            ours = name.startswith((f"{project}-", f"{project}_")) and store.startswith("/")
+            if not cid or cid in known or not ours or not _under(bundle, store):
                 continue
             log.warning("ending orphaned conmon %d of unknown container %s (%s)", pid, name, cid)
             with contextlib.suppress(ProcessLookupError):
@@ -385,6 +378,10 @@ def _processes() -> list[tuple[int, list[str]]]:
         if argv:
             found.append((int(entry.name), argv))
     return found
+
+
+def _under(path: str, folder: str) -> bool:
+    return os.path.normpath(path or ".").startswith(folder.rstrip("/") + "/")
 
 
 def _option(argv: Sequence[str], flag: str) -> str:
