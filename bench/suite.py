@@ -513,7 +513,10 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
             )
             built = Parts.build(cfg)
             parts = dataclasses.replace(
-                built, backend_factory=lambda: backends.select(cfg.runtime, cfg.state_dir, env)
+                built,
+                backend_factory=lambda: backends.select(
+                    cfg.runtime, cfg.state_dir, env, device=cfg.device.id
+                ),
             )
             agent = Agent(cfg, parts=parts)
             agent.start()

@@ -87,7 +87,9 @@ class Parts:
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
             client=wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies),
-            backend_factory=lambda: backends.select(cfg.runtime, state_dir, os.environ),
+            backend_factory=lambda: backends.select(
+                cfg.runtime, state_dir, os.environ, device=cfg.device.id
+            ),
         )
 
 

@@ -29,6 +29,7 @@ from margo_lite.errors import MargoLiteError
 
 IMAGE = "localhost/margo-lite-demo-web:1"
 DEPLOYMENT_ID = "demo-web-0001"
+DEVICE_ID = "demo-gateway"
 BUSYBOX_APPLETS = ("sh", "echo", "mkdir", "cat", "sleep", "httpd", "wget", "true")
 STEP_TIMEOUT = 180.0
 
@@ -239,8 +240,9 @@ def running_agent(
 
 
 def _remove_leftovers(engine: str, environ: dict[str, str]) -> None:
-    """After a failed demo: its containers (the agent may not have removed them), its image."""
-    label = f"io.margo.deployment={DEPLOYMENT_ID}"
+    """After a failed demo: its containers (the agent may not have removed them), its image.
+    By the demo device's label: another device's containers on this engine are not its own."""
+    label = f"io.margo.device={DEVICE_ID}"
     try:
         ids = subprocess.run(
             [engine, "ps", "-aq", "--filter", f"label={label}"],
@@ -287,7 +289,7 @@ def run(keep: bool = False) -> int:
                 yaml.safe_dump(
                     {
                         "device": {
-                            "id": "demo-gateway",
+                            "id": DEVICE_ID,
                             "state_dir": str(workdir / "state"),
                             "runtime_dir": str(workdir / "run"),
                         },

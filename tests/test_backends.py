@@ -146,12 +146,16 @@ def test_dependency_order() -> None:
     ],
 )
 def test_project_names_are_safe_and_distinct(deployment: str, component: str) -> None:
-    name = project_name(deployment, component)
+    name = project_name(deployment, component, device="gw-1")
     assert len(name) <= 45
     assert name == name.lower() and name[0].isalnum()
     assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
-    assert name != project_name(deployment + "x", component)
-    assert name != project_name(deployment, component + "x")
+    assert name != project_name(deployment + "x", component, device="gw-1")
+    assert name != project_name(deployment, component + "x", device="gw-1")
+    # two devices served from one host never share a project (nor its containers' names)
+    assert name != project_name(deployment, component, device="gw-2")
+    assert name == project_name(deployment, component, device="gw-1")  # stable
+    assert name != project.legacy_project_name(deployment, component)
 
 
 def test_ownership_labels_everywhere_except_external() -> None:
@@ -159,8 +163,8 @@ def test_ownership_labels_everywhere_except_external() -> None:
         "services": {"web": {"image": "i", "labels": {"mine": "1"}}},
         "volumes": {"data": None, "shared": {"external": True}},
     }
-    owned = project.with_ownership(doc, "dep", "comp")
-    labels = project.ownership_labels("dep", "comp")
+    owned = project.with_ownership(doc, "dep", "comp", device="gw")
+    labels = project.ownership_labels("dep", "comp", device="gw")
     assert owned["services"]["web"]["labels"] == {"mine": "1", **labels, project.SERVICE: "web"}
     assert owned["networks"]["default"]["labels"] == labels
     assert owned["volumes"]["data"]["labels"] == labels
@@ -168,6 +172,29 @@ def test_ownership_labels_everywhere_except_external() -> None:
     assert "labels" not in doc["services"]["web"] or doc["services"]["web"]["labels"] == {
         "mine": "1"
     }
+
+
+def test_a_document_cannot_claim_another_devices_ownership() -> None:
+    claimed = {
+        project.DEVICE: "gw-victim",
+        project.DEPLOYMENT: "theirs",
+        project.COMPONENT: "theirs",
+        project.MANAGED_BY: "someone",
+    }
+    doc = {
+        "services": {"web": {"image": "i", "labels": dict(claimed)}},
+        "networks": {"default": {"labels": dict(claimed)}},
+        "volumes": {"data": {"labels": [f"{k}={v}" for k, v in claimed.items()]}},
+    }
+    owned = project.with_ownership(doc, "dep", "comp", device="gw-mine")
+    mine = project.ownership_labels("dep", "comp", device="gw-mine")
+    assert mine[project.DEVICE] == "gw-mine"
+    for labels in (
+        owned["services"]["web"]["labels"],
+        owned["networks"]["default"]["labels"],
+        owned["volumes"]["data"]["labels"],
+    ):
+        assert {k: labels[k] for k in mine} == mine
 
 
 def test_dump_escapes_dollars_for_external_tools() -> None:
@@ -192,7 +219,7 @@ def test_dump_escapes_dollars_for_external_tools() -> None:
     ],
 )
 def test_builtin_refuses_unsupported_keys_by_name(service: dict, key: str) -> None:
-    doc = project.with_ownership({"services": {"web": service}}, "d", "c")
+    doc = project.with_ownership({"services": {"web": service}}, "d", "c", device="gw")
     with pytest.raises(ComposeError) as refused:
         builtin.check_supported(doc)
     assert refused.value.code == "COMPOSE_UNSUPPORTED_KEY"
@@ -200,11 +227,13 @@ def test_builtin_refuses_unsupported_keys_by_name(service: dict, key: str) -> No
 
 
 def test_builtin_refuses_unsupported_top_level_keys() -> None:
-    doc = project.with_ownership({"services": {"web": {"image": "i"}}, "secrets": {}}, "d", "c")
+    doc = project.with_ownership(
+        {"services": {"web": {"image": "i"}}, "secrets": {}}, "d", "c", device="gw"
+    )
     with pytest.raises(ComposeError, match="secrets: not supported"):
         builtin.check_supported(doc)
     doc = project.with_ownership(
-        {"services": {"web": {"image": "i"}}, "networks": {"back": {}}}, "d", "c"
+        {"services": {"web": {"image": "i"}}, "networks": {"back": {}}}, "d", "c", device="gw"
     )
     with pytest.raises(ComposeError, match=r"networks\.back: not supported"):
         builtin.check_supported(doc)
@@ -241,6 +270,7 @@ def test_builtin_run_arguments() -> None:
         },
         "d",
         "c",
+        device="gw",
     )
     builtin.check_supported(doc)
     argv = builtin.BuiltinDriver.run_argv(None, "proj", doc, "web")  # type: ignore[arg-type]
@@ -274,7 +304,7 @@ def test_builtin_run_arguments() -> None:
 
 def test_undeclared_named_volume_is_an_error() -> None:
     doc = project.with_ownership(
-        {"services": {"web": {"image": "i", "volumes": ["x:/x"]}}}, "d", "c"
+        {"services": {"web": {"image": "i", "volumes": ["x:/x"]}}}, "d", "c", device="gw"
     )
     with pytest.raises(ComposeError, match="volume 'x' is not declared"):
         builtin.BuiltinDriver.run_argv(None, "p", doc, "web")  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
+DEVICE = "gw-engines"
 COMBOS = [
     ("podman", "builtin"),
     ("podman", "podman-compose"),
@@ -75,7 +76,7 @@ def write_app(folder: Path, port: int | str, image: str = IMAGE, text: str = APP
 def make_backend(engine: str, driver: str, environ: dict, state_dir: Path) -> Backend:
     cfg = RuntimeConfig(engine=engine, compose=driver, health_timeout=20.0)
     try:
-        return select(cfg, state_dir, environ)
+        return select(cfg, state_dir, environ, device=DEVICE)
     except EngineError as exc:
         if driver != "builtin" and exc.code == "ENGINE_UNAVAILABLE":
             pytest.skip(f"{driver} is not available in this environment")
@@ -159,17 +160,19 @@ def test_application_life(
 
     # removal leaves no labelled container or network; the named volume stays
     backend.remove(dep, "app")
-    owned = proj.ownership_labels(dep, "app")
+    owned = proj.ownership_labels(dep, "app", device=DEVICE)
     assert backend.engine.containers(owned) == []
     assert backend.engine.networks(owned) == []
     assert [v["Name"] for v in backend.engine.volumes(owned)]
     assert (dep, "app") not in backend.managed()
     assert backend.observe(dep, "app").services == {}
-    purge = Backend(backend.engine, backend.driver, tmp_path / "state", purge_volumes=True)
+    purge = Backend(
+        backend.engine, backend.driver, tmp_path / "state", device=DEVICE, purge_volumes=True
+    )
     purge.remove(dep, "app")
     purge.remove(other, "app")
     assert backend.engine.volumes(owned) == []
-    assert backend.engine.volumes(proj.ownership_labels(other, "app")) == []
+    assert backend.engine.volumes(proj.ownership_labels(other, "app", device=DEVICE)) == []
 
 
 @pytest.mark.parametrize("engine", ["podman", "docker"])
@@ -228,9 +231,13 @@ def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Pat
     package = write_app(tmp_path / "simple", port, text=SIMPLE)
     dep = "crash-" + engine
     backend.apply(unit(package, dep, "c1"))
-    record = backend._record(proj.project_name(dep, "app"))
+    record = backend._record(proj.project_name(dep, "app", device=DEVICE))
     backend._write_record(
-        proj.project_name(dep, "app"), unit(package, dep, "c1"), "applying", record["doc"], None
+        proj.project_name(dep, "app", device=DEVICE),
+        unit(package, dep, "c1"),
+        "applying",
+        record["doc"],
+        None,
     )
     # what a crash between `create` and `start` leaves: our container, never started
     web = web_container(backend, dep)
@@ -255,7 +262,7 @@ def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Pat
 
     # a container without our labels is never touched: its name taken is a coded failure
     other = "foreign-" + engine
-    name = builtin.container_name(proj.project_name(other, "app"), "web")
+    name = builtin.container_name(proj.project_name(other, "app", device=DEVICE), "web")
     backend.engine._run(["create", "--name", name, IMAGE, "true"])
     try:
         with pytest.raises(EngineError) as failed:
@@ -270,28 +277,43 @@ def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Pat
 def test_orphaned_conmon_holding_our_port_is_ended(engine_environ, tmp_path: Path) -> None:
     """The podman 4.3 hazard from sandbox-notes: a conmon outliving its container holds the
     published port. One is faked here (a process named conmon holding the port), because
-    causing the real one needs a SIGKILL at an exact instant of `podman run`."""
+    causing the real one needs a SIGKILL at an exact instant of `podman run`. Orphans of
+    another device's project, or of another podman store, are left alone."""
     backend = make_backend("podman", "builtin", engine_environ("podman"), tmp_path / "state")
     dep = "conmon-orphan"
-    name = builtin.container_name(proj.project_name(dep, "app"), "web")
+    name = builtin.container_name(proj.project_name(dep, "app", device=DEVICE), "web")
+    store = backend.engine._run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
     port = free_port()
     script = tmp_path / "fake_conmon.py"
     script.write_text(FAKE_CONMON)
-    fake = subprocess.Popen(
-        ["conmon", str(script), "-c", "0" * 64, "-n", name, str(port)],
-        executable=sys.executable,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+
+    def fake_conmon(name: str, store: str, port: int) -> subprocess.Popen:
+        cid = "0" * 64
+        bundle = f"{store}/overlay-containers/{cid}/userdata"
+        conmon = subprocess.Popen(
+            ["conmon", str(script), "-c", cid, "-n", name, "-b", bundle, str(port)],
+            executable=sys.executable,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert conmon.stdout.readline() == "bound\n"
+        return conmon
+
+    fakes = []
     try:
-        assert fake.stdout.readline() == "bound\n"
+        fakes.append(ours := fake_conmon(name, store, port))
+        other_device = builtin.container_name(proj.project_name(dep, "app", device="gw-x"), "web")
+        fakes.append(theirs := fake_conmon(other_device, store, free_port()))
+        fakes.append(elsewhere := fake_conmon(name, str(tmp_path / "other-store"), free_port()))
         backend.apply(unit(write_app(tmp_path / "app", port, text=SIMPLE), dep, "o1"))
-        assert fake.wait(timeout=30) == -signal.SIGKILL
+        assert ours.wait(timeout=30) == -signal.SIGKILL
         assert wait_for(lambda: http_get(port) == "busybox\n", what="the web service")
+        assert theirs.poll() is None and elsewhere.poll() is None
     finally:
-        if fake.poll() is None:
-            fake.kill()
-            fake.wait()
+        for fake in fakes:
+            if fake.poll() is None:
+                fake.kill()
+                fake.wait()
         backend.remove(dep, "app")
 
 
@@ -306,7 +328,7 @@ def test_select_auto_detects_and_logs(
         for tool in ("docker", "docker-compose"):
             (tmp_path / "bin" / tool).symlink_to(shutil.which(tool))
     with caplog.at_level(logging.INFO, logger="margo_lite"):
-        backend = select(RuntimeConfig(), tmp_path / "state", environ)
+        backend = select(RuntimeConfig(), tmp_path / "state", environ, device=DEVICE)
     assert backend.engine.name == engine
     expected = {"podman": ("podman-compose", "builtin"), "docker": ("docker-compose",)}[engine]
     assert backend.driver.name in expected

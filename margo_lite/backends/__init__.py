@@ -2,7 +2,9 @@
 
 A `Backend` is one engine (podman or docker CLI) plus one compose driver (built-in,
 podman-compose, docker-compose v1, docker compose v2). What it creates carries the
-ownership labels; it never touches anything without them.
+ownership labels, this device's id among them (`io.margo.device`); it never touches
+anything without them, so several agents (device ids) can share one engine. What an older
+margo-lite made before labels named the device is retired by `legacy`.
 
 An apply is safe to repeat and to redo after a crash: the per-component record under
 `<state_dir>/backends/` says which digest was applied, and which document to return to
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from margo_lite import logs
-from margo_lite.backends import project
+from margo_lite.backends import legacy, project
 from margo_lite.backends.builtin import BuiltinDriver
 from margo_lite.backends.compose import (
     DockerComposePlugin,
@@ -119,12 +121,14 @@ class Backend:
         driver: Driver,
         state_dir: Path,
         *,
+        device: str,
         health_timeout: float = 60.0,
         purge_volumes: bool = False,
     ) -> None:
         self.engine = engine
         self.driver = driver
         self.state_dir = Path(state_dir)
+        self.device = device
         self.store = StateStore(self.state_dir)
         self.health_timeout = health_timeout
         self.purge_volumes = purge_volumes
@@ -136,11 +140,12 @@ class Backend:
 
     def apply(self, unit: ComponentUnit) -> None:
         """Install or update a component; on a failed update, restore the previous version."""
-        name = project_name(unit.deployment_id, unit.component)
+        name = project_name(unit.deployment_id, unit.component, device=self.device)
         doc = project.with_ownership(
             load_project(unit.package_dir, unit.env, unit.overlays),
             unit.deployment_id,
             unit.component,
+            device=self.device,
         )
         record = self._record(name)
         if (
@@ -152,6 +157,7 @@ class Backend:
             log.debug("%s/%s: unchanged and running", unit.deployment_id, unit.component)
             return
         self.driver.check(doc)
+        self._retire_legacy(unit.deployment_id, unit.component, removal=False)
         for image in sorted({str(s["image"]) for s in doc["services"].values() if "image" in s}):
             self.engine.ensure_image(image)
         if record and record.get("state") == "applied":
@@ -187,7 +193,8 @@ class Backend:
 
     def remove(self, deployment_id: str, component: str) -> None:
         """Remove the component's containers and networks (and volumes with purge_volumes)."""
-        name = project_name(deployment_id, component)
+        name = project_name(deployment_id, component, device=self.device)
+        self._retire_legacy(deployment_id, component, removal=True)
         self._remove_objects(deployment_id, component, volumes=self.purge_volumes)
         self.store.delete(self._record_name(name))
         compose_file = self._workdir(name) / "compose.yaml"
@@ -195,24 +202,36 @@ class Backend:
         log.info("%s/%s: removed", deployment_id, component)
 
     def observe(self, deployment_id: str, component: str) -> ComponentHealth:
-        """Per service: running, exited (code), restarting, created, unhealthy or missing."""
-        record = self._record(project_name(deployment_id, component))
+        """Per service: running, exited (code), restarting, created, unhealthy or missing.
+
+        A component an older margo-lite installed counts as missing (to be replaced)."""
+        record = self._record(project_name(deployment_id, component, device=self.device))
+        old = None if record else legacy.record(self.store, RECORDS, deployment_id, component)
+        if old and not old.get("retired") and isinstance(old.get("doc"), dict):
+            detail = "installed by an older margo-lite without a device label: to be replaced"
+            return ComponentHealth(
+                {
+                    service: ServiceHealth("missing", detail=detail)
+                    for service in old["doc"]["services"]
+                }
+            )
         return self._health(deployment_id, component, record["doc"] if record else None)
 
     def managed(self) -> set[tuple[str, str]]:
-        """(deployment id, component) of every container or network carrying our labels.
+        """(deployment id, component) of every container or network carrying this device's
+        labels, and of what an older margo-lite installed for this state dir (`legacy`).
 
         Volumes are left out: a removed component's volumes are kept on purpose (unless
         purge_volumes), and must not make it look installed.
         """
-        mine = {project.MANAGED_BY: project.MANAGED_BY_VALUE}
+        mine = project.device_labels(self.device)
         labels = [c.labels for c in self.engine.containers(mine)]
         labels += [n["Labels"] for n in self.engine.networks(mine)]
         return {
             (lab[project.DEPLOYMENT], lab[project.COMPONENT])
             for lab in labels
             if project.DEPLOYMENT in lab and project.COMPONENT in lab
-        }
+        } | legacy.components(self.store, RECORDS)
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -371,7 +390,8 @@ class Backend:
 
     def _containers(self, deployment_id: str, component: str) -> dict[str, list[Container]]:
         by_service: dict[str, list[Container]] = {}
-        for c in self.engine.containers(project.ownership_labels(deployment_id, component)):
+        owned = project.ownership_labels(deployment_id, component, device=self.device)
+        for c in self.engine.containers(owned):
             by_service.setdefault(c.labels.get(project.SERVICE, ""), []).append(c)
         return by_service
 
@@ -415,13 +435,26 @@ class Backend:
             pending = [c for c, _ in deferred]
 
     def _remove_objects(self, deployment_id: str, component: str, *, volumes: bool) -> None:
-        owned = project.ownership_labels(deployment_id, component)
+        owned = project.ownership_labels(deployment_id, component, device=self.device)
         self._remove_containers(self.engine.containers(owned))
         for network in self.engine.networks(owned):
             self.engine.remove_network(network["Name"])
         if volumes:
             for volume in self.engine.volumes(owned):
                 self.engine.remove_volume(volume["Name"])
+
+    def _retire_legacy(self, deployment_id: str, component: str, *, removal: bool) -> None:
+        legacy.retire(
+            self.engine,
+            self.store,
+            RECORDS,
+            deployment_id,
+            component,
+            remove_containers=self._remove_containers,
+            removal=removal,
+            volumes=removal and self.purge_volumes,
+            workdir=self._workdir(project.legacy_project_name(deployment_id, component)),
+        )
 
     # --- records ---------------------------------------------------------------------------
 
@@ -450,6 +483,7 @@ class Backend:
             {
                 "deployment_id": unit.deployment_id,
                 "component": unit.component,
+                "device": self.device,
                 "digest": unit.digest if digest is None else digest,
                 "state": state,
                 "doc": doc,
@@ -459,7 +493,7 @@ class Backend:
         )
 
 
-def select(cfg: Any, state_dir: Path, environ: Mapping[str, str]) -> Backend:
+def select(cfg: Any, state_dir: Path, environ: Mapping[str, str], *, device: str) -> Backend:
     """The backend `runtime` configures: `auto` picks the engine that answers and the first
     compose driver present for it, and logs the choice."""
     engine_name = cfg.engine
@@ -502,6 +536,7 @@ def select(cfg: Any, state_dir: Path, environ: Mapping[str, str]) -> Backend:
         engine,
         driver,
         state_dir,
+        device=device,
         health_timeout=cfg.health_timeout,
         purge_volumes=cfg.purge_volumes,
     )

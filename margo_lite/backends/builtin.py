@@ -136,9 +136,9 @@ class BuiltinDriver(Driver):
         owned = {
             k: v
             for k, v in (doc["networks"]["default"].get("labels") or {}).items()
-            if k in (project.MANAGED_BY, project.DEPLOYMENT, project.COMPONENT)
+            if k in project.OWNERSHIP_KEYS
         }
-        if not owned:
+        if set(owned) != set(project.OWNERSHIP_KEYS):
             raise ComposeError("the document carries no ownership labels")
         network = network_name(name, doc)
         if not any(n["Name"] == network for n in self.engine.networks(owned)):

@@ -242,9 +242,9 @@ class Engine:
     def run_health_check(self, ref: str) -> None:
         """Make the engine run a container's health check now (podman without systemd)."""
 
-    def reap_orphans(self, name_prefix: str) -> int:
-        """End engine helper processes left behind for containers whose names start with
-        `name_prefix` but that the engine no longer knows; returns how many."""
+    def reap_orphans(self, project: str) -> int:
+        """End engine helper processes left behind for containers of compose project
+        `project` that the engine no longer knows; returns how many."""
         return 0
 
     # --- networks and volumes --------------------------------------------------------------
@@ -340,18 +340,22 @@ class Podman(Engine):
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
 
-    def reap_orphans(self, name_prefix: str) -> int:
+    def reap_orphans(self, project: str) -> int:
         # podman 4.3 hazard: when `podman run -d -p` is killed mid-way (an agent crash, a
         # watchdog kill), its conmon can outlive a container podman no longer knows, holding
-        # the published port; `podman rm -f` cannot reach it. Only conmons of our own
-        # container names (project prefix) with an id podman does not know are ended.
+        # the published port; `podman rm -f` cannot reach it. Only conmons of this store
+        # (their bundle lies under its graph root) and of this project's container names
+        # (per device: the project name hashes the device id) with an id podman does not
+        # know are ended: another store's or another device's are never touched.
         known = set(self._run(["ps", "-a", "-q", "--no-trunc"]).stdout.split())
+        store = self._run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
         reaped = 0
         for pid, argv in _processes():
             if os.path.basename(argv[0]) != "conmon":
                 continue
-            cid, name = _option(argv, "-c"), _option(argv, "-n")
-            if not cid or not name or not name.startswith(name_prefix) or cid in known:
+            cid, name, bundle = _option(argv, "-c"), _option(argv, "-n"), _option(argv, "-b")
+            ours = name.startswith((f"{project}-", f"{project}_")) and store.startswith("/")
+            if not cid or cid in known or not ours or not _under(bundle, store):
                 continue
             log.warning("ending orphaned conmon %d of unknown container %s (%s)", pid, name, cid)
             with contextlib.suppress(ProcessLookupError):
@@ -374,6 +378,10 @@ def _processes() -> list[tuple[int, list[str]]]:
         if argv:
             found.append((int(entry.name), argv))
     return found
+
+
+def _under(path: str, folder: str) -> bool:
+    return os.path.normpath(path or ".").startswith(folder.rstrip("/") + "/")
 
 
 def _option(argv: Sequence[str], flag: str) -> str:

@@ -28,10 +28,12 @@ MAX_FILE_BYTES = 1 << 20
 
 MANAGED_BY = "io.margo.managed-by"
 MANAGED_BY_VALUE = "margo-lite"
+DEVICE = "io.margo.device"
 DEPLOYMENT = "io.margo.deployment"
 COMPONENT = "io.margo.component"
 SERVICE = "io.margo.service"
 CONFIG_HASH = "io.margo.config-hash"
+OWNERSHIP_KEYS = (MANAGED_BY, DEVICE, DEPLOYMENT, COMPONENT)
 
 _VAR = re.compile(r"\$(?:(\$)|\{([^{}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _BRACED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])(.*))?$", re.DOTALL)
@@ -286,27 +288,45 @@ def slug(text: str, limit: int) -> str:
     return _SLUG.sub("-", text.lower()).strip("-")[:limit].strip("-")
 
 
-def project_name(deployment_id: str, component: str) -> str:
-    """A compose project name safe for every tool, unique per (deployment, component).
+def project_name(deployment_id: str, component: str, *, device: str) -> str:
+    """A compose project name safe for every tool, unique per (device, deployment, component).
 
-    Readable parts are cut short and a hash of the exact pair keeps distinct pairs apart,
-    whatever their length or characters.
+    Two devices served from one host may both run a deployment with the same id: the hash
+    covers the device too. Container, network and volume names all start with it.
     """
-    digest = hashlib.sha256(f"{deployment_id}\0{component}".encode()).hexdigest()[:10]
+    return _name(deployment_id, component, f"{device}\0{deployment_id}\0{component}")
+
+
+def legacy_project_name(deployment_id: str, component: str) -> str:
+    """The project name margo-lite used before names were per device (see decisions.md)."""
+    return _name(deployment_id, component, f"{deployment_id}\0{component}")
+
+
+def _name(deployment_id: str, component: str, hashed: str) -> str:
+    """Readable parts cut short; a hash of the exact key keeps distinct keys apart,
+    whatever their length or characters."""
+    digest = hashlib.sha256(hashed.encode()).hexdigest()[:10]
     parts = [p for p in (slug(deployment_id, 12), slug(component, 16)) if p]
     return "-".join(["ml", *parts, digest])
 
 
-def ownership_labels(deployment_id: str, component: str) -> dict[str, str]:
-    return {MANAGED_BY: MANAGED_BY_VALUE, DEPLOYMENT: deployment_id, COMPONENT: component}
+def device_labels(device: str) -> dict[str, str]:
+    """What every object of this device carries: listing by these finds only its own."""
+    return {MANAGED_BY: MANAGED_BY_VALUE, DEVICE: device}
 
 
-def with_ownership(doc: Mapping[str, Any], deployment_id: str, component: str) -> dict[str, Any]:
+def ownership_labels(deployment_id: str, component: str, *, device: str) -> dict[str, str]:
+    return {**device_labels(device), DEPLOYMENT: deployment_id, COMPONENT: component}
+
+
+def with_ownership(
+    doc: Mapping[str, Any], deployment_id: str, component: str, *, device: str
+) -> dict[str, Any]:
     """A copy of `doc` whose services, default network and named volumes carry our labels.
 
     External volumes and networks are not ours: they get no labels and are never removed.
     """
-    owned = ownership_labels(deployment_id, component)
+    owned = ownership_labels(deployment_id, component, device=device)
     doc = copy.deepcopy(dict(doc))
     for name, service in doc["services"].items():
         service["labels"] = {**(service.get("labels") or {}), **owned, SERVICE: name}

@@ -84,8 +84,11 @@ class Rig:
         environ: dict[str, str],
         sim: wossim.WosSimulator,
         config_overrides: dict[str, dict] | None = None,
+        *,
+        device: str = "gw-e2e",
     ) -> None:
         self.tmp = tmp_path
+        self.device = device
         self.environ = environ
         self.sim = sim
         name = f"{tmp_path.name}.git"
@@ -95,7 +98,7 @@ class Rig:
             yaml.safe_dump(
                 {
                     "device": {
-                        "id": "gw-e2e",
+                        "id": device,
                         "state_dir": str(tmp_path / "state"),
                         "runtime_dir": str(tmp_path / "run"),
                     },
@@ -171,9 +174,16 @@ class Rig:
         statuses = self.sim.statuses(dep_id)
         return statuses[-1] if statuses else None
 
-    def containers(self) -> list[dict]:
-        """Labelled containers as podman's `ps --format json` spells them (Id, Names, State,
-        Labels as a mapping), whichever engine runs them."""
+    def containers(self, *, every_device: bool = False) -> list[dict]:
+        """This device's labelled containers (or every device's) as podman's `ps --format
+        json` spells them (Id, Names, State, Labels as a mapping), whichever engine runs them.
+        """
+        found = self._labelled()
+        if every_device:
+            return found
+        return [c for c in found if c["Labels"].get("io.margo.device") == self.device]
+
+    def _labelled(self) -> list[dict]:
         if self.engine == "docker":
             out = subprocess.run(
                 ["docker", "ps", "-a", "--no-trunc", "--filter", f"label={MANAGED}",
@@ -211,7 +221,7 @@ class Rig:
         if self.agent is not None and self.agent.poll() is None:
             self.agent.kill()
             self.agent.wait(timeout=30)
-        ids = [c["Id"] for c in self.containers()]
+        ids = [c["Id"] for c in self.containers()]  # another device's stay: not ours
         if ids:
             subprocess.run(
                 [self.engine, "rm", "-f", *(["-t", "0"] if self.engine == "podman" else []), *ids],

@@ -185,7 +185,9 @@ class Torture:
         self.say = say
         self.agent: subprocess.Popen | None = None
         self.store = StateStore(rig.tmp / "state")
-        self.projects = tuple(project_name(d.id, "web") for d in self.churn.deployments)
+        self.projects = tuple(
+            project_name(d.id, "web", device=rig.device) for d in self.churn.deployments
+        )
 
     # --- the agent, in its own process group -----------------------------------------------
 
