@@ -465,15 +465,17 @@ def process_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figu
 # --- the no-change reconcile with 100 deployments, in-process ------------------------------
 
 
-def fleet_containers(env: dict[str, str], records: list[planner.DeploymentRecord]) -> int:
+def fleet_containers(
+    env: dict[str, str], records: list[planner.DeploymentRecord], device: str
+) -> int:
     """One created container per recorded component, named and labelled as the built-in
     driver names and labels them, so the engine's store holds what the records say runs
     (created, not started: 300 idle containers would cost the machine, not the figure)."""
     for record in records:
         for component in record.components:
-            name = project.project_name(record.id, component.name)
+            name = project.project_name(record.id, component.name, device=device)
             labels = {
-                **project.ownership_labels(record.id, component.name),
+                **project.ownership_labels(record.id, component.name, device=device),
                 project.SERVICE: "app",
             }
             argv = ["podman", "create", "--name", builtin.container_name(name, "app")]
@@ -502,7 +504,7 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
     for record in planbench.converge(desired.parse_files(files)).values():
         assert record.state is planner.State.INSTALLED
         store.write_json(f"{DEPLOYMENTS}/{record.id}.json", record.to_json())
-    stored = fleet_containers(env, list(load_records(store).values()))
+    stored = fleet_containers(env, list(load_records(store).values()), DEVICE)
     run = volatile_dir("margo-bench-run-")
     try:
         with wossim.WosSimulator() as sim, GitServer(tmp / "srv") as server:
