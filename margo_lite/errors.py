@@ -244,3 +244,12 @@ class WosRejectedError(WosError):
 
 class OnboardingError(WosError):
     code = "ONBOARDING_FAILED"
+
+
+# --- the service's sandbox ------------------------------------------------------------------
+
+
+class DirNotWritableError(ConfigError):
+    """`device.state_dir` or `device.runtime_dir` lies where the service may not write."""
+
+    code = "CONFIG_DIR_NOT_WRITABLE"
