@@ -27,6 +27,9 @@ from tests.support.wait import wait_for
 UNIT = ROOT / "systemd" / "margo-lite.service"
 EXAMPLE = ROOT / "packaging" / "config.example.yaml"
 MAN_PAGE = ROOT / "packaging" / "margo-lite.1"
+YOCTO_RECIPE = ROOT / "packaging" / "yocto" / "recipes-support" / "margo-lite"
+YOCTO_RECIPE = YOCTO_RECIPE / f"margo-lite_{__version__}.bb"
+CONFIG = "/etc/margo-lite/config.yaml"
 
 # The packages use the distribution's Python and libraries, not this test environment's:
 # build and boot them once per `tests/run`, in the Debian environment.
@@ -137,12 +140,12 @@ def test_every_package_carries_the_version_of_the_code() -> None:
     assert changelog.startswith(f"margo-lite ({__version__})")
     spec = (packaging / "rpm" / "margo-lite.spec").read_text()
     assert re.search(rf"^Version:\s+{re.escape(__version__)}$", spec, re.MULTILINE)
-    assert (packaging / "yocto" / f"margo-lite_{__version__}.bb").is_file()
+    assert YOCTO_RECIPE.is_file()
     assert f'"margo-lite {__version__}"' in MAN_PAGE.read_text()
 
 
 def test_yocto_recipe_installs_files_that_exist() -> None:
-    recipe = (ROOT / "packaging" / "yocto" / f"margo-lite_{__version__}.bb").read_text()
+    recipe = YOCTO_RECIPE.read_text()
     sources = re.findall(r"\$\{S\}/(\S+)", recipe)
     assert "systemd/margo-lite.service" in sources
     assert [path for path in sources if not (ROOT / path).is_file()] == []
@@ -157,6 +160,77 @@ def test_debian_package_depends_on_what_the_issue_names() -> None:
     required = {"python3 (>= 3.11)", "python3-dulwich", "python3-urllib3", "python3-yaml"}
     assert required | {"gpgv", "podman | docker.io"} <= names
     assert re.search(r"^Architecture: all$", control, re.MULTILINE)
+
+
+def _cli_surface() -> dict[str, set[str]]:
+    """Each command of the parser (and "" for the top level) -> its option strings."""
+    import argparse
+
+    from margo_lite.cli import build_parser
+
+    parser = build_parser()
+    surface = {"": {o for a in parser._actions for o in a.option_strings}}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                surface[name] = {o for a in sub._actions for o in a.option_strings} - {
+                    "-h",
+                    "--help",
+                }
+    return surface
+
+
+def test_man_page_documents_exactly_the_commands_and_options_of_the_cli() -> None:
+    """Checked against the parser the command itself uses, so the page cannot drift."""
+    page = MAN_PAGE.read_text()
+    commands = re.search(r"^\.SH COMMANDS$(.*?)^\.SH ", page, re.MULTILINE | re.DOTALL)
+    assert commands
+    entries = re.findall(r"^\.TP\n\.BR? (.*)$", commands.group(1), re.MULTILINE)
+    documented = {e.split()[0].replace("\\-", "-"): e.replace("\\-", "-") for e in entries}
+    surface = _cli_surface()
+    assert set(documented) == set(surface) - {""}
+    for command, options in surface.items():
+        where = documented.get(command, page.replace("\\-", "-"))
+        assert {o for o in options if o not in where} == set(), command or "top level"
+
+
+def test_every_homepage_field_points_at_the_project() -> None:
+    url = re.search(r"^url = (\S+)$", (ROOT / "setup.cfg").read_text(), re.MULTILINE)
+    assert url and "margo.org" not in url.group(1)
+    fields = {
+        "debian/control": r"^Homepage: (\S+)$",
+        "debian/copyright": r"^Source: (\S+)$",
+        "rpm/margo-lite.spec": r"^URL:\s+(\S+)$",
+        "yocto/recipes-support/margo-lite/margo-lite_0.1.0.bb": r'^HOMEPAGE = "(\S+)"$',
+    }
+    for path, pattern in fields.items():
+        found = re.search(pattern, (ROOT / "packaging" / path).read_text(), re.MULTILINE)
+        assert found and found.group(1) == url.group(1), path
+
+
+def test_debian_test_step_has_its_build_dependencies_and_honours_nocheck(tmp_path: Path) -> None:
+    control = (ROOT / "packaging" / "debian" / "control").read_text()
+    build_depends = re.search(r"^Build-Depends:(.*?)^\S", control, re.MULTILINE | re.DOTALL)
+    assert build_depends
+    for library in ("python3-dulwich", "python3-urllib3", "python3-yaml"):
+        assert f"{library} <!nocheck>" in build_depends.group(1)
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    shutil.copytree(ROOT / "packaging" / "debian", tmp_path / "debian", symlinks=True)
+
+    def test_step(options: str) -> str:
+        return subprocess.run(
+            ["make", "-n", "-f", "debian/rules", "override_dh_auto_test"],
+            cwd=tmp_path,
+            env={**os.environ, "DEB_BUILD_OPTIONS": options},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert "import_module" in test_step("parallel=2")
+    skipped = test_step("nocheck parallel=2")
+    assert "import_module" not in skipped and "skipped" in skipped
 
 
 def test_example_configuration_asks_for_the_device_id(tmp_path: Path) -> None:
