@@ -111,11 +111,11 @@ def test_the_pinned_commit_is_a_release_of_this_version_with_this_license() -> N
         pytest.skip("not a git checkout")
     ancestor = subprocess.run([*git, "merge-base", "--is-ancestor", srcrev, "HEAD"])
     assert ancestor.returncode == 0, f"SRCREV {srcrev} is not in this branch's history"
-    show = lambda path: (
-        subprocess.run(  # noqa: E731
-            [*git, "show", f"{srcrev}:{path}"], capture_output=True, check=True
-        ).stdout
-    )
+
+    def show(path: str) -> bytes:
+        shown = subprocess.run([*git, "show", f"{srcrev}:{path}"], capture_output=True, check=True)
+        return shown.stdout
+
     assert show("LICENSE") == (ROOT / "LICENSE").read_bytes()
     assert f'__version__ = "{__version__}"'.encode() in show("margo_lite/__init__.py")
 
