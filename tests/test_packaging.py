@@ -299,7 +299,8 @@ def test_deb_is_architecture_all_with_unit_and_conffile(packages: dict) -> None:
         text=True,
         check=True,
     ).stdout
-    assert conffiles.split() == ["/etc/margo-lite/config.yaml"]
+    assert conffiles.split() == ["/etc/margo-lite/config.example.yaml"]
+    assert "./usr/share/man/man1/margo-lite.1.gz" in files
 
 
 @pytest.mark.slow
@@ -331,7 +332,8 @@ def test_rpm_is_noarch_with_generated_python_requires_and_systemd_scriptlets(
     files = _out("rpm", "-qlp", rpm).split()
     assert "/usr/lib/systemd/system/margo-lite.service" in files
     assert "/usr/bin/margo-lite" in files
-    assert "/etc/margo-lite/config.yaml" in _out("rpm", "-qcp", rpm).split()
+    assert "/etc/margo-lite/config.example.yaml" in _out("rpm", "-qcp", rpm).split()
+    assert [Path(f).name for f in _out("rpm", "-qp", "--licensefiles", rpm).split()] == ["LICENSE"]
     scripts = _out("rpm", "-qp", "--scripts", rpm)
     assert "preset margo-lite.service" in scripts
     assert "disable --now margo-lite.service" in scripts
@@ -432,10 +434,10 @@ def _desired_repo(path: Path) -> Path:
     return path
 
 
-def _config(interval: int) -> str:
+def _config(interval: int, state_dir: str = "/var/lib/margo-lite") -> str:
     return yaml.safe_dump(
         {
-            "device": {"id": "gw-systemd", "state_dir": "/var/lib/margo-lite"},
+            "device": {"id": "gw-systemd", "state_dir": state_dir},
             "wos": {"url": "http://127.0.0.1:9"},
             "git": {"url": "file:///srv/desired"},
             "poll": {"interval": interval},
@@ -474,11 +476,21 @@ def gateway(packages: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             timeout=120,
             what="systemd to boot",
         )
+        failed = "systemctl list-units --failed --plain --no-legend --no-pager"
+        gw.fresh = {"system_before": gw.sh("systemctl is-system-running", check=False)}
+        gw.fresh["failed_before"] = gw.sh(failed, check=False)
         gw.copy_in(packages["deb"], "/tmp/")
         gw.sh(
             "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
             f"/tmp/{packages['deb'].name} >/tmp/install.log 2>&1 || (cat /tmp/install.log; false)",
             timeout=900,
+        )
+        # As an operator finds it right after installing, before writing a configuration.
+        gw.fresh.update(
+            system=gw.sh("systemctl is-system-running", check=False),
+            failed=gw.sh(failed, check=False),
+            active=gw.show("ActiveState"),
+            status=gw.sh("systemctl status --no-pager margo-lite", check=False),
         )
         _configure(gw, work)
         yield gw
@@ -490,7 +502,7 @@ def _configure(gw: Gateway, work: Path) -> None:
     """What an operator does after installing: fill in the configuration. Plus test hooks."""
     gw.copy_in(_desired_repo(work / "desired"), "/srv/desired")
     (work / "config.yaml").write_text(_config(60))
-    gw.copy_in(work / "config.yaml", "/etc/margo-lite/config.yaml")
+    gw.copy_in(work / "config.yaml", CONFIG)
     gw.sh(
         "mkdir -p /etc/systemd/system/margo-lite.service.d && printf '%s\\n' '[Service]' "
         f"'WatchdogSec=6s' 'Environment=MARGO_LITE_TEST_HANG_FILE={HANG_FILE}' "
@@ -605,6 +617,62 @@ def test_sandbox_lets_the_podman_cli_manage_containers(gateway: Gateway, tmp_pat
     # and nothing the sandbox refused showed on podman's stderr (as "Failed to set rlimits")
     assert "Failed" not in gateway.sh("journalctl -q -u 'margo-lite-sandbox-*' -o cat")
     assert gateway.sh("podman ps -a --format '{{.Names}}'") == ""
+
+
+@_slow
+def test_a_fresh_install_waits_for_its_configuration_without_degrading(gateway: Gateway) -> None:
+    fresh = gateway.fresh
+    assert fresh["active"] == "inactive"
+    assert f"ConditionPathExists={CONFIG} was not met" in fresh["status"]
+    assert (fresh["system"], fresh["failed"]) == (fresh["system_before"], fresh["failed_before"])
+    assert fresh["system"] == "running"
+
+
+@_slow
+def test_status_shows_the_last_poll_though_the_sandbox_makes_run_read_only(
+    gateway: Gateway,
+) -> None:
+    wait_for(lambda: gateway.show("ActiveState") == "active", timeout=60, what="active")
+    assert gateway.show("ProtectSystem") == "strict"  # /run is read-only for the agent...
+    assert gateway.sh("stat -c %a /run/margo-lite") == "700"  # ...but its own folder
+    wait_for(
+        lambda: re.search(r"^last poll +\d{4}-", gateway.sh("margo-lite status"), re.MULTILINE),
+        timeout=120,
+        what="margo-lite status to show the first poll",
+    )
+
+
+@_slow
+def test_a_state_dir_the_sandbox_forbids_stops_with_one_line_and_no_loop(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    elsewhere = "/srv/margo-elsewhere"
+    (tmp_path / "config.yaml").write_text(_config(60, state_dir=elsewhere))
+    gateway.copy_in(tmp_path / "config.yaml", CONFIG)
+    restarts = int(gateway.show("NRestarts"))
+    since = gateway.now()
+    try:
+        gateway.sh("systemctl restart margo-lite", check=False)
+        # "failed" is final: a unit to be restarted shows "activating" (auto-restart).
+        wait_for(lambda: gateway.show("ActiveState") == "failed", timeout=60, what="failed")
+        assert gateway.show("ExecMainStatus") == "2"
+        assert int(gateway.show("NRestarts")) == restarts
+        lines = [
+            line for line in gateway.journal(since).splitlines() if line.startswith("margo-lite")
+        ]
+        assert lines == [
+            f"margo-lite: {CONFIG}: device.state_dir: {elsewhere} is not writable by "
+            "margo-lite.service (read-only file system); allow it with a drop-in (systemctl "
+            f"edit margo-lite): [Service] ReadWritePaths={elsewhere} [CONFIG_DIR_NOT_WRITABLE]"
+        ]
+        # check-config, run by the operator, asks systemd about the unit's sandbox.
+        checked = gateway.sh("margo-lite check-config 2>&1; echo exit=$?", check=False)
+        assert f"ReadWritePaths={elsewhere}" in checked and checked.endswith("exit=2")
+    finally:
+        (tmp_path / "config.yaml").write_text(_config(60))
+        gateway.copy_in(tmp_path / "config.yaml", CONFIG)
+        gateway.sh("systemctl reset-failed margo-lite; systemctl restart margo-lite", check=False)
+    wait_for(lambda: gateway.show("ActiveState") == "active", timeout=60, what="active again")
 
 
 @_slow

@@ -212,6 +212,9 @@ class Build:
                     'BB_NO_NETWORK = "1"',
                     # The sanity class refuses to run as root (CI runs as root).
                     'INHERIT:remove = "sanity"',
+                    # uninative is a prebuilt loader for native tools: a download, not needed
+                    # to parse or unpack.
+                    'INHERIT:remove = "uninative"',
                     f'DL_DIR = "{work}/downloads"',
                     f'SSTATE_DIR = "{work}/sstate"',
                     f'PREMIRRORS:prepend = "https?://.*/.* file://{work}/mirror/ "',
@@ -250,9 +253,13 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module", params=sorted(RELEASES))
 def build(request: pytest.FixtureRequest, work: Path) -> Build:
     build = Build(request.param, work)
-    parsed = build.bitbake("-p")
-    assert parsed.returncode == 0, parsed.stdout[-4000:] + parsed.stderr[-4000:]
-    build.parse_output = parsed.stdout + parsed.stderr
+    # The first call parses every recipe (and says so); the later ones use its cache.
+    env = build.bitbake("-e", "margo-lite")
+    assert env.returncode == 0, env.stdout[-4000:] + env.stderr[-4000:]
+    build.env = env.stdout
+    build.parse_output = env.stderr + "\n".join(
+        line for line in env.stdout.splitlines() if re.match(r"^(NOTE|WARNING|ERROR|Parsing)", line)
+    )
     return build
 
 
@@ -270,15 +277,14 @@ def _slow(fn):
 
 @_slow
 def test_bitbake_parses_the_layer_without_a_word(build: Build) -> None:
-    assert "0 errors" in build.parse_output
+    summary = re.search(r"^Parsing of \d+ \.bb files complete.*$", build.parse_output, re.MULTILINE)
+    assert summary and summary.group(0).endswith(" 0 errors."), build.parse_output[-4000:]
     assert _ours(build.parse_output) == []
 
 
 @_slow
 def test_every_rdepends_resolves_to_a_provider(build: Build) -> None:
-    env = build.bitbake("-e", "margo-lite")
-    assert env.returncode == 0, env.stderr[-4000:]
-    values = dict(re.findall(r'^([A-Za-z0-9_:${}-]+)="(.*)"$', env.stdout, re.MULTILINE))
+    values = dict(re.findall(r'^([A-Za-z0-9_:${}-]+)="(.*)"$', build.env, re.MULTILINE))
     rdepends = set(values["RDEPENDS:margo-lite"].split())
     assert rdepends >= _rdepends(RECIPE) - {"${MARGO_LITE_ENGINE}"} | {"podman"}
     assert "systemd" in values["DISTRO_FEATURES"].split()
