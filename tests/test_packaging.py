@@ -606,7 +606,9 @@ def test_sandbox_lets_the_podman_cli_manage_containers(gateway: Gateway, tmp_pat
     for step, command in steps.items():
         unit = f"/etc/systemd/system/margo-lite-sandbox-{step}.service"
         gateway.sh(
+            # (no RuntimeDirectory=: it would remove the agent's /run/margo-lite on its stop)
             "sed -e '/^Type=/d;/^NotifyAccess=/d;/^WatchdogSec=/d;/^ExecReload=/d;/^Restart/d' "
+            "-e '/^RuntimeDirectory/d' "
             f"-e 's|^ExecStart=.*|Type=oneshot\\nExecStart=/usr/bin/{command}|' "
             f"/lib/systemd/system/margo-lite.service > {unit}"
         )
