@@ -660,7 +660,7 @@ def test_a_state_dir_the_sandbox_forbids_stops_with_one_line_and_no_loop(
         # A manual restart resets NRestarts: any count now is an automatic restart.
         assert int(gateway.show("NRestarts")) == 0
         lines = [
-            line for line in gateway.journal(since).splitlines() if line.startswith("margo-lite")
+            line for line in gateway.journal(since).splitlines() if line.startswith("margo-lite: ")
         ]
         assert lines == [
             f"margo-lite: {CONFIG}: device.state_dir: {elsewhere} is not writable by "
