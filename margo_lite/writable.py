@@ -68,9 +68,12 @@ def service_sandbox(
     environ: Mapping[str, str] = os.environ,
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
 ) -> Sandbox | None:
-    """The installed unit's sandbox, when asked from outside it; None inside the service
-    (systemd sets INVOCATION_ID there) or where there is no systemd to ask."""
-    if environ.get("INVOCATION_ID"):
+    """The installed unit's sandbox, when asked from outside it; None inside a service
+    (systemd sets INVOCATION_ID, a service manager NOTIFY_SOCKET) or with no systemd to ask.
+
+    (systemctl reports its own failure to a NOTIFY_SOCKET it inherits: never give it ours.)
+    """
+    if environ.get("INVOCATION_ID") or environ.get("NOTIFY_SOCKET"):
         return None
     try:
         shown = run(
@@ -78,6 +81,7 @@ def service_sandbox(
             capture_output=True,
             text=True,
             timeout=10,
+            env={k: v for k, v in environ.items() if k != "NOTIFY_SOCKET"},
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -53,8 +53,9 @@ def test_a_state_dir_outside_the_sandbox_names_the_drop_in() -> None:
     )
 
 
-def test_inside_the_service_the_file_system_answers() -> None:
+def test_inside_a_service_the_file_system_answers() -> None:
     assert writable.service_sandbox({"INVOCATION_ID": "abc"}) is None
+    assert writable.service_sandbox({"NOTIFY_SOCKET": "/run/x"}) is None
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
