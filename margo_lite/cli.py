@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from margo_lite import __version__, config, logs, proxy, statestore, statusview
+from margo_lite import __version__, config, logs, proxy, statestore, statusview, writable
 from margo_lite.errors import ConfigError, MargoLiteError, UsageError
 
 EXIT_OK = 0
@@ -82,8 +82,15 @@ def _load(args: argparse.Namespace) -> config.Config:
     return cfg
 
 
+def _check_writable(cfg: config.Config) -> None:
+    """The folders the agent writes: refused here (exit 2) rather than at the first write."""
+    folders = {"device.state_dir": cfg.state_dir, "device.runtime_dir": cfg.device.runtime_dir}
+    writable.check(folders, writable.service_sandbox(), source=str(cfg.source))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    _check_writable(cfg)
     proxies = _proxies(cfg)  # the environment's proxy variables are checked too
     print(f"configuration OK: {cfg.source}")
     print(f"  device {cfg.device.id}, state in {cfg.device.state_dir}")
@@ -153,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from margo_lite import agent, daemon
 
     cfg = _load(args)
+    _check_writable(cfg)
     with statestore.exclusive(cfg.state_dir):
         return daemon.Daemon(
             args.config or config.default_path(),
@@ -170,6 +178,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from margo_lite import agent
 
     cfg = _load(args)
+    _check_writable(cfg)
     with statestore.exclusive(cfg.state_dir):
         runner = agent.Agent(
             cfg,

@@ -256,3 +256,12 @@ class ProxyError(TransientError):
     transport re-raises it in its own family with the same code and message."""
 
     code = "PROXY_UNREACHABLE"
+
+
+# --- the service's sandbox ------------------------------------------------------------------
+
+
+class DirNotWritableError(ConfigError):
+    """`device.state_dir` or `device.runtime_dir` lies where the service may not write."""
+
+    code = "CONFIG_DIR_NOT_WRITABLE"

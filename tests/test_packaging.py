@@ -27,6 +27,9 @@ from tests.support.wait import wait_for
 UNIT = ROOT / "systemd" / "margo-lite.service"
 EXAMPLE = ROOT / "packaging" / "config.example.yaml"
 MAN_PAGE = ROOT / "packaging" / "margo-lite.1"
+YOCTO_RECIPE = ROOT / "packaging" / "yocto" / "recipes-support" / "margo-lite"
+YOCTO_RECIPE = YOCTO_RECIPE / f"margo-lite_{__version__}.bb"
+CONFIG = "/etc/margo-lite/config.yaml"
 
 # The packages use the distribution's Python and libraries, not this test environment's:
 # build and boot them once per `tests/run`, in the Debian environment.
@@ -137,12 +140,12 @@ def test_every_package_carries_the_version_of_the_code() -> None:
     assert changelog.startswith(f"margo-lite ({__version__})")
     spec = (packaging / "rpm" / "margo-lite.spec").read_text()
     assert re.search(rf"^Version:\s+{re.escape(__version__)}$", spec, re.MULTILINE)
-    assert (packaging / "yocto" / f"margo-lite_{__version__}.bb").is_file()
+    assert YOCTO_RECIPE.is_file()
     assert f'"margo-lite {__version__}"' in MAN_PAGE.read_text()
 
 
 def test_yocto_recipe_installs_files_that_exist() -> None:
-    recipe = (ROOT / "packaging" / "yocto" / f"margo-lite_{__version__}.bb").read_text()
+    recipe = YOCTO_RECIPE.read_text()
     sources = re.findall(r"\$\{S\}/(\S+)", recipe)
     assert "systemd/margo-lite.service" in sources
     assert [path for path in sources if not (ROOT / path).is_file()] == []
@@ -157,6 +160,77 @@ def test_debian_package_depends_on_what_the_issue_names() -> None:
     required = {"python3 (>= 3.11)", "python3-dulwich", "python3-urllib3", "python3-yaml"}
     assert required | {"gpgv", "podman | docker.io"} <= names
     assert re.search(r"^Architecture: all$", control, re.MULTILINE)
+
+
+def _cli_surface() -> dict[str, set[str]]:
+    """Each command of the parser (and "" for the top level) -> its option strings."""
+    import argparse
+
+    from margo_lite.cli import build_parser
+
+    parser = build_parser()
+    surface = {"": {o for a in parser._actions for o in a.option_strings}}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                surface[name] = {o for a in sub._actions for o in a.option_strings} - {
+                    "-h",
+                    "--help",
+                }
+    return surface
+
+
+def test_man_page_documents_exactly_the_commands_and_options_of_the_cli() -> None:
+    """Checked against the parser the command itself uses, so the page cannot drift."""
+    page = MAN_PAGE.read_text()
+    commands = re.search(r"^\.SH COMMANDS$(.*?)^\.SH ", page, re.MULTILINE | re.DOTALL)
+    assert commands
+    entries = re.findall(r"^\.TP\n\.BR? (.*)$", commands.group(1), re.MULTILINE)
+    documented = {e.split()[0].replace("\\-", "-"): e.replace("\\-", "-") for e in entries}
+    surface = _cli_surface()
+    assert set(documented) == set(surface) - {""}
+    for command, options in surface.items():
+        where = documented.get(command, page.replace("\\-", "-"))
+        assert {o for o in options if o not in where} == set(), command or "top level"
+
+
+def test_every_homepage_field_points_at_the_project() -> None:
+    url = re.search(r"^url = (\S+)$", (ROOT / "setup.cfg").read_text(), re.MULTILINE)
+    assert url and "margo.org" not in url.group(1)
+    fields = {
+        "debian/control": r"^Homepage: (\S+)$",
+        "debian/copyright": r"^Source: (\S+)$",
+        "rpm/margo-lite.spec": r"^URL:\s+(\S+)$",
+        "yocto/recipes-support/margo-lite/margo-lite_0.1.0.bb": r'^HOMEPAGE = "(\S+)"$',
+    }
+    for path, pattern in fields.items():
+        found = re.search(pattern, (ROOT / "packaging" / path).read_text(), re.MULTILINE)
+        assert found and found.group(1) == url.group(1), path
+
+
+def test_debian_test_step_has_its_build_dependencies_and_honours_nocheck(tmp_path: Path) -> None:
+    control = (ROOT / "packaging" / "debian" / "control").read_text()
+    build_depends = re.search(r"^Build-Depends:(.*?)^\S", control, re.MULTILINE | re.DOTALL)
+    assert build_depends
+    for library in ("python3-dulwich", "python3-urllib3", "python3-yaml"):
+        assert f"{library} <!nocheck>" in build_depends.group(1)
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    shutil.copytree(ROOT / "packaging" / "debian", tmp_path / "debian", symlinks=True)
+
+    def test_step(options: str) -> str:
+        return subprocess.run(
+            ["make", "-n", "-f", "debian/rules", "override_dh_auto_test"],
+            cwd=tmp_path,
+            env={**os.environ, "DEB_BUILD_OPTIONS": options},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert "import_module" in test_step("parallel=2")
+    skipped = test_step("nocheck parallel=2")
+    assert "import_module" not in skipped and "skipped" in skipped
 
 
 def test_example_configuration_asks_for_the_device_id(tmp_path: Path) -> None:
@@ -225,7 +299,8 @@ def test_deb_is_architecture_all_with_unit_and_conffile(packages: dict) -> None:
         text=True,
         check=True,
     ).stdout
-    assert conffiles.split() == ["/etc/margo-lite/config.yaml"]
+    assert conffiles.split() == ["/etc/margo-lite/config.example.yaml"]
+    assert "./usr/share/man/man1/margo-lite.1.gz" in files
 
 
 @pytest.mark.slow
@@ -257,7 +332,8 @@ def test_rpm_is_noarch_with_generated_python_requires_and_systemd_scriptlets(
     files = _out("rpm", "-qlp", rpm).split()
     assert "/usr/lib/systemd/system/margo-lite.service" in files
     assert "/usr/bin/margo-lite" in files
-    assert "/etc/margo-lite/config.yaml" in _out("rpm", "-qcp", rpm).split()
+    assert "/etc/margo-lite/config.example.yaml" in _out("rpm", "-qcp", rpm).split()
+    assert [Path(f).name for f in _out("rpm", "-qp", "--licensefiles", rpm).split()] == ["LICENSE"]
     scripts = _out("rpm", "-qp", "--scripts", rpm)
     assert "preset margo-lite.service" in scripts
     assert "disable --now margo-lite.service" in scripts
@@ -358,10 +434,10 @@ def _desired_repo(path: Path) -> Path:
     return path
 
 
-def _config(interval: int) -> str:
+def _config(interval: int, state_dir: str = "/var/lib/margo-lite") -> str:
     return yaml.safe_dump(
         {
-            "device": {"id": "gw-systemd", "state_dir": "/var/lib/margo-lite"},
+            "device": {"id": "gw-systemd", "state_dir": state_dir},
             "wos": {"url": "http://127.0.0.1:9"},
             "git": {"url": "file:///srv/desired"},
             "poll": {"interval": interval},
@@ -400,11 +476,21 @@ def gateway(packages: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             timeout=120,
             what="systemd to boot",
         )
+        failed = "systemctl list-units --failed --plain --no-legend --no-pager"
+        gw.fresh = {"system_before": gw.sh("systemctl is-system-running", check=False)}
+        gw.fresh["failed_before"] = gw.sh(failed, check=False)
         gw.copy_in(packages["deb"], "/tmp/")
         gw.sh(
             "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
             f"/tmp/{packages['deb'].name} >/tmp/install.log 2>&1 || (cat /tmp/install.log; false)",
             timeout=900,
+        )
+        # As an operator finds it right after installing, before writing a configuration.
+        gw.fresh.update(
+            system=gw.sh("systemctl is-system-running", check=False),
+            failed=gw.sh(failed, check=False),
+            active=gw.show("ActiveState"),
+            status=gw.sh("systemctl status --no-pager margo-lite", check=False),
         )
         _configure(gw, work)
         yield gw
@@ -416,7 +502,7 @@ def _configure(gw: Gateway, work: Path) -> None:
     """What an operator does after installing: fill in the configuration. Plus test hooks."""
     gw.copy_in(_desired_repo(work / "desired"), "/srv/desired")
     (work / "config.yaml").write_text(_config(60))
-    gw.copy_in(work / "config.yaml", "/etc/margo-lite/config.yaml")
+    gw.copy_in(work / "config.yaml", CONFIG)
     gw.sh(
         "mkdir -p /etc/systemd/system/margo-lite.service.d && printf '%s\\n' '[Service]' "
         f"'WatchdogSec=6s' 'Environment=MARGO_LITE_TEST_HANG_FILE={HANG_FILE}' "
@@ -520,7 +606,9 @@ def test_sandbox_lets_the_podman_cli_manage_containers(gateway: Gateway, tmp_pat
     for step, command in steps.items():
         unit = f"/etc/systemd/system/margo-lite-sandbox-{step}.service"
         gateway.sh(
+            # (no RuntimeDirectory=: it would remove the agent's /run/margo-lite on its stop)
             "sed -e '/^Type=/d;/^NotifyAccess=/d;/^WatchdogSec=/d;/^ExecReload=/d;/^Restart/d' "
+            "-e '/^RuntimeDirectory/d' "
             f"-e 's|^ExecStart=.*|Type=oneshot\\nExecStart=/usr/bin/{command}|' "
             f"/lib/systemd/system/margo-lite.service > {unit}"
         )
@@ -531,6 +619,62 @@ def test_sandbox_lets_the_podman_cli_manage_containers(gateway: Gateway, tmp_pat
     # and nothing the sandbox refused showed on podman's stderr (as "Failed to set rlimits")
     assert "Failed" not in gateway.sh("journalctl -q -u 'margo-lite-sandbox-*' -o cat")
     assert gateway.sh("podman ps -a --format '{{.Names}}'") == ""
+
+
+@_slow
+def test_a_fresh_install_waits_for_its_configuration_without_degrading(gateway: Gateway) -> None:
+    fresh = gateway.fresh
+    assert fresh["active"] == "inactive"
+    assert f"ConditionPathExists={CONFIG} was not met" in fresh["status"]
+    assert (fresh["system"], fresh["failed"]) == (fresh["system_before"], fresh["failed_before"])
+    assert fresh["system"] == "running"
+
+
+@_slow
+def test_status_shows_the_last_poll_though_the_sandbox_makes_run_read_only(
+    gateway: Gateway,
+) -> None:
+    wait_for(lambda: gateway.show("ActiveState") == "active", timeout=60, what="active")
+    assert gateway.show("ProtectSystem") == "strict"  # /run is read-only for the agent...
+    assert gateway.sh("stat -c %a /run/margo-lite") == "700"  # ...but its own folder
+    wait_for(
+        lambda: re.search(r"^last poll +\d{4}-", gateway.sh("margo-lite status"), re.MULTILINE),
+        timeout=120,
+        what="margo-lite status to show the first poll",
+    )
+
+
+@_slow
+def test_a_state_dir_the_sandbox_forbids_stops_with_one_line_and_no_loop(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    elsewhere = "/srv/margo-elsewhere"
+    (tmp_path / "config.yaml").write_text(_config(60, state_dir=elsewhere))
+    gateway.copy_in(tmp_path / "config.yaml", CONFIG)
+    since = gateway.now()
+    try:
+        gateway.sh("systemctl restart margo-lite", check=False)
+        # "failed" is final: a unit to be restarted shows "activating" (auto-restart).
+        wait_for(lambda: gateway.show("ActiveState") == "failed", timeout=60, what="failed")
+        assert gateway.show("ExecMainStatus") == "2"
+        # A manual restart resets NRestarts: any count now is an automatic restart.
+        assert int(gateway.show("NRestarts")) == 0
+        lines = [
+            line for line in gateway.journal(since).splitlines() if line.startswith("margo-lite: ")
+        ]
+        assert lines == [
+            f"margo-lite: {CONFIG}: device.state_dir: {elsewhere} is not writable by "
+            "margo-lite.service (read-only file system); allow it with a drop-in (systemctl "
+            f"edit margo-lite): [Service] ReadWritePaths={elsewhere} [CONFIG_DIR_NOT_WRITABLE]"
+        ]
+        # check-config, run by the operator, asks systemd about the unit's sandbox.
+        checked = gateway.sh("margo-lite check-config 2>&1; echo exit=$?", check=False)
+        assert f"ReadWritePaths={elsewhere}" in checked and checked.endswith("exit=2")
+    finally:
+        (tmp_path / "config.yaml").write_text(_config(60))
+        gateway.copy_in(tmp_path / "config.yaml", CONFIG)
+        gateway.sh("systemctl reset-failed margo-lite; systemctl restart margo-lite", check=False)
+    wait_for(lambda: gateway.show("ActiveState") == "active", timeout=60, what="active again")
 
 
 @_slow
