@@ -259,6 +259,14 @@ class Torture:
         """Everything that must hold once the agent converged; the list of what does not."""
         return self.check_records() + self.check_containers() + self.check_wos()
 
+    def containers(self) -> list[dict]:
+        """The labelled containers, as `Rig.containers` gives them."""
+        return self.rig.containers()
+
+    def page(self, port: int) -> str | None:
+        """What the app on `port` serves, None when nothing answers."""
+        return http_get(port)
+
     def check_records(self) -> list[str]:
         problems = []
         names = self.store.names()
@@ -286,7 +294,7 @@ class Torture:
     def check_containers(self) -> list[str]:
         problems = []
         seen: dict[tuple[str, str, str], list[dict]] = {}
-        for c in self.rig.containers():
+        for c in self.containers():
             labels = c.get("Labels") or {}
             key = (
                 labels.get(DEPLOYMENT, "?"),
@@ -306,7 +314,7 @@ class Torture:
             elif found[0]["State"] != "running":
                 problems.append(f"{dep.id}: its container is {found[0]['State']}")
             else:
-                page = (http_get(dep.port) or "").strip()
+                page = (self.page(dep.port) or "").strip()
                 if page != dep.page():
                     problems.append(f"{dep.id}: serves {page!r}, want {dep.page()!r}")
         for key, found in seen.items():
