@@ -1,6 +1,8 @@
-"""A real power cut: the agent, podman and the apps in a KVM guest whose power is cut (qemu
-SIGKILLed) at seeded instants aimed at the fetch, plan, package, record/outbox write and
-apply windows; the same disks boot again and must converge with nothing lost or doubled.
+"""A real power cut: the agent, podman and the apps in a qemu guest (KVM, or qemu's own
+emulation where /dev/kvm runs only PVM kernels; see tests/support/powercut.py) whose power
+is cut (qemu SIGKILLed) at seeded instants aimed at the fetch, plan, package, record/outbox
+write and apply windows; the same disks boot again and must converge with nothing lost or
+doubled.
 
 Unlike tests/test_torture.py (SIGKILL of the agent process, the page cache survives), what
 the guest had not synced to its disk is gone. tests/support/powercut.py says how.
