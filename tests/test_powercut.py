@@ -62,7 +62,7 @@ def test_power_cuts_of_a_kvm_guest_lose_nothing(tmp_path, git_server, busybox_ta
         guest = Guest(tmp_path, image, tmp_path / "data.img")
         rig = GuestRig(tmp_path, upstream, sim, guest)
         torture = PowerCutTorture(
-            rig, seed=SEED, ports=[free_port() for _ in range(2)], converge_timeout=300
+            rig, seed=SEED, ports=[free_port() for _ in range(2)], converge_timeout=300, say=print
         )
         try:
             report = torture.run(CUTS)
