@@ -78,15 +78,7 @@ def main() -> int:
         f"machine: {platform.node()}, {platform.machine()}, {_cpus()} CPUs, Python "
         f"{platform.python_version()}"
     )
-    print(f"kills:        {report.kills}")
-    print(f"convergences: {report.convergences}")
-    print(f"violations:   {len(report.violations)}")
-    print(f"seconds:      {report.seconds:.0f}")
-    print(f"orphaned conmons ended after the run: {report.conmons}")
-    print("kills by the step they landed in (told by the agent's last log line):")
-    print(report.phase_table())
-    for violation in report.violations:
-        print("VIOLATION", violation)
+    print(report.text())
     return 1 if report.violations else 0
 
 

@@ -10,6 +10,10 @@ container's, so the port forwards to a dead address while podman and the agent s
 container running: an engine hazard the agent cannot observe, and a leftover on the host.
 A real power cut clears both (the firewall and the containers go with the machine).
 
+Kills are aimed in rounds: each round aims one kill at each step of MARKERS (within 0.1 s
+of its log line) and one at a uniform instant, so every window gets its share whatever the
+seed; `Report.text()` is the figure CI prints.
+
 Every random choice comes from `random.Random(seed)`; each kill is logged with its instant,
 so a violation names the seed and the kill that led to it.
 """
@@ -23,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
@@ -32,12 +36,9 @@ from margo_lite.backends.engine import _option, _processes
 from margo_lite.backends.project import COMPONENT, DEPLOYMENT, SERVICE, project_name
 from margo_lite.errors import MargoLiteError
 from margo_lite.statestore import StateStore
-from tests.support.engines import IMAGE, http_get
-from tests.support.rig import APP, Rig, deployment
-
-#: The compose file of every deployment's own package; `v{version}` in the served page shows
-#: which package version runs, the greeting shows which parameters it got.
-PACKAGE = APP.format(image=IMAGE).replace('\\"$$GREETING\\"', '\\"$$GREETING vVERSION\\"')
+from tests.support.churn import Churn
+from tests.support.engines import http_get
+from tests.support.rig import Rig
 
 #: Log lines that open a short step. A kill aimed at one waits for its line (read from the
 #: agent's log), then a random instant of up to AIMED_DELAY, so kills land in the fast steps
@@ -50,6 +51,12 @@ MARKERS = {
     "after-engine": ("/web done",),
 }
 AIMED_DELAY = 0.1
+
+#: What each kill aims at: one of the MARKERS steps, or None for a uniform instant up to
+#: `max_kill_delay` after the commit. Kills go through these in rounds (shuffled by the seed),
+#: so every step gets a guaranteed share of the kills, 1 in len(AIMS).
+AIMS: tuple[str | None, ...] = (*sorted(MARKERS), None)
+UNIFORM = "uniform instant"
 
 #: The step a kill landed in, told by the last line the agent logged before it.
 PHASES = (
@@ -73,69 +80,6 @@ RECORD_FOLDERS = ("deployments", "outbox")
 
 
 @dataclass
-class Deployment:
-    """What the test wants for one deployment; `present` False means removed (or never)."""
-
-    id: str
-    port: int
-    greeting: str = "g0"
-    version: int = 0
-    present: bool = False
-    ever: bool = False  # ever committed as present: the WOS must have heard of it
-
-    def files(self) -> dict[str, str | None]:
-        package = f"apps/{self.id}"
-        doc = deployment(self.id, greeting=self.greeting, port=self.port, package=package)
-        return {
-            f"{package}/compose.yaml": PACKAGE.replace("VERSION", str(self.version)),
-            f"{self.id}.yaml": doc if self.present else None,
-        }
-
-    def page(self) -> str:
-        return f"{self.greeting} v{self.version}"
-
-
-class Churn:
-    """The desired state and the commits that change it: installs, parameter updates,
-    package updates (a compose file change) and removals, chosen by the seeded `rng`."""
-
-    def __init__(self, rng: Random, ports: list[int], prefix: str) -> None:
-        self.rng = rng
-        self.deployments = [Deployment(f"{prefix}-{chr(97 + i)}", p) for i, p in enumerate(ports)]
-        self.changes = 0
-
-    def first(self) -> tuple[str, dict[str, str | None]]:
-        """Every deployment but the last installed, so the churn starts with work to keep."""
-        files: dict[str, str | None] = {}
-        for dep in self.deployments[:-1]:
-            dep.present = dep.ever = True
-            files.update(dep.files())
-        files.update(self.deployments[-1].files())
-        return "install " + ", ".join(d.id for d in self.deployments[:-1]), files
-
-    def change(self) -> tuple[str, dict[str, str | None]]:
-        """One random change of one or two deployments, with a description for the log."""
-        self.changes += 1
-        picks = self.rng.sample(self.deployments, 2 if self.rng.random() < 0.25 else 1)
-        what, files = [], {}
-        for dep in picks:
-            if not dep.present:
-                dep.present = dep.ever = True
-                what.append(f"install {dep.id}")
-            else:
-                kind = self.rng.choices(["parameter", "package", "remove"], [4, 3, 2])[0]
-                if kind == "parameter":
-                    dep.greeting = f"g{self.changes}"
-                elif kind == "package":
-                    dep.version = self.changes
-                else:
-                    dep.present = False
-                what.append(f"{kind} {'update ' if kind != 'remove' else ''}{dep.id}")
-            files.update(dep.files())
-        return ", ".join(what), files
-
-
-@dataclass
 class Report:
     seed: int
     kills: int = 0
@@ -145,6 +89,8 @@ class Report:
     seconds: float = 0.0
     conmons: int = 0  # orphaned conmon monitors found (and ended) at the end
     phases: Counter[str] = field(default_factory=Counter)
+    aimed: Counter[str] = field(default_factory=Counter)  # what each kill aimed at
+    changes: int = 0  # commits of the churn after the first, each followed by a kill
 
     def summary(self) -> str:
         return (
@@ -155,6 +101,17 @@ class Report:
 
     def phase_table(self) -> str:
         return "\n".join(f"{n:5d}  {phase}" for phase, n in self.phases.most_common())
+
+    def text(self) -> str:
+        """The whole figure, as CI prints it."""
+        aimed = ", ".join(f"{aim} {n}" for aim, n in sorted(self.aimed.items()))
+        return (
+            f"{self.summary()}\n"
+            f"commits after the first: {self.changes}\n"
+            f"kills aimed at (a step's log line + up to {AIMED_DELAY} s): {aimed}\n"
+            "kills by the step they landed in (the agent's last log line):\n"
+            f"{self.phase_table()}" + "".join(f"\nVIOLATION {v}" for v in self.violations)
+        )
 
 
 class Torture:
@@ -241,12 +198,15 @@ class Torture:
             self.rig.upstream.commit(files)
             self.start()
             self.converge(f"the first commit ({what})")
+            aims = _rounds(self.rng)
             while self.report.kills < kills and len(self.report.violations) < self.max_violations:
                 what, files = self.churn.change()
+                self.report.changes += 1
                 since = _size(self.rig.log)
                 self.rig.upstream.commit(files)
-                if self.rng.random() < 0.5:
-                    aim = self.rng.choice(sorted(MARKERS))
+                aim = next(aims)
+                self.report.aimed[aim or UNIFORM] += 1
+                if aim is not None:
                     instant = self.rng.uniform(0, AIMED_DELAY)
                     self.kill(instant, f"commit '{what}'", aim=aim, since=since)
                 else:
@@ -255,6 +215,7 @@ class Torture:
                 self.start()
                 if self.report.kills < kills and self.rng.random() < 0.25:
                     # a second power cut while the agent recovers from the first
+                    self.report.aimed["a restart (recovery)"] += 1
                     self.kill(self.rng.uniform(0, self.max_kill_delay / 2), "a restart")
                     self.start()
                 self.converge(f"kill {self.report.kills}")
@@ -300,6 +261,14 @@ class Torture:
         """Everything that must hold once the agent converged; the list of what does not."""
         return self.check_records() + self.check_containers() + self.check_wos()
 
+    def containers(self) -> list[dict]:
+        """The labelled containers, as `Rig.containers` gives them."""
+        return self.rig.containers()
+
+    def page(self, port: int) -> str | None:
+        """What the app on `port` serves, None when nothing answers."""
+        return http_get(port)
+
     def check_records(self) -> list[str]:
         problems = []
         names = self.store.names()
@@ -327,7 +296,7 @@ class Torture:
     def check_containers(self) -> list[str]:
         problems = []
         seen: dict[tuple[str, str, str], list[dict]] = {}
-        for c in self.rig.containers():
+        for c in self.containers():
             labels = c.get("Labels") or {}
             key = (
                 labels.get(DEPLOYMENT, "?"),
@@ -347,7 +316,7 @@ class Torture:
             elif found[0]["State"] != "running":
                 problems.append(f"{dep.id}: its container is {found[0]['State']}")
             else:
-                page = (http_get(dep.port) or "").strip()
+                page = (self.page(dep.port) or "").strip()
                 if page != dep.page():
                     problems.append(f"{dep.id}: serves {page!r}, want {dep.page()!r}")
         for key, found in seen.items():
@@ -396,6 +365,14 @@ class Torture:
                 os.kill(pid, signal.SIGKILL)
                 reaped += 1
         return reaped
+
+
+def _rounds(rng: Random) -> Iterator[str | None]:
+    """AIMS over and over, each round in its own seeded order."""
+    while True:
+        order = list(AIMS)
+        rng.shuffle(order)
+        yield from order
 
 
 def _size(path: Path) -> int:
