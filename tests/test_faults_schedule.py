@@ -46,7 +46,9 @@ def make_agent(rig: Rig, clock: FakeClock, environ: dict[str, str] | None) -> Ag
     cfg = config.load_config(rig.config)
     parts = Parts.build(cfg)
     if environ is not None:  # the real podman backend on the test's private store
-        parts.backend_factory = lambda: backends.select(cfg.runtime, cfg.state_dir, environ)
+        parts.backend_factory = lambda: backends.select(
+            cfg.runtime, cfg.state_dir, environ, device=cfg.device.id
+        )
     agent = Agent(cfg, parts=parts, clock=clock, wall=clock.wall, rand=lambda: 0.5)
     agent.start()
     return agent
