@@ -322,8 +322,9 @@ def _name(value: Any, where: str) -> str:
 def tool_document(document: Mapping[str, Any]) -> dict[str, Any]:
     """The canonical document as an external compose tool gets it: mounts in short syntax
     where they have one (docker-compose v1 does not create a missing bind source given in
-    long syntax). Rendered from the canonical object only."""
+    long syntax), no top-level name. Rendered from the canonical object only."""
     result = copy.deepcopy(dict(document))
+    result.pop("name", None)  # the tools get it as -p; docker-compose v1 refuses the key
     for service in result.get("services", {}).values():
         if isinstance(service.get("volumes"), list):
             service["volumes"] = [

@@ -89,8 +89,15 @@ def _service_problems(
     realpath: Callable[[str], str],
     package_dir: Path | None,
 ) -> Iterator[tuple[str, str]]:
-    if _on(service.get("privileged")) and not policy.allow_privileged:
-        yield "policy.allow_privileged", "privileged mode"
+    if not policy.allow_privileged:
+        if _on(service.get("privileged")):
+            yield "policy.allow_privileged", "privileged mode"
+        for key in ("userns_mode", "uts", "cgroup", "cgroupns_mode"):
+            if _is_host(service.get(key)):
+                yield "policy.allow_privileged", f"{key}: host"
+        for option in _as_list(service.get("security_opt")):
+            if _unconfined(option):
+                yield "policy.allow_privileged", f"security_opt {option}"
     if not policy.allow_host_network:
         for key in ("network_mode", "net"):
             if _is_host(service.get(key)):
@@ -120,6 +127,13 @@ def _on(value: Any) -> bool:
     if value is None or value is False:
         return False
     return str(value).strip().lower() not in _OFF
+
+
+def _unconfined(option: Any) -> bool:
+    """Any security option but `no-new-privileges` may lift confinement (seccomp, AppArmor
+    or SELinux off, or a custom profile from a host file): it counts as privilege."""
+    text = str(option).strip().lower().replace(":", "=")
+    return text not in ("no-new-privileges", "no-new-privileges=true")
 
 
 def _is_host(value: Any) -> bool:
