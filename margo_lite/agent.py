@@ -516,12 +516,21 @@ class Agent:
         try:
             # What was checked and recorded at install, from the package it binds, unchanged
             # (a container may write into its package folder): no network, works offline.
-            unit = self.backend.recorded(record.id, component.name)
-            if unit is None or not digest:
+            if not digest:
                 raise EngineError(
-                    "no applied document is recorded for this component", code="PACKAGE_MISSING"
+                    "no package is recorded for this component", code="PACKAGE_MISSING"
                 )
             package = self.parts.packages.verify(digest)
+            unit = self.backend.recorded(record.id, component.name)
+            if unit is None:  # recorded by an older version: built from the verified package
+                unit = backends.ComponentUnit.from_package(
+                    record.id,
+                    component.name,
+                    package.path,
+                    component.env,
+                    component.overlays,
+                    component.digest,
+                )
             policy.check_compose(unit.document, self.cfg.policy, package_dir=package.path)
             with self._long_step():
                 self.backend.apply(unit)

@@ -216,11 +216,15 @@ class Backend:
 
     def recorded(self, deployment_id: str, component: str) -> ComponentUnit | None:
         """The document last applied (and checked) for the component, to restore it as it
-        was; None when there is no applied record."""
-        record = self._record(project_name(deployment_id, component))
-        if not record or record.get("state") != "applied" or not record.get("doc"):
+        was; None when there is no applied record, or one older than canonical documents."""
+        name = project_name(deployment_id, component)
+        record = self._record(name)
+        if not record or record.get("state") != "applied":
             return None
-        return ComponentUnit(deployment_id, component, record["doc"], record["digest"])
+        doc = record.get("doc")
+        if not isinstance(doc, dict) or doc.get("name") != name:  # written before issue 13
+            return None
+        return ComponentUnit(deployment_id, component, doc, record["digest"])
 
     def observe(self, deployment_id: str, component: str) -> ComponentHealth:
         """Per service: running, exited (code), restarting, created, unhealthy or missing."""
