@@ -41,6 +41,9 @@ MOUNT_OPTIONS = {
     "volume": {"nocopy", "subpath"},
     "tmpfs": {"size", "mode"},
 }
+#: Top-level keys that make a compose tool read other files than the one checked.
+FOREIGN_TOP_LEVEL = ("include",)
+OWN_LABELS = "io.margo."
 _PROPAGATION = {"rprivate", "private", "rshared", "shared", "rslave", "slave"}
 
 
@@ -83,6 +86,12 @@ def normalize(
     services = document.get("services")
     if not isinstance(services, dict) or not services:
         raise fail("services", "expected a mapping of at least one service")
+    for key in FOREIGN_TOP_LEVEL:
+        if key in document:
+            raise fail(key, "reads compose files beside this one; not supported")
+    for key in ("networks", "volumes"):
+        for item, definition in _mapping(document.get(key), key).items():
+            _own_labels(_mapping(definition, f"{key}.{item}").get("labels"), f"{key}.{item}")
     declared = _mapping(document.get("volumes"), "volumes")
     for key in ("networks", "volumes"):
         for name in _mapping(document.get(key), key):
@@ -93,8 +102,7 @@ def normalize(
         if not isinstance(service, dict):
             raise fail(where, "expected a mapping")
         project.inline_environment(service, name, package_dir, variables)
-        if "container_name" in service:
-            raise fail(f"{where}.container_name", "container names are derived from the project")
+        _outside_names(service, where)
         if "image" in service:
             imageref.check(service["image"], f"{where}.image")
         if "volumes" in service:
@@ -113,6 +121,31 @@ def normalize(
         project.depends_on(service)
     project.service_order(document)
     return document
+
+
+def _outside_names(service: dict[str, Any], where: str) -> None:
+    """Refuse what names something outside the project: a container name, another
+    container's namespaces or volumes, another compose file, our own labels."""
+    if "container_name" in service:
+        raise fail(f"{where}.container_name", "container names are derived from the project")
+    for key in ("extends", "external_links"):
+        if key in service:
+            raise fail(f"{where}.{key}", "reaches outside the package's project; not supported")
+    for key in ("network_mode", "pid", "ipc", "cgroup", "userns_mode", "uts"):
+        value = service.get(key)
+        if isinstance(value, str) and value.strip().lower().startswith("container:"):
+            raise fail(f"{where}.{key}", f"{value[:80]!r}: another container's namespace")
+    for index, entry in enumerate(service.get("volumes_from") or []):
+        if not isinstance(entry, str) or entry.startswith("container:"):
+            raise fail(f"{where}.volumes_from.{index}", "only services of the project")
+    _own_labels(service.get("labels"), where)
+
+
+def _own_labels(labels: Any, where: str) -> None:
+    keys = labels if isinstance(labels, dict) else [str(i).split("=", 1)[0] for i in labels or []]
+    for key in keys:
+        if str(key).startswith(OWN_LABELS):
+            raise fail(f"{where}.labels.{key}", "labels of margo-lite itself are set by it")
 
 
 def name_objects(document: dict[str, Any], name: str) -> dict[str, Any]:

@@ -220,6 +220,15 @@ def test_names_are_derived_from_the_project(tmp_path: Path) -> None:
         ("services:\n  7: {image: busybox}\n", "not a string"),
         ("services:\n  web: {image: busybox, volumes: ['./x:/x:bogus']}\n", "not a volume option"),
         ("services:\n  web: {image: busybox, ports: ['-p 80']}\n", "services.web.ports.0"),
+        ("services:\n  web: {image: busybox, extends: {file: /etc/x.yaml}}\n", "extends"),
+        ("include: [/etc/x.yaml]\nservices:\n  web: {image: busybox}\n", "include"),
+        ("services:\n  web: {image: busybox, network_mode: 'container:ml-x'}\n", "network_mode"),
+        ("services:\n  web: {image: busybox, pid: 'container:other'}\n", "services.web.pid"),
+        ("services:\n  web: {image: busybox, volumes_from: ['container:x']}\n", "volumes_from"),
+        (
+            "services:\n  web: {image: busybox, labels: ['io.margo.deployment=other']}\n",
+            "io.margo.deployment",
+        ),
     ],
 )
 def test_names_and_shapes_outside_the_one_form_are_refused(
