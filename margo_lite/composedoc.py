@@ -75,7 +75,17 @@ def build(
     if deployment_id is not None and component is not None:
         name = project.project_name(deployment_id, component)
         document = project.with_ownership(name_objects(document, name), deployment_id, component)
-    return plain(document)
+    return _key_order(plain(document))
+
+
+def _key_order(value: Any) -> Any:
+    """Mappings with sorted keys, as the record store writes them: the document restored
+    from its record renders the very argv (and config hashes) it was installed with."""
+    if isinstance(value, dict):
+        return {key: _key_order(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_key_order(item) for item in value]
+    return value
 
 
 def normalize(

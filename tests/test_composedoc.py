@@ -9,6 +9,7 @@ deployment found before anything is started from it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -332,3 +333,18 @@ def test_nothing_here_raises_anything_but_coded_errors(tmp_path: Path) -> None:
     folder = package(tmp_path, "services: [web]\n")
     with pytest.raises(MargoLiteError):
         build(folder)
+
+
+def test_the_recorded_document_renders_the_argv_it_was_installed_with(tmp_path: Path) -> None:
+    """Self-heal starts the document from its record (JSON, keys sorted): the same argv, so
+    the same config hash, as at install (else every restoration would recreate)."""
+    folder = package(
+        tmp_path,
+        "services:\n  web:\n    image: busybox\n    labels: {z: 1, a: 2}\n"
+        "    environment: {ZED: 1, ALPHA: 2}\n    volumes: [./d:/d]\n",
+    )
+    document = build(folder)
+    recorded = json.loads(json.dumps(document, sort_keys=True))
+    render = builtin.BuiltinDriver.run_argv
+    assert render(None, PROJECT, recorded, "web") == render(None, PROJECT, document, "web")  # type: ignore[arg-type]
+    assert list(recorded) == list(document)
