@@ -41,7 +41,8 @@ class Violation:
     detail: str
 
     def __str__(self) -> str:
-        return f"service {self.service!r}: {self.detail} (allow with {self.rule})"
+        where = f"service {self.service!r}: " if self.service else ""
+        return f"{where}{self.detail} (allow with {self.rule})"
 
 
 def check_compose(
@@ -79,7 +80,34 @@ def violations(
             )
         for rule, detail in _service_problems(service, compose, policy, realpath, package_dir):
             found.append(Violation(str(name), rule, detail))
+    reported = {v.detail for v in found}
+    for rule, detail in _declared_external(compose, policy):  # declared, used or not
+        if detail not in reported:
+            found.append(Violation("", rule, detail))
     return found
+
+
+def _declared_external(
+    compose: Mapping[str, Any], policy: PolicyConfig
+) -> Iterator[tuple[str, str]]:
+    """External volumes and networks the document declares that the policy does not list."""
+    for section, rule, allowed in (
+        ("volumes", "policy.allowed_external_volumes", policy.allowed_external_volumes),
+        ("networks", "policy.allowed_external_networks", policy.allowed_external_networks),
+    ):
+        definitions = compose.get(section)
+        for key, definition in (definitions if isinstance(definitions, Mapping) else {}).items():
+            if not (isinstance(definition, Mapping) and _on(definition.get("external"))):
+                continue
+            external = definition.get("external")
+            real = definition.get("name", key)
+            if isinstance(external, Mapping):
+                real = external.get("name", real)
+            if section == "networks" and _is_host(real):
+                if not policy.allow_host_network:
+                    yield "policy.allow_host_network", f"network {key!r} is the host network"
+            elif str(real) not in allowed:
+                yield rule, f"external {section[:-1]} {real!r}"
 
 
 def _service_problems(

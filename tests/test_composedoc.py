@@ -348,3 +348,18 @@ def test_the_recorded_document_renders_the_argv_it_was_installed_with(tmp_path: 
     render = builtin.BuiltinDriver.run_argv
     assert render(None, PROJECT, recorded, "web") == render(None, PROJECT, document, "web")  # type: ignore[arg-type]
     assert list(recorded) == list(document)
+
+
+def test_an_external_object_is_denied_even_when_no_service_uses_it(tmp_path: Path) -> None:
+    folder = package(
+        tmp_path,
+        "services:\n  web:\n    image: busybox\n"
+        "volumes: {data: {external: true}}\nnetworks: {other: {external: true, name: ml-x}}\n",
+    )
+    found = policy.violations(build(folder), PolicyConfig(), package_dir=folder)
+    assert {(v.service, v.rule) for v in found} == {
+        ("", "policy.allowed_external_volumes"),
+        ("", "policy.allowed_external_networks"),
+    }
+    allowed = PolicyConfig(allowed_external_volumes=("data",), allowed_external_networks=("ml-x",))
+    policy.check_compose(build(folder), allowed, package_dir=folder)
