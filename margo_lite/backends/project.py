@@ -1,11 +1,11 @@
-"""Load a component's compose project into the one document every driver and the policy gate use.
+"""The compose-project steps `composedoc.build` is made of, and names, labels and hashes.
 
 Pure apart from reading the package folder: the compose file, its `.env` and its env files.
 Interpolation is done here, not by the compose tool, so the policy gate judges exactly what
 runs, the agent's own environment never leaks into a project, and all drivers see the same
 document. Variables come from the package's `.env` file and the deployment's `ENV.NAME`
-parameters (parameters win). Env files are inlined into `environment`, relative bind mount
-sources become absolute, and overlays (dotted pointers) are applied last.
+parameters (parameters win). Env files are inlined into `environment`. The order of the
+steps (interpolate, overlays, fold and resolve, name) is `composedoc`'s.
 """
 
 from __future__ import annotations
