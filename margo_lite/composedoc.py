@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import posixpath
 import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,12 @@ def normalize(
         _outside_names(service, where)
         if "image" in service:
             imageref.check(service["image"], f"{where}.image")
+        for key in ("command", "entrypoint"):
+            if isinstance(service.get(key), str):
+                try:  # every driver splits a string the shell's way
+                    shlex.split(service[key])
+                except ValueError as exc:
+                    raise fail(f"{where}.{key}", f"{exc} (quotes do not pair up)") from None
         if "volumes" in service:
             mounts = service["volumes"]
             if not isinstance(mounts, list):

@@ -363,3 +363,11 @@ def test_an_external_object_is_denied_even_when_no_service_uses_it(tmp_path: Pat
     }
     allowed = PolicyConfig(allowed_external_volumes=("data",), allowed_external_networks=("ml-x",))
     policy.check_compose(build(folder), allowed, package_dir=folder)
+
+
+def test_a_command_whose_quotes_do_not_pair_up_is_refused(tmp_path: Path) -> None:
+    """Found by the property test (Debian's hypothesis): shlex raised a bare ValueError."""
+    folder = package(tmp_path, "services:\n  web:\n    image: busybox\n    command: \"a '''b\"\n")
+    with pytest.raises(ComposeError, match=r"services\.web\.command") as refused:
+        build(folder)
+    assert refused.value.code == "COMPOSE_INVALID"

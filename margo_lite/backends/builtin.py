@@ -227,7 +227,10 @@ def _words(value: Any, where: str) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return shlex.split(value)
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ComposeError(f"{where}: {exc}") from None
     if isinstance(value, list):
         return [str(v) for v in value]
     raise ComposeError(f"{where}: expected a string or a list")
