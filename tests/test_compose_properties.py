@@ -15,7 +15,7 @@ refused with a coded error must hold the invariants:
 - no network, volume or container name outside the project's namespace.
 
 Derandomized (a fixed seed) so that a failure reproduces: 200 examples in the quick suite,
-3000 in the slow one (MARGO_LITE_PROPERTY_EXAMPLES overrides both).
+2000 in the slow one (MARGO_LITE_PROPERTY_EXAMPLES overrides both).
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ def test_every_rendered_argv_holds_the_invariants(
 
 
 @pytest.mark.slow
-@compose_path_settings(3000)
+@compose_path_settings(2000)
 @given(compose=COMPOSE, parameters=PARAMETERS, in_repo=st.booleans())
 def test_every_rendered_argv_holds_the_invariants_thousands(
     compose: dict, parameters: dict, in_repo: bool
