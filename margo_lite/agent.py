@@ -28,7 +28,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from margo_lite import backends, config, desired, logs, planner, policy, pools, schedule, wos
 from margo_lite.errors import (
@@ -466,6 +465,8 @@ class Agent:
         self.timers.next_retry = due if current is None else min(current, due)
 
     def _prepare(self, step: Step) -> tuple[backends.ComponentUnit, str]:
+        """The component's canonical document, built once and checked by the policy gate:
+        the very object the backend runs and records."""
         component = step.desired
         assert component is not None and self.snapshot is not None
         self._raise_if_asked("prepare", step.deployment_id)
@@ -476,22 +477,17 @@ class Agent:
         package = self.parts.packages.prepare(
             component.package_location, component.key_location, self.snapshot.files
         )
-        document = backends.load_project(package.path, component.env, component.overlays)
-        policy.check_compose(document, self.cfg.policy)
-        return self._unit(step, package.path), package.digest
-
-    @staticmethod
-    def _unit(step: Step, package_dir: Path) -> backends.ComponentUnit:
-        component = step.desired
-        assert component is not None
-        return backends.ComponentUnit(
-            deployment_id=step.deployment_id,
-            component=component.name,
-            package_dir=package_dir,
-            env=component.env,
-            overlays=component.overlays,
-            digest=component.digest,
+        unit = backends.ComponentUnit.from_package(
+            step.deployment_id,
+            component.name,
+            package.path,
+            component.env,
+            component.overlays,
+            component.digest,
+            device=self.cfg.device.id,
         )
+        policy.check_compose(unit.document, self.cfg.policy, package_dir=package.path)
+        return unit, package.digest
 
     @property
     def backend(self) -> backends.Backend:
@@ -583,24 +579,39 @@ class Agent:
             )
             current = record.component(component.name)
             digest = current.data.get(PACKAGE_FACT) if current is not None else None
-            # From the package prepared at install: no network, so it works offline.
-            package = self.parts.packages.ready(digest) if digest else None
-            if package is None:
+            # What was checked and recorded at install, from the package it binds, unchanged
+            # (a container may write into its package folder): no network, works offline.
+            if not digest:
                 raise EngineError(
-                    "the package this component was installed from is no longer cached",
-                    code="PACKAGE_MISSING",
+                    "no package is recorded for this component", code="PACKAGE_MISSING"
                 )
+            package = self.parts.packages.verify(digest)
+            unit = self.backend.recorded(record.id, component.name)
+            if unit is None:  # recorded by an older version: built from the verified package
+                unit = backends.ComponentUnit.from_package(
+                    record.id,
+                    component.name,
+                    package.path,
+                    component.env,
+                    component.overlays,
+                    component.digest,
+                    device=self.cfg.device.id,
+                )
+            policy.check_compose(unit.document, self.cfg.policy, package_dir=package.path)
             with self._long_step():
-                self.backend.apply(self._unit(step, package.path))
+                self.backend.apply(unit)
         except Exception as exc:  # the heal step's boundary: any surprise fails this component
             # Reported now; the reconcile retries it with backoff and reports Installed.
             error = _coded(exc)
             log.error("%s/%s could not be restored: %s", record.id, component.name, error)
             self._retry_later((record.id, component.name))
+            # A package changed under it, a policy that now refuses it, or a surprise is that
+            # code; anything else is the container that is down.
+            code = error.code if error.code in _HEAL_REFUSALS else "CONTAINER_DOWN"
             reason = (
                 Reason.of(error)
-                if error.code == "INTERNAL_ERROR"
-                else Reason("CONTAINER_DOWN", f"{problems}; restoring failed: {error}")
+                if code == "INTERNAL_ERROR"
+                else Reason(code, f"{problems}; restoring failed: {error}")
             )
             return self._save(planner.failed(record, step, reason, restored=False))
         log.info("%s/%s restored", record.id, component.name)
@@ -697,6 +708,7 @@ class Agent:
 
 
 _SETTLED = (State.INSTALLED, State.REMOVED)
+_HEAL_REFUSALS = ("PACKAGE_TAMPERED", "POLICY_DENIED", "COMPOSE_INVALID", "INTERNAL_ERROR")
 
 
 def _coded(exc: Exception) -> MargoLiteError:

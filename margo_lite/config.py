@@ -369,6 +369,12 @@ class PolicyConfig:
     allowed_bind_paths: tuple = option(
         (), list_of(nonempty), "Host folders bind mounts may use (and below)."
     )
+    allowed_external_volumes: tuple = option(
+        (), list_of(nonempty), "Volumes not created by margo-lite that services may mount."
+    )
+    allowed_external_networks: tuple = option(
+        (), list_of(nonempty), "Networks not created by margo-lite that services may join."
+    )
 
 
 @dataclass(frozen=True)

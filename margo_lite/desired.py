@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from margo_lite import logs, yamlload
-from margo_lite.errors import DesiredStateError, InvalidYamlError
+from margo_lite import jsonvalue, logs, yamlload
+from margo_lite import pointer as pointers
+from margo_lite.errors import ComposeError, DesiredStateError, InvalidYamlError
 
 log = logs.get(__name__)
 
@@ -39,9 +40,6 @@ DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 COMPONENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 APPLICATION_ID = re.compile(r"[a-z0-9-]{1,200}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
-POINTER_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,128}")
-#: Top-level compose keys a pointer may reach; `name` and the rest would break the project.
-OVERLAY_ROOTS = ("services", "networks", "volumes", "configs", "secrets")
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 MAX_NAME = 253
 MAX_COMPONENTS = 64
@@ -451,7 +449,11 @@ class _Parser:
                 raise self.fail("NOT_A_MAPPING", at, f"must be a mapping, not {_kind(param)}")
             if "value" not in param:
                 raise self.fail("MISSING_FIELD", f"{at}.value", "required field is missing")
-            value = param["value"]
+            try:  # plain JSON only: what is validated is what is applied, unchanged
+                value = jsonvalue.plain(param["value"], f"{at}.value")
+            except ComposeError as exc:
+                message = exc.message.removeprefix(f"{at}.value: ")
+                raise self.fail(exc.code, f"{at}.value", message) from None
             targets = param.get("targets")
             if targets is None:
                 raise self.fail("MISSING_FIELD", f"{at}.targets", "required list is missing")
@@ -537,22 +539,19 @@ class _Parser:
             setters[key] = pname
             env[comp][var] = _env_string(value)
             return
-        segments = pointer.split(".")
-        if not all(POINTER_SEGMENT.fullmatch(s) for s in segments) or len(segments) < 2:
-            raise self.fail(
-                "UNSUPPORTED_POINTER",
-                where,
-                f"{pointer!r} is neither ENV.NAME nor a dotted path like services.web.image",
-            )
-        if profile_type == COMPOSE and not (
-            segments[0] in OVERLAY_ROOTS or segments[0].startswith("x-")
-        ):
-            raise self.fail(
-                "UNSUPPORTED_POINTER",
-                where,
-                f"{pointer!r}: a compose path must start with one of "
-                f"{', '.join(OVERLAY_ROOTS)} or x-",
-            )
+        if profile_type == COMPOSE:
+            try:
+                segments = list(pointers.parse(pointer))
+            except ComposeError as exc:
+                raise self.fail(exc.code, where, exc.message) from None
+        else:  # helm values: the same segments, any root
+            segments = pointer.split(".")
+            if not all(pointers.SEGMENT.fullmatch(s) for s in segments) or len(segments) < 2:
+                raise self.fail(
+                    "UNSUPPORTED_POINTER",
+                    where,
+                    f"{pointer!r} is neither ENV.NAME nor a dotted path like services.web.image",
+                )
         # Overlapping paths would make the result depend on the order of application.
         clash = None
         if setters.get((comp, pointer), pname) != pname:
@@ -621,7 +620,7 @@ class _Parser:
             key_location=key,
             properties=frozen_props,
             env=MappingProxyType(dict(env)),
-            overlays=_freeze(overlays),
+            overlays=MappingProxyType(dict(overlays)),  # plain values, applied as validated
             digest=digest,
             package_in_repo=bool(package_files),
             key_in_repo=bool(key_files),
@@ -707,30 +706,12 @@ class _Parser:
 
 
 def apply_overlays(document: Any, overlays: Mapping[str, Any]) -> Any:
-    """A copy of a compose document with each dotted pointer set to its value.
-
-    Missing mappings on the way are created; a path through a scalar or a list is an
-    UNSUPPORTED_POINTER error, since no meaning for it would be obvious to the user.
-    """
-    result = thaw(document)
-    if not isinstance(result, dict):
-        raise DesiredStateError("the compose document is not a mapping", code="UNSUPPORTED_POINTER")
-    for pointer in sorted(overlays):
-        node = result
-        segments = pointer.split(".")
-        for depth, segment in enumerate(segments[:-1]):
-            child = node.get(segment)
-            if child is None:
-                child = node[segment] = {}
-            if not isinstance(child, dict):
-                reached = ".".join(segments[: depth + 1])
-                raise DesiredStateError(
-                    f"{pointer!r} cannot apply: {reached} is {_kind(child)}, not a mapping",
-                    code="UNSUPPORTED_POINTER",
-                )
-            node = child
-        node[segments[-1]] = thaw(overlays[pointer])
-    return result
+    """A copy of a compose document with each dotted pointer set to its value (the one
+    grammar of `margo_lite.pointer`, as every package gets it at apply)."""
+    try:
+        return pointers.apply(thaw(document), {k: thaw(v) for k, v in overlays.items()})
+    except ComposeError as exc:
+        raise DesiredStateError(exc.message, code=exc.code) from None
 
 
 # --- values --------------------------------------------------------------------------------

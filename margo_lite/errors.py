@@ -139,6 +139,7 @@ DESIRED_STATE_CODES = (
     "UNSUPPORTED_POINTER",
     "CONFLICTING_PARAMETERS",  # two parameters set the same variable or overlapping paths
     "MISSING_PACKAGE",  # an in-repository packageLocation/keyLocation names nothing
+    "COMPOSE_INVALID",  # a parameter value that is not plain JSON (a date, a non-string key)
     "DEPENDENCY_CYCLE",  # planner: deployments wait for each other
     "WAITING_FOR_DEPENDENCY",  # planner: Pending reason
     "NOT_STARTED",  # planner: Pending reason of a component whose turn has not come

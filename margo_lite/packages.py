@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from margo_lite import archive, logs, pgp, proxy, yamlload
+from margo_lite import archive, logs, pgp, pkgmanifest, proxy, yamlload
 from margo_lite.config import PackagesConfig
 from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
@@ -51,6 +51,7 @@ COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-c
 SIGNATURE_SUFFIXES = (".asc", ".sig")
 MAX_SIDE_FILE = 1 << 20  # signatures and keys
 INDEX = "index.json"
+MANIFESTS = "manifests"  # what each ready folder shipped (pkgmanifest), beside pkgs/
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,33 @@ class PackageStore:
         folder = self._pkgs / digest.removeprefix("sha256:")
         name = _compose_name(folder) if folder.is_dir() else None
         return None if name is None else PreparedPackage(folder, folder / name, digest)
+
+    def verify(self, digest: str) -> PreparedPackage:
+        """The ready folder of `digest`, every file it shipped unchanged (PACKAGE_TAMPERED
+        if not, PACKAGE_MISSING if it is gone): what self-heal starts from."""
+        with self._lock:
+            package = self.ready(digest)
+            if package is None:
+                raise PackageError(
+                    "the package this component was installed from is no longer cached",
+                    code="PACKAGE_MISSING",
+                )
+            try:
+                self._check_unchanged(package)
+            except (OSError, StateError) as exc:
+                raise _cache_error(self._root, exc) from None
+            return package
+
+    def _check_unchanged(self, package: PreparedPackage) -> None:
+        name = f"{MANIFESTS}/{package.digest.removeprefix('sha256:')}.json"
+        manifest = self._state.read_json(name)
+        if isinstance(manifest, dict):
+            pkgmanifest.check(package.path, manifest, f"package {package.digest[:19]}")
+        elif archive.tree_digest(package.path) != package.digest:  # from an older version
+            raise PackageError(
+                f"package {package.digest[:19]} changed since it was checked",
+                code=pkgmanifest.CODE,
+            )
 
     def prune(self, keep: set[str]) -> None:
         """Drop ready folders whose digest is not in `keep`, then hold the cache to its bound."""
@@ -303,7 +331,15 @@ class PackageStore:
         known = self._index["sources"].get(source_id)
         if not known:
             return None
-        return self.ready(known["digest"])
+        package = self.ready(known["digest"])
+        if package is not None:
+            try:
+                self._check_unchanged(package)
+            except PackageError as exc:  # a container wrote into it: build it afresh
+                log.warning("%s; preparing it again", exc.message)
+                self._discard(package.path)
+                return None
+        return package
 
     def _build(
         self, raw: _Raw | None, files: dict[str, bytes] | None, location: str, work: Path
@@ -326,6 +362,9 @@ class PackageStore:
                 _missing_compose_message(location, dest), code="COMPOSE_FILE_MISSING"
             )
         digest = archive.tree_digest(dest)
+        self._state.write_json(
+            f"{MANIFESTS}/{digest.removeprefix('sha256:')}.json", pkgmanifest.take(dest)
+        )
         archive.sync_tree(dest)
         final = self._pkgs / digest.removeprefix("sha256:")
         if not final.exists():
@@ -365,6 +404,9 @@ class PackageStore:
         for folder in list(self._pkgs.iterdir()):
             if f"sha256:{folder.name}" not in keep:
                 self._discard(folder)
+        for manifest in self._state.names(MANIFESTS):
+            if f"sha256:{Path(manifest).stem}" not in keep:
+                self._state.delete(manifest)
         index = self._index
         index["sources"] = {k: v for k, v in index["sources"].items() if v["digest"] in keep}
         index["http"] = {u: e for u, e in index["http"].items() if keep & set(e["digests"])}

@@ -21,10 +21,12 @@ import os
 import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from margo_lite import composedoc
 from margo_lite.config import PolicyConfig
-from margo_lite.errors import PackageError, PolicyError
+from margo_lite.errors import ComposeError, PackageError, PolicyError
 
 #: Pending reason while a deployment's compose file goes through this check.
 PENDING_REASON = "POLICY_CHECK"
@@ -39,17 +41,22 @@ class Violation:
     detail: str
 
     def __str__(self) -> str:
-        return f"service {self.service!r}: {self.detail} (allow with {self.rule})"
+        where = f"service {self.service!r}: " if self.service else ""
+        return f"{where}{self.detail} (allow with {self.rule})"
 
 
 def check_compose(
     compose: Mapping[str, Any],
     policy: PolicyConfig,
     *,
+    package_dir: Path | None = None,
     realpath: Callable[[str], str] = os.path.realpath,
 ) -> None:
-    """Raise PolicyError (POLICY_DENIED) naming each rule broken and its service."""
-    found = violations(compose, policy, realpath=realpath)
+    """Raise PolicyError (POLICY_DENIED) naming each rule broken and its service.
+
+    `package_dir` is the folder the document's relative paths were resolved in: bind
+    mounts of it and below are allowed like `policy.allowed_bind_paths`."""
+    found = violations(compose, policy, package_dir=package_dir, realpath=realpath)
     if found:
         raise PolicyError("; ".join(map(str, found)), rule=found[0].rule, service=found[0].service)
 
@@ -58,6 +65,7 @@ def violations(
     compose: Mapping[str, Any],
     policy: PolicyConfig,
     *,
+    package_dir: Path | None = None,
     realpath: Callable[[str], str] = os.path.realpath,
 ) -> list[Violation]:
     """Every rule the compose document breaks, in service order."""
@@ -70,9 +78,36 @@ def violations(
             raise PackageError(
                 f"compose file: service {name!r} is not a mapping", code="PACKAGE_INVALID"
             )
-        for rule, detail in _service_problems(service, compose, policy, realpath):
+        for rule, detail in _service_problems(service, compose, policy, realpath, package_dir):
             found.append(Violation(str(name), rule, detail))
+    reported = {v.detail for v in found}
+    for rule, detail in _declared_external(compose, policy):  # declared, used or not
+        if detail not in reported:
+            found.append(Violation("", rule, detail))
     return found
+
+
+def _declared_external(
+    compose: Mapping[str, Any], policy: PolicyConfig
+) -> Iterator[tuple[str, str]]:
+    """External volumes and networks the document declares that the policy does not list."""
+    for section, rule, allowed in (
+        ("volumes", "policy.allowed_external_volumes", policy.allowed_external_volumes),
+        ("networks", "policy.allowed_external_networks", policy.allowed_external_networks),
+    ):
+        definitions = compose.get(section)
+        for key, definition in (definitions if isinstance(definitions, Mapping) else {}).items():
+            if not (isinstance(definition, Mapping) and _on(definition.get("external"))):
+                continue
+            external = definition.get("external")
+            real = definition.get("name", key)
+            if isinstance(external, Mapping):
+                real = external.get("name", real)
+            if section == "networks" and _is_host(real):
+                if not policy.allow_host_network:
+                    yield "policy.allow_host_network", f"network {key!r} is the host network"
+            elif str(real) not in allowed:
+                yield rule, f"external {section[:-1]} {real!r}"
 
 
 def _service_problems(
@@ -80,9 +115,17 @@ def _service_problems(
     compose: Mapping[str, Any],
     policy: PolicyConfig,
     realpath: Callable[[str], str],
+    package_dir: Path | None,
 ) -> Iterator[tuple[str, str]]:
-    if _on(service.get("privileged")) and not policy.allow_privileged:
-        yield "policy.allow_privileged", "privileged mode"
+    if not policy.allow_privileged:
+        if _on(service.get("privileged")):
+            yield "policy.allow_privileged", "privileged mode"
+        for key in ("userns_mode", "uts", "cgroup", "cgroupns_mode"):
+            if _is_host(service.get(key)):
+                yield "policy.allow_privileged", f"{key}: host"
+        for option in _as_list(service.get("security_opt")):
+            if _unconfined(option):
+                yield "policy.allow_privileged", f"security_opt {option}"
     if not policy.allow_host_network:
         for key in ("network_mode", "net"):
             if _is_host(service.get(key)):
@@ -100,9 +143,11 @@ def _service_problems(
     if not policy.allow_devices:
         for detail in _device_requests(service):
             yield "policy.allow_devices", detail
+    allowed = policy.allowed_bind_paths + ((str(package_dir),) if package_dir else ())
     for source, how in _host_paths(service, compose):
-        if not _path_allowed(source, policy.allowed_bind_paths, realpath):
+        if not _path_allowed(source, allowed, realpath):
             yield "policy.allowed_bind_paths", f"{how} of host path {source!r}"
+    yield from _external(service, compose, policy)
 
 
 def _on(value: Any) -> bool:
@@ -110,6 +155,13 @@ def _on(value: Any) -> bool:
     if value is None or value is False:
         return False
     return str(value).strip().lower() not in _OFF
+
+
+def _unconfined(option: Any) -> bool:
+    """Any security option but `no-new-privileges` may lift confinement (seccomp, AppArmor
+    or SELinux off, or a custom profile from a host file): it counts as privilege."""
+    text = str(option).strip().lower().replace(":", "=")
+    return text not in ("no-new-privileges", "no-new-privileges=true")
 
 
 def _is_host(value: Any) -> bool:
@@ -160,28 +212,33 @@ def _device_requests(service: Mapping[str, Any]) -> Iterator[str]:
         yield "deploy.resources.reservations.devices"
 
 
+def _mounts(service: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """The service's mounts in long syntax; a shape not understood is refused, never skipped."""
+    for index, entry in enumerate(_as_list(service.get("volumes"))):
+        if isinstance(entry, str):  # a document not (yet) canonical: fold it the same way
+            entry = composedoc.short_syntax_mount(entry, f"volumes.{index}")
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("source", ""), str):
+            raise ComposeError(f"volumes.{index}: not a mount", code=composedoc.CODE)
+        yield entry
+
+
 def _host_paths(
     service: Mapping[str, Any], compose: Mapping[str, Any]
 ) -> Iterator[tuple[str, str]]:
     """(host path, how it is used) for every way the service reaches into the host's files."""
     volumes = compose.get("volumes")
     volumes = volumes if isinstance(volumes, Mapping) else {}
-    for entry in _as_list(service.get("volumes")):
-        if isinstance(entry, str):
-            source = entry.split(":", 1)[0] if ":" in entry else ""
-            if _looks_like_path(source):
-                yield source, "bind mount"
-            elif source:
-                yield from _volume_paths(source, volumes)
-        elif isinstance(entry, Mapping):
-            kind = entry.get("type")
-            source = entry.get("source", entry.get("src"))
-            if not isinstance(source, str):
-                continue
-            if kind == "bind" or (kind is None and _looks_like_path(source)):
-                yield source, "bind mount"
-            elif kind == "volume":
-                yield from _volume_paths(source, volumes)
+    for entry in _mounts(service):
+        kind = entry.get("type")
+        source = entry.get("source", entry.get("src"))
+        if not source:
+            continue
+        if kind == "bind" or (kind is None and composedoc.is_path(source)):
+            yield source, "bind mount"
+        elif composedoc.is_path(source):  # a named volume that is a host path
+            yield source, f"{kind or 'volume'} mount"
+        else:
+            yield from _volume_paths(source, volumes)
     for env_file in _as_list(service.get("env_file")):
         path = env_file.get("path") if isinstance(env_file, Mapping) else env_file
         if isinstance(path, str):
@@ -200,6 +257,34 @@ def _host_paths(
                 yield definition["file"], f"{section[:-1]} {name!r} read from a file"
 
 
+def _external(
+    service: Mapping[str, Any], compose: Mapping[str, Any], policy: PolicyConfig
+) -> Iterator[tuple[str, str]]:
+    """External volumes and networks the service uses that the policy does not list."""
+    volumes = compose.get("volumes")
+    volumes = volumes if isinstance(volumes, Mapping) else {}
+    for entry in _mounts(service):
+        definition = volumes.get(entry.get("source")) if entry.get("type") != "bind" else None
+        if isinstance(definition, Mapping) and _on(definition.get("external")):
+            real = str(definition.get("name") or entry.get("source"))
+            if real not in policy.allowed_external_volumes:
+                yield "policy.allowed_external_volumes", f"external volume {real!r}"
+    definitions = compose.get("networks")
+    definitions = definitions if isinstance(definitions, Mapping) else {}
+    networks = service.get("networks")
+    names = list(networks) if isinstance(networks, Mapping) else _as_list(networks)
+    for name in names or ["default"]:
+        definition = definitions.get(name)
+        if not (isinstance(definition, Mapping) and _on(definition.get("external"))):
+            continue
+        external = definition.get("external")
+        real = definition.get("name", name)
+        if isinstance(external, Mapping):
+            real = external.get("name", real)
+        if not _is_host(real) and str(real) not in policy.allowed_external_networks:
+            yield "policy.allowed_external_networks", f"external network {real!r}"
+
+
 def _volume_paths(name: str, volumes: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """A named volume of the local driver can be a bind mount in disguise."""
     definition = volumes.get(name)
@@ -210,10 +295,6 @@ def _volume_paths(name: str, volumes: Mapping[str, Any]) -> Iterator[tuple[str, 
     device = options.get("device")
     if flags & {"bind", "rbind"} and isinstance(device, str):
         yield device, f"volume {name!r} bound to a host folder"
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", ".", "~"))
 
 
 def _normalize(path: str) -> str:

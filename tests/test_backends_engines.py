@@ -84,7 +84,7 @@ def make_backend(engine: str, driver: str, environ: dict, state_dir: Path) -> Ba
 
 
 def unit(package: Path, deployment: str, digest: str, **env: str) -> ComponentUnit:
-    return ComponentUnit(deployment, "app", package, env, {}, digest)
+    return ComponentUnit.from_package(deployment, "app", package, env, {}, digest, device=DEVICE)
 
 
 def web_container(backend: Backend, deployment: str, service: str = "web"):

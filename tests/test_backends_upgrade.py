@@ -53,12 +53,13 @@ def test_upgrade_replaces_this_devices_older_objects_only(
     eng = backend.engine
     dep, theirs, gone = (f"upgrade-{what}-{engine}" for what in ("mine", "theirs", "gone"))
     port, their_port = free_port(), free_port()
-    mine = unit(write_app(tmp_path / "mine", port, text=APP), dep, "m1")
-    old_name = install_as_older_version(backend, mine)
+    mine_dir = write_app(tmp_path / "mine", port, text=APP)
+    mine = unit(mine_dir, dep, "m1")
+    old_name = install_as_older_version(backend, mine, mine_dir)
+    their_dir = write_app(tmp_path / "theirs", their_port, text=APP)
     their_name = install_as_older_version(
-        backend, unit(write_app(tmp_path / "theirs", their_port, text=APP), theirs, "t1"),
-        record=False,
-    )  # fmt: skip
+        backend, unit(their_dir, theirs, "t1"), their_dir, record=False
+    )
     try:
         assert wait_for(
             lambda: http_get(port) == "hi\n", timeout=120, what="the older installation"
@@ -106,9 +107,8 @@ def test_upgrade_replaces_this_devices_older_objects_only(
         assert _named(eng.volumes({proj.DEPLOYMENT: theirs}), their_name)
 
         # an older component removed from the desired state goes, volumes too with purge
-        gone_name = install_as_older_version(
-            backend, unit(write_app(tmp_path / "gone", free_port(), text=APP), gone, "g1")
-        )
+        gone_dir = write_app(tmp_path / "gone", free_port(), text=APP)
+        gone_name = install_as_older_version(backend, unit(gone_dir, gone, "g1"), gone_dir)
         assert (gone, "app") in backend.managed()
         purge.remove(gone, "app")
         assert legacy.containers(eng, gone, "app") == []

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from margo_lite import archive, desired, planner, policy
+from margo_lite import archive, composedoc, desired, planner, policy
 from margo_lite.config import PolicyConfig
 from margo_lite.errors import DESIRED_STATE_CODES, MargoLiteError, PackageError, PolicyError
 from tests.corpus import corpus
@@ -54,7 +54,7 @@ def test_every_stored_file_belongs_to_a_case():
     named = {f for c in CASES if c.kind == "desired-state" for f in c.files}
     named |= set(corpus.GOOD_PATHS)
     assert set(corpus.iter_files(corpus.DESIRED)) == named
-    composed = {f for c in CASES if c.kind in ("compose", "policy") for f in c.files}
+    composed = {f for c in CASES if c.kind in ("compose", "policy", "canonical") for f in c.files}
     assert set(corpus.iter_files(corpus.COMPOSE)) == composed
 
 
@@ -297,3 +297,51 @@ def test_policy_case(case: Case) -> None:
         assert isinstance(caught.value, PolicyError)
         assert caught.value.rule == case.spec["rule"], caught.value
         assert caught.value.service == "web"
+
+
+# --- canonical documents: package and parameters through composedoc and the policy -----------
+
+
+def canonical_refusal(case: Case, tmp_path: Path) -> MargoLiteError:
+    """The case as the agent handles it: parsed, built once, checked; its refusal."""
+    files = corpus.canonical_files(case)
+    state = desired.parse_files(files)
+    assert not state.failures, state.failures  # the document itself is fine
+    (component,) = state.deployments[0].components
+    package = tmp_path / "app"
+    package.mkdir()
+    (package / "compose.yaml").write_bytes(files[f"{case.name}/app/compose.yaml"])
+    with pytest.raises(MargoLiteError) as caught:
+        document = composedoc.build(
+            package,
+            component.env,
+            component.overlays,
+            deployment_id=f"corpus-{case.name}",
+            component="web",
+            device="gw-corpus",
+        )
+        policy.check_compose(document, PolicyConfig(), package_dir=package.resolve())
+    return caught.value
+
+
+@pytest.mark.parametrize("case", params("canonical"))
+def test_canonical_case(case: Case, tmp_path: Path) -> None:
+    error = canonical_refusal(case, tmp_path)
+    assert error.code == case.code, error
+    if case.spec.get("says"):
+        assert case.spec["says"] in error.message, error
+    if case.spec.get("rule"):
+        assert isinstance(error, PolicyError) and error.rule == case.spec["rule"], error
+
+
+def test_the_canonical_control_passes(tmp_path: Path) -> None:
+    """canon-plain.yaml alone, with its package-relative bind `./data:/data`, is allowed."""
+    package = tmp_path / "app"
+    package.mkdir()
+    (package / "compose.yaml").write_bytes((corpus.COMPOSE / "canon-plain.yaml").read_bytes())
+    document = composedoc.build(
+        package, {}, {}, deployment_id="corpus-control", component="web", device="gw-corpus"
+    )
+    policy.check_compose(document, PolicyConfig(), package_dir=package.resolve())
+    (mount,) = document["services"]["web"]["volumes"]
+    assert mount["source"] == str(package.resolve() / "data")

@@ -31,7 +31,7 @@ def test_the_agent_reports_every_case_and_installs_the_good_deployment(rig):
         "corpus-good"
     ]
     expected: dict[str, set[str]] = {}
-    for case in cases_of("desired-state"):
+    for case in [*cases_of("desired-state"), *cases_of("canonical")]:
         for dep_id in case.ids:
             expected.setdefault(dep_id, set()).update({case.code, *case.also})
     assert len(expected) >= 40

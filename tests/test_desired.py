@@ -282,6 +282,13 @@ CASES = [
         True,
     ),
     (
+        # A YAML date is no JSON value: refused, never converted or skipped (issue 13).
+        setter("spec.parameters.p", env_param(__import__("datetime").date(2024, 1, 2), "X", "web")),
+        "COMPOSE_INVALID",
+        "spec.parameters.p.value",
+        True,
+    ),
+    (
         setter(
             "spec.parameters.p",
             {"value": 1, "targets": [{"pointer": "/services/web/image", "components": ["web"]}]},

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from margo_lite import logs
+from margo_lite import composedoc, logs
 from margo_lite.backends import legacy, project
 from margo_lite.backends.builtin import BuiltinDriver
 from margo_lite.backends.compose import (
@@ -33,7 +33,7 @@ from margo_lite.backends.compose import (
 )
 from margo_lite.backends.engine import ENGINES, Container, Docker, Engine, Podman
 from margo_lite.backends.project import load_project, project_name
-from margo_lite.errors import ConfigError, EngineError, EngineTransientError
+from margo_lite.errors import ComposeError, ConfigError, EngineError, EngineTransientError
 from margo_lite.statestore import StateStore
 
 __all__ = [
@@ -71,14 +71,43 @@ AUTO_DRIVERS = {
 
 @dataclass(frozen=True)
 class ComponentUnit:
-    """One component of a deployment, ready to run: its package folder and parameters."""
+    """One component of a deployment, ready to run: its canonical compose document.
+
+    The document is the one the policy gate checked (`composedoc.build`, names derived and
+    ownership labels set); drivers render from it and the record keeps it."""
 
     deployment_id: str
     component: str
-    package_dir: Path  # folder with the compose file at its root
-    env: Mapping[str, str]  # ENV.NAME parameters
-    overlays: Mapping[str, Any]  # dotted pointer -> value
-    digest: str  # content digest of everything above; unchanged digest, untouched unit
+    document: Mapping[str, Any] = field(repr=False)  # may hold parameter values
+    digest: str  # covers the document; unchanged digest, untouched unit
+
+    @classmethod
+    def from_package(
+        cls,
+        deployment_id: str,
+        component: str,
+        package_dir: Path,
+        env: Mapping[str, str],
+        overlays: Mapping[str, Any],
+        digest: str,
+        *,
+        device: str,
+    ) -> ComponentUnit:
+        """Build the canonical document of a package folder (no policy check: see agent)."""
+        document = composedoc.build(
+            package_dir,
+            env,
+            overlays,
+            deployment_id=deployment_id,
+            component=component,
+            device=device,
+        )
+        return cls(
+            deployment_id,
+            component,
+            document,
+            composedoc.digest({"component": digest, "document": document}),
+        )
 
 
 @dataclass(frozen=True)
@@ -141,12 +170,9 @@ class Backend:
     def apply(self, unit: ComponentUnit) -> None:
         """Install or update a component; on a failed update, restore the previous version."""
         name = project_name(unit.deployment_id, unit.component, device=self.device)
-        doc = project.with_ownership(
-            load_project(unit.package_dir, unit.env, unit.overlays),
-            unit.deployment_id,
-            unit.component,
-            device=self.device,
-        )
+        doc = composedoc.plain(unit.document)
+        if doc.get("name") != name:
+            raise ComposeError(f"the document is not the canonical one of project {name}")
         record = self._record(name)
         if (
             record
@@ -200,6 +226,18 @@ class Backend:
         compose_file = self._workdir(name) / "compose.yaml"
         compose_file.unlink(missing_ok=True)
         log.info("%s/%s: removed", deployment_id, component)
+
+    def recorded(self, deployment_id: str, component: str) -> ComponentUnit | None:
+        """The document last applied (and checked) for the component, to restore it as it
+        was; None when there is no applied record, or one older than canonical documents."""
+        name = project_name(deployment_id, component, device=self.device)
+        record = self._record(name)
+        if not record or record.get("state") != "applied":
+            return None
+        doc = record.get("doc")
+        if not isinstance(doc, dict) or doc.get("name") != name:  # written before issue 13
+            return None
+        return ComponentUnit(deployment_id, component, doc, record["digest"])
 
     def observe(self, deployment_id: str, component: str) -> ComponentHealth:
         """Per service: running, exited (code), restarting, created, unhealthy or missing.

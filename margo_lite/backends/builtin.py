@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from margo_lite import logs, schedule
+from margo_lite import composedoc, imageref, logs, schedule
 from margo_lite.backends import project
 from margo_lite.backends.compose import Driver
 from margo_lite.errors import ComposeError
@@ -48,7 +48,7 @@ NETWORK_KEYS = {"labels", "driver", "name"}
 VOLUME_KEYS = {"labels", "driver", "name", "external"}
 HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
 PORT_KEYS = {"target", "published", "host_ip", "protocol", "mode"}
-MOUNT_KEYS = {"type", "source", "target", "read_only"}
+MOUNT_KEYS = {"type", "source", "target", "read_only", "bind", "volume"}
 RESTART = {"no", "always", "on-failure", "unless-stopped"}
 
 
@@ -107,15 +107,15 @@ def check_supported(doc: Mapping[str, Any]) -> None:
 
 
 def network_name(name: str, doc: Mapping[str, Any]) -> str:
+    """The canonical document's name for its default network (derived from the project)."""
     default = (doc.get("networks") or {}).get("default") or {}
     return default.get("name") or f"{name}_default"
 
 
 def volume_name(name: str, doc: Mapping[str, Any], volume: str) -> str:
+    """The canonical document's name for a declared volume (derived unless external)."""
     definition = (doc.get("volumes") or {}).get(volume) or {}
-    if definition.get("external") or definition.get("name"):
-        return definition.get("name") or volume
-    return f"{name}_{volume}"
+    return definition.get("name") or f"{name}_{volume}"
 
 
 def container_name(name: str, service: str) -> str:
@@ -175,54 +175,62 @@ class BuiltinDriver(Driver):
                 continue
             log.info("%s: starting service %s", name, service)
             self.engine._run(
-                ["run", "-d", "--label", f"{project.CONFIG_HASH}={wanted}", *argv],
+                ["run", "-d", f"--label={project.CONFIG_HASH}={wanted}", *argv],
                 what=f"start service {service} of {name}",
             )
 
     def run_argv(self, name: str, doc: Mapping[str, Any], service: str) -> list[str]:
-        """The engine's `run -d` arguments (after `run -d`) for one service."""
+        """The engine's `run -d` arguments (after `run -d`) for one service.
+
+        Every value from the document is joined to its flag (`--flag=value`) or comes after
+        the image, which is checked against the reference grammar: nothing a document holds
+        can stand in an option position."""
         spec = doc["services"][service]
         where = f"services.{service}"
-        argv = ["--name", container_name(name, service)]
-        argv += ["--network", network_name(name, doc), "--network-alias", service]
+        argv = [f"--name={container_name(name, service)}"]
+        argv += [f"--network={network_name(name, doc)}", f"--network-alias={service}"]
         for key, value in (spec.get("labels") or {}).items():
-            argv += ["--label", f"{key}={value}"]
+            argv.append(f"--label={key}={value}")
         for key, value in (spec.get("environment") or {}).items():
-            argv += ["--env", f"{key}={value}"]
+            argv.append(f"--env={key}={value}")
         for port in spec.get("ports") or []:
-            argv += ["--publish", _port(port, where)]
+            argv.append(f"--publish={_port(port, where)}")
         for volume in spec.get("volumes") or []:
-            argv += ["--volume", _mount(volume, name, doc, where)]
+            argv.append(f"--volume={_mount(volume, name, doc, where)}")
         restart = spec.get("restart")
         if restart:
-            argv += ["--restart", str(restart)]
+            argv.append(f"--restart={restart}")
         for key, flag in (("working_dir", "--workdir"), ("user", "--user")):
             if spec.get(key) is not None:
-                argv += [flag, str(spec[key])]
+                argv.append(f"{flag}={spec[key]}")
         if spec.get("hostname"):
-            argv += ["--hostname", str(spec["hostname"])]
+            argv.append(f"--hostname={spec['hostname']}")
         if spec.get("stop_signal"):
-            argv += ["--stop-signal", str(spec["stop_signal"])]
+            argv.append(f"--stop-signal={spec['stop_signal']}")
         if spec.get("stop_grace_period") is not None:
             seconds = _seconds(spec["stop_grace_period"], f"{where}.stop_grace_period")
-            argv += ["--stop-timeout", str(max(0, round(seconds)))]
+            argv.append(f"--stop-timeout={max(0, round(seconds))}")
         argv += _healthcheck(spec.get("healthcheck"), f"{where}.healthcheck")
         command = _words(spec.get("command"), f"{where}.command")
         entrypoint = _words(spec.get("entrypoint"), f"{where}.entrypoint")
         if entrypoint is not None:
             if entrypoint:
-                argv += ["--entrypoint", entrypoint[0]]
+                argv.append(f"--entrypoint={entrypoint[0]}")
                 command = [*entrypoint[1:], *(command or [])]
             else:
-                argv += ["--entrypoint", ""]
-        return [*argv, str(spec["image"]), *(command or [])]
+                argv.append("--entrypoint=")
+        image = imageref.check(spec.get("image"), f"{where}.image")
+        return [*argv, image, *(command or [])]
 
 
 def _words(value: Any, where: str) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return shlex.split(value)
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ComposeError(f"{where}: {exc}") from None
     if isinstance(value, list):
         return [str(v) for v in value]
     raise ComposeError(f"{where}: expected a string or a list")
@@ -251,25 +259,23 @@ def _port(port: Any, where: str) -> str:
 
 
 def _mount(volume: Any, name: str, doc: Mapping[str, Any], where: str) -> str:
-    if isinstance(volume, dict):
-        source = volume.get("source")
-        target = volume.get("target")
-        if not target:
-            raise ComposeError(f"{where}.volumes: a mapping needs a target")
-        if volume.get("type") == "volume" and source:
-            source = volume_name(name, doc, source)
-        text = f"{source}:{target}" if source else str(target)
-        return f"{text}:ro" if volume.get("read_only") else text
-    if not isinstance(volume, str):
-        raise ComposeError(f"{where}.volumes: expected a string or a mapping")
-    source, sep, rest = volume.partition(":")
-    if not sep:
-        return volume  # anonymous volume
-    if not source.startswith(("/", ".", "~")):
-        if source not in (doc.get("volumes") or {}):
-            raise ComposeError(f"{where}.volumes: volume {source!r} is not declared in volumes")
+    """`--volume` text of a canonical mount (long syntax, bind sources absolute)."""
+    if isinstance(volume, str):  # a document recorded before canonical documents (a rollback)
+        volume = composedoc.short_syntax_mount(volume, f"{where}.volumes")
+    if not isinstance(volume, dict) or volume.get("type") not in ("bind", "volume"):
+        raise ComposeError(f"{where}.volumes: expected a canonical bind or volume mount")
+    source = volume.get("source")
+    if volume["type"] == "volume" and source:
         source = volume_name(name, doc, source)
-    return f"{source}:{rest}"
+    elif volume["type"] == "bind" and not str(source).startswith("/"):
+        raise ComposeError(f"{where}.volumes: bind source {source!r} is not an absolute path")
+    options = [] if not volume.get("read_only") else ["ro"]
+    extra = volume.get(volume["type"]) or {}
+    options += [str(extra[k]) for k in ("selinux", "propagation") if extra.get(k)]
+    if extra.get("nocopy"):
+        options.append("nocopy")
+    text = f"{source}:{volume['target']}" if source else str(volume["target"])
+    return f"{text}:{','.join(options)}" if options else text
 
 
 def _healthcheck(check: Any, where: str) -> list[str]:
@@ -288,14 +294,14 @@ def _healthcheck(check: Any, where: str) -> list[str]:
             return ["--no-healthcheck"]
         else:
             raise ComposeError(f"{where}.test: expected a string or [CMD, ...] / [CMD-SHELL, ...]")
-        argv += ["--health-cmd", command]
+        argv.append(f"--health-cmd={command}")
     for key, flag in (
         ("interval", "--health-interval"),
         ("timeout", "--health-timeout"),
         ("start_period", "--health-start-period"),
     ):
         if check.get(key) is not None:
-            argv += [flag, f"{_seconds(check[key], f'{where}.{key}'):g}s"]
+            argv.append(f"{flag}={_seconds(check[key], f'{where}.{key}'):g}s")
     if check.get("retries") is not None:
-        argv += ["--health-retries", str(int(check["retries"]))]
+        argv.append(f"--health-retries={int(check['retries'])}")
     return argv

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from margo_lite import logs
+from margo_lite import composedoc, logs
 from margo_lite.backends import project
 from margo_lite.backends.engine import Engine, engine_error
 from margo_lite.errors import EngineError, EngineTransientError
@@ -75,7 +75,7 @@ class ExternalDriver(Driver):
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         file = workdir / COMPOSE_FILE
         # The document can hold parameter values (secrets): readable by root only.
-        write_file_atomic(file, project.dump(doc), mode=0o600)
+        write_file_atomic(file, project.dump(composedoc.tool_document(doc)), mode=0o600)
         self._run(
             [*self._global(name, file), "up", "-d", *self.extra_up],
             what=f"{self.name} up {name}",

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from margo_lite import logs
+from margo_lite import imageref, logs
 from margo_lite.errors import EngineError, EngineTransientError
 
 log = logs.get(__name__)
@@ -272,14 +272,14 @@ class Engine:
     def create_network(self, name: str, labels: Mapping[str, str]) -> None:
         argv = ["network", "create"]
         for key, value in labels.items():
-            argv += ["--label", f"{key}={value}"]
-        self._run([*argv, name], what=f"create network {name}")
+            argv.append(f"--label={key}={value}")
+        self._run([*argv, _object_name(name)], what=f"create network {name}")
 
     def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
         argv = ["volume", "create"]
         for key, value in labels.items():
-            argv += ["--label", f"{key}={value}"]
-        self._run([*argv, name], what=f"create volume {name}")
+            argv.append(f"--label={key}={value}")
+        self._run([*argv, _object_name(name)], what=f"create volume {name}")
 
     def remove_network(self, name: str) -> None:
         try:
@@ -298,6 +298,7 @@ class Engine:
     # --- images ----------------------------------------------------------------------------
 
     def has_image(self, image: str) -> bool:
+        imageref.check(image, "image")
         try:
             self._run(["image", "inspect", image], what=f"inspect image {image}")
         except EngineError as exc:
@@ -307,7 +308,10 @@ class Engine:
         return True
 
     def ensure_image(self, image: str) -> None:
-        """Use a local image as it is; pull a missing one; fail with IMAGE_MISSING naming it."""
+        """Use a local image as it is; pull a missing one; fail with IMAGE_MISSING naming it.
+
+        The reference is checked against the grammar first: it is a positional word."""
+        imageref.check(image, "image")
         if self.has_image(image):
             return
         log.info("image %s is not on this device: pulling it", image)
@@ -362,6 +366,14 @@ class Podman(Engine):
                 os.kill(pid, signal.SIGKILL)
                 reaped += 1
         return reaped
+
+
+def _object_name(name: str) -> str:
+    """A network or volume name margo-lite derived: never something an engine reads as an
+    option (a positional word)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", name):
+        raise EngineError(f"{name!r} is not a network or volume name", code="COMPOSE_INVALID")
+    return name
 
 
 def _processes() -> list[tuple[int, list[str]]]:

@@ -1,11 +1,11 @@
-"""Load a component's compose project into the one document every driver and the policy gate use.
+"""The compose-project steps `composedoc.build` is made of, and names, labels and hashes.
 
 Pure apart from reading the package folder: the compose file, its `.env` and its env files.
 Interpolation is done here, not by the compose tool, so the policy gate judges exactly what
 runs, the agent's own environment never leaks into a project, and all drivers see the same
 document. Variables come from the package's `.env` file and the deployment's `ENV.NAME`
-parameters (parameters win). Env files are inlined into `environment`, relative bind mount
-sources become absolute, and overlays (dotted pointers) are applied last.
+parameters (parameters win). Env files are inlined into `environment`. The order of the
+steps (interpolate, overlays, fold and resolve, name) is `composedoc`'s.
 """
 
 from __future__ import annotations
@@ -51,26 +51,26 @@ def find_compose_file(package_dir: Path) -> Path:
 def load_project(
     package_dir: Path, env: Mapping[str, str], overlays: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The final compose document of a package: interpolated, env files inlined, overlaid."""
-    package_dir = Path(package_dir).resolve()
+    """The canonical document of a package (see `composedoc.build`), without project names."""
+    from margo_lite import composedoc  # composedoc builds on this module
+
+    return composedoc.build(package_dir, env, overlays)
+
+
+def read_compose(package_dir: Path) -> Any:
+    """The package's compose file, parsed (with the YAML limits), not yet checked."""
     path = find_compose_file(package_dir)
     try:
-        doc = yamlload.load_one(_read(path))
+        return yamlload.load_one(_read(path))
     except MargoLiteError as exc:
-        raise ComposeError(f"{path}: {exc.message}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
-        raise ComposeError(f"{path}: expected a mapping with a 'services' mapping")
-    variables = dict(_read_dotenv(package_dir / ".env"))
-    variables.update(env)
-    doc = _interpolate(doc, variables, str(path.name))
-    for name, service in doc["services"].items():
-        if not isinstance(service, dict):
-            raise ComposeError(f"{path.name}: services.{name}: expected a mapping")
-        _normalize_service(service, name, package_dir, variables)
-    for pointer, value in overlays.items():
-        _set_pointer(doc, pointer, value)
-    service_order(doc)  # refuse unknown dependencies and cycles now
-    return doc
+        raise ComposeError(f"{path.name}: {exc.message}") from None
+
+
+def variables(package_dir: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """Interpolation variables: the package's `.env`, then the ENV parameters (they win)."""
+    found = dict(_read_dotenv(package_dir / ".env"))
+    found.update(env)
+    return found
 
 
 def _read(path: Path) -> bytes:
@@ -109,11 +109,11 @@ def _read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
-def _interpolate(value: Any, variables: Mapping[str, str], where: str) -> Any:
+def interpolate(value: Any, variables: Mapping[str, str], where: str) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, variables, f"{where}: {k}") for k, v in value.items()}
+        return {k: interpolate(v, variables, f"{where}: {k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, variables, where) for v in value]
+        return [interpolate(v, variables, where) for v in value]
     if isinstance(value, str) and "$" in value:
         return _VAR.sub(lambda m: _substitute(m, variables, where), value)
     return value
@@ -141,10 +141,10 @@ def _substitute(match: re.Match, variables: Mapping[str, str], where: str) -> st
     return value or ""
 
 
-def _normalize_service(
+def inline_environment(
     service: dict, name: str, package_dir: Path, variables: Mapping[str, str]
 ) -> None:
-    """Env files inlined, environment and labels as mappings, bind sources absolute."""
+    """Env files inlined, environment and labels as mappings of strings."""
     where = f"services.{name}"
     environment: dict[str, str] = {}
     env_files = service.pop("env_file", None)
@@ -172,9 +172,6 @@ def _normalize_service(
         service["labels"] = {
             k: "" if v is None else v for k, v in _pairs(service["labels"], f"{where}.labels")
         }
-    volumes = service.get("volumes")
-    if isinstance(volumes, list):
-        service["volumes"] = [_absolute_bind(v, package_dir) for v in volumes]
 
 
 def _pairs(value: Any, where: str) -> list[tuple[str, str | None]]:
@@ -207,41 +204,6 @@ def _inside(package_dir: Path, relative: str, where: str) -> Path:
     if not path.is_relative_to(package_dir):
         raise ComposeError(f"{where}: {relative} is outside the package")
     return path
-
-
-def _absolute_bind(volume: Any, package_dir: Path) -> Any:
-    if isinstance(volume, str):
-        source, sep, rest = volume.partition(":")
-        if sep and source.startswith("."):
-            return f"{(package_dir / source).resolve()}:{rest}"
-    elif isinstance(volume, dict) and volume.get("type") == "bind":
-        source = volume.get("source")
-        if isinstance(source, str) and not source.startswith("/"):
-            return {**volume, "source": str((package_dir / source).resolve())}
-    return volume
-
-
-def _set_pointer(doc: dict, pointer: str, value: Any) -> None:
-    """Set `value` at a dotted pointer like `services.web.environment.LEVEL`."""
-    parts = pointer.split(".") if isinstance(pointer, str) else []
-    if not parts or not all(parts):
-        raise ComposeError(f"overlay {pointer!r}: expected a dotted pointer")
-    node: Any = doc
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-        else:
-            where = ".".join(parts[:index]) or "the document"
-            raise ComposeError(f"overlay {pointer!r}: {where} is not a mapping")
 
 
 def service_order(doc: Mapping[str, Any]) -> list[str]:

@@ -24,7 +24,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 DESIRED = HERE / "desired"
 COMPOSE = HERE / "compose"
-KINDS = ("desired-state", "package", "signature", "compose", "policy")
+KINDS = ("desired-state", "package", "signature", "compose", "policy", "canonical")
 #: Keys a case of each kind may have besides the common ones; anything else is a typo.
 KIND_KEYS = {
     "desired-state": {"generate", "field", "says"},
@@ -32,6 +32,7 @@ KIND_KEYS = {
     "signature": {"tar", "generate", "raw", "signature", "folder", "says"},
     "compose": {"key", "says"},
     "policy": {"policy", "rule", "says"},
+    "canonical": {"parameters", "rule", "says"},
 }
 COMMON_KEYS = {"name", "kind", "code", "why", "files", "ids", "stage", "also"}
 #: The compose file of every package case that is not about the compose file itself.
@@ -74,7 +75,7 @@ def load_manifest() -> list[Case]:
             raise ValueError(f"case {name}: unknown keys {unknown or ''} missing {missing or ''}")
         if entry.get("stage", "parse") not in ("parse", "plan"):
             raise ValueError(f"case {name}: unknown stage {entry['stage']!r}")
-        if entry["kind"] in ("desired-state", "compose", "policy") and not (
+        if entry["kind"] in ("desired-state", "compose", "policy", "canonical") and not (
             entry.get("files") or entry.get("generate")
         ):
             raise ValueError(f"case {name}: no files")
@@ -120,11 +121,45 @@ def good_files() -> dict[str, bytes]:
 
 
 def desired_tree() -> dict[str, bytes]:
-    """Every desired-state case and the good deployments, as one desired-state folder."""
+    """Every desired-state and canonical case and the good deployments, as one folder."""
     tree = good_files()
     for case in cases_of("desired-state"):
         tree.update(desired_files(case))
+    for case in cases_of("canonical"):
+        tree.update(canonical_files(case))
     return tree
+
+
+def canonical_files(case: Case) -> dict[str, bytes]:
+    """A canonical case as a deployment `corpus-<name>` of the in-repository package
+    `<name>/app` (its compose file), with the case's parameters."""
+    (path,) = case.files
+    parameters = {
+        f"p{index}": {"value": value, "targets": [{"pointer": pointer, "components": ["web"]}]}
+        for index, (pointer, value) in enumerate((case.spec.get("parameters") or {}).items())
+    }
+    document = {
+        "apiVersion": "application.margo.org/v1alpha1",
+        "kind": "ApplicationDeployment",
+        "metadata": {
+            "annotations": {"id": f"corpus-{case.name}", "applicationId": "corpus-app"},
+            "name": f"corpus-{case.name}",
+            "namespace": "margo-corpus",
+        },
+        "spec": {
+            "deploymentProfile": {
+                "type": "docker-compose",
+                "components": [
+                    {"name": "web", "properties": {"packageLocation": f"{case.name}/app"}}
+                ],
+            },
+            "parameters": parameters,
+        },
+    }
+    return {
+        f"{case.name}/app/compose.yaml": (COMPOSE / path).read_bytes(),
+        f"{case.name}/deployment.yaml": yaml.safe_dump(document).encode(),
+    }
 
 
 def write_tree(dest: Path) -> None:

@@ -8,22 +8,23 @@ tools the older version used, so that the new version can be shown to take it ov
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from margo_lite.backends import Backend, ComponentUnit, builtin, load_project, project
 
 
-def install_as_older_version(backend: Backend, unit: ComponentUnit, *, record: bool = True) -> str:
-    """Install `unit` as the older version did; returns its (legacy) project name.
+def install_as_older_version(
+    backend: Backend, unit: ComponentUnit, package_dir: Path, *, record: bool = True
+) -> str:
+    """Install `unit` (built from `package_dir`) as the older version did; returns its
+    (legacy) project name. The older version's document had no derived names.
 
     `record=False` leaves no record in this state dir: what another device's older agent
     installed on the same engine looks like from here.
     """
     doc = project.with_ownership(
-        load_project(unit.package_dir, unit.env, unit.overlays),
-        unit.deployment_id,
-        unit.component,
-        device="older",
+        load_project(package_dir, {}, {}), unit.deployment_id, unit.component, device="older"
     )
     return install_doc_as_older_version(
         backend, unit.deployment_id, unit.component, unit.digest, doc, record=record
