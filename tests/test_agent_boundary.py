@@ -53,6 +53,10 @@ class TwinBackend:
     def managed(self) -> set[tuple[str, str]]:
         return set(self.running)
 
+    def recorded(self, deployment_id: str, component: str) -> ComponentUnit | None:
+        """The unit last applied: what a self-heal starts again."""
+        return self.running.get((deployment_id, component))
+
 
 class FaultyPackages:
     """The real package store, with a surprise while preparing one package location."""
@@ -227,5 +231,7 @@ def test_a_surprise_with_the_whole_desired_state_keeps_what_runs(tmp_path, sim, 
     assert len(sim.statuses()) == reports
 
     _cycle(device)  # the surprise is gone: the new commit is applied
-    assert twin.running[(GOOD, "web")].env["GREETING"] == "new"
+    assert (
+        twin.running[(GOOD, "web")].document["services"]["web"]["environment"]["GREETING"] == "new"
+    )
     assert _last(sim, GOOD)["state"] == "Installed"
