@@ -27,6 +27,8 @@ from margo_lite import wossim
 from margo_lite.backends import project
 from tests.support.engines import IMAGE, free_port
 from tests.support.gitserver import GitServer
+from tests.support.pkgfixtures import make_tar
+from tests.support.pkgserver import PackageServer
 from tests.support.rig import APP, Rig, deployment, wait_state
 from tests.support.wait import wait_for
 
@@ -169,8 +171,15 @@ ATTACKS = {
 }  # fmt: skip
 
 
-def desired_tree(port: int) -> dict[str, str]:
+#: Root cause 4 as it was found: the same pointer on a downloaded package (a real HTTP
+#: server), where relative binds used to be made absolute before the pointer applied.
+DOWNLOADED = "rc4-downloaded"
+DOWNLOADED_POINTER = {"services.web.volumes.0": "../../../../../../..:/host"}
+
+
+def desired_tree(port: int, plain_url: str) -> dict[str, str]:
     files = {
+        f"{DOWNLOADED}.yaml": attack(DOWNLOADED, plain_url, DOWNLOADED_POINTER),
         "apps/web/compose.yaml": APP.format(image=IMAGE),
         "good.yaml": deployment("good", greeting="hello", port=port),
         "apps/plain/compose.yaml": PLAIN,
@@ -198,12 +207,16 @@ def inspect_all(rig: Rig) -> list[dict]:
 
 
 def run_attacks(rig: Rig) -> None:
-    rig.upstream.commit(desired_tree(free_port()))
-    rig.start()
-    wait_state(rig, "good", "Installed", timeout=240)
-    for dep_id, (_, code) in ATTACKS.items():
-        last = wait_state(rig, dep_id, "Failed", timeout=120)
-        assert last["status"]["error"]["code"] == code, (dep_id, last)
+    with PackageServer(None) as server:
+        plain = make_tar([("compose.yaml", PLAIN.encode())])
+        rig.upstream.commit(desired_tree(free_port(), server.put("/plain.tar.gz", plain)))
+        rig.start()
+        wait_state(rig, "good", "Installed", timeout=240)
+        codes = {dep_id: code for dep_id, (_, code) in ATTACKS.items()}
+        for dep_id, code in {**codes, DOWNLOADED: "POLICY_DENIED"}.items():
+            last = wait_state(rig, dep_id, "Failed", timeout=120)
+            assert last["status"]["error"]["code"] == code, (dep_id, last)
+        assert server.downloads("/plain.tar.gz") >= 1  # refused after download, not before
 
     def tampered() -> bool:
         return any(
