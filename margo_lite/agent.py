@@ -28,6 +28,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from margo_lite import backends, config, desired, logs, planner, policy, pools, schedule, wos
 from margo_lite.errors import (
@@ -477,17 +478,23 @@ class Agent:
         package = self.parts.packages.prepare(
             component.package_location, component.key_location, self.snapshot.files
         )
+        return self._checked_unit(step.deployment_id, component, package.path), package.digest
+
+    def _checked_unit(
+        self, deployment_id: str, component: desired.Component, package_dir: Path
+    ) -> backends.ComponentUnit:
+        """The component's canonical document from its package folder, through the policy."""
         unit = backends.ComponentUnit.from_package(
-            step.deployment_id,
+            deployment_id,
             component.name,
-            package.path,
+            package_dir,
             component.env,
             component.overlays,
             component.digest,
             device=self.cfg.device.id,
         )
-        policy.check_compose(unit.document, self.cfg.policy, package_dir=package.path)
-        return unit, package.digest
+        policy.check_compose(unit.document, self.cfg.policy, package_dir=package_dir)
+        return unit
 
     @property
     def backend(self) -> backends.Backend:
@@ -588,16 +595,9 @@ class Agent:
             package = self.parts.packages.verify(digest)
             unit = self.backend.recorded(record.id, component.name)
             if unit is None:  # recorded by an older version: built from the verified package
-                unit = backends.ComponentUnit.from_package(
-                    record.id,
-                    component.name,
-                    package.path,
-                    component.env,
-                    component.overlays,
-                    component.digest,
-                    device=self.cfg.device.id,
-                )
-            policy.check_compose(unit.document, self.cfg.policy, package_dir=package.path)
+                unit = self._checked_unit(record.id, component, package.path)
+            else:  # checked again against the policy in force
+                policy.check_compose(unit.document, self.cfg.policy, package_dir=package.path)
             with self._long_step():
                 self.backend.apply(unit)
         except Exception as exc:  # the heal step's boundary: any surprise fails this component
