@@ -42,7 +42,7 @@ def install_doc_as_older_version(
 ) -> str:
     """The same from a labelled document (a newer record's): its device labels dropped."""
     name = project.legacy_project_name(deployment_id, component)
-    doc = _without_device(doc)
+    doc = _as_older(_without_device(doc))
     if record:
         backend.store.write_json(
             f"backends/{name}.json",
@@ -76,3 +76,18 @@ def _without_device(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_device(v) for v in value]
     return value
+
+
+def _as_older(doc: dict[str, Any]) -> dict[str, Any]:
+    """The older version's document had no derived names: its network and volumes were
+    named after its own (legacy) project, never after the newer version's."""
+    doc = {k: v for k, v in doc.items() if k != "name"}
+    for key in ("networks", "volumes"):
+        if isinstance(doc.get(key), dict):
+            doc[key] = {
+                item: {k: v for k, v in (definition or {}).items() if k != "name"}
+                if not (definition or {}).get("external")
+                else definition
+                for item, definition in doc[key].items()
+            }
+    return doc
