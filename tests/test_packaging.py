@@ -448,7 +448,7 @@ def _config(interval: int, state_dir: str = "/var/lib/margo-lite") -> str:
 @pytest.fixture(scope="module")
 def gateway(packages: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     work = tmp_path_factory.mktemp("gateway")
-    conf = work / "containers.conf"  # see /work/shared/sandbox-notes.md; tests only
+    conf = work / "containers.conf"  # see the sandbox notes beside the contract; tests only
     conf.write_text(
         '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
         '[engine]\nruntime = "runc"\n'
