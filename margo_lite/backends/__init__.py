@@ -33,7 +33,13 @@ from margo_lite.backends.compose import (
 )
 from margo_lite.backends.engine import ENGINES, Container, Docker, Engine, Podman
 from margo_lite.backends.project import load_project, project_name
-from margo_lite.errors import ComposeError, ConfigError, EngineError, EngineTransientError
+from margo_lite.errors import (
+    ComposeError,
+    ConfigError,
+    EngineError,
+    EngineFailedError,
+    EngineTransientError,
+)
 from margo_lite.statestore import StateStore
 
 __all__ = [
@@ -317,8 +323,8 @@ class Backend:
                     self._remove_containers(containers)
             self._up(name, unit, previous["doc"])
             self._wait_ready(unit.deployment_id, unit.component, previous["doc"])
-        except EngineError as again:
-            raise EngineError(
+        except EngineError as again:  # the cause's class: its family decides what comes next
+            raise type(cause)(
                 f"update failed ({cause.message}) and restoring the previous version failed "
                 f"too: {again.message}",
                 code=cause.code,
@@ -334,7 +340,7 @@ class Backend:
             None,
             digest=previous["digest"],
         )
-        raise EngineError(
+        raise EngineFailedError(
             f"update failed and the previous version was restored: {cause.message} [{cause.code}]",
             code="ROLLED_BACK",
             argv=cause.argv,
@@ -355,7 +361,7 @@ class Backend:
             containers = self._containers(deployment_id, component)
             problem, waiting = self._readiness(doc, containers)
             if problem:
-                raise EngineError(problem, code="HEALTHCHECK_FAILED")
+                raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
             if waiting:
                 settled = None
             else:
@@ -369,7 +375,7 @@ class Backend:
                 elif time.monotonic() >= settle_at:
                     return
             if time.monotonic() >= deadline:
-                raise EngineError(
+                raise EngineFailedError(
                     f"not running and healthy within {self.health_timeout:g}s: {waiting}",
                     code="HEALTHCHECK_FAILED",
                 )

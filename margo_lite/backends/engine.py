@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from margo_lite import imageref, logs
-from margo_lite.errors import EngineError, EngineTransientError
+from margo_lite.errors import ComposeError, EngineError, EngineFailedError, EngineTransientError
 
 log = logs.get(__name__)
 
@@ -72,11 +72,12 @@ def classify(stderr: str) -> str:
 def engine_error(
     what: str, argv: Sequence[str], returncode: int | None, stderr: str, code: str | None = None
 ) -> EngineError:
-    """An EngineError (transient when the engine is unreachable) with the engine's message."""
+    """An EngineFailedError (EngineTransientError when the engine is unreachable) with the
+    engine's message."""
     tail = logs.redact(stderr.strip()[-STDERR_TAIL:])
     code = code or classify(tail)
     last = tail.splitlines()[-1] if tail else f"exit status {returncode}"
-    cls = EngineTransientError if code == "ENGINE_UNAVAILABLE" else EngineError
+    cls = EngineTransientError if code == "ENGINE_UNAVAILABLE" else EngineFailedError
     return cls(
         f"{what}: {last}", code=code, argv=masked_argv(argv), returncode=returncode, stderr=tail
     )
@@ -320,7 +321,7 @@ class Engine:
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
-            raise EngineError(
+            raise EngineFailedError(
                 f"image {image} is not on this device and cannot be pulled: "
                 f"{exc.message.split(': ', 1)[-1]}",
                 code="IMAGE_MISSING",
@@ -372,7 +373,7 @@ def _object_name(name: str) -> str:
     """A network or volume name margo-lite derived: never something an engine reads as an
     option (a positional word)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", name):
-        raise EngineError(f"{name!r} is not a network or volume name", code="COMPOSE_INVALID")
+        raise ComposeError(f"{name!r} is not a network or volume name", code="COMPOSE_INVALID")
     return name
 
 
