@@ -68,6 +68,20 @@ class LocalIOError(TransientError):
     codes = {"LOCAL_IO_ERROR": "free disk space or fix the file system; retried with backoff"}
 
 
+# --- the site's network: the HTTP proxy -------------------------------------------------------
+
+
+class ProxyError(TransientError):
+    """The site's HTTP proxy failed us. The message names the proxy, its password masked.
+    Each transport re-raises it in its own family with the same code and message."""
+
+    code = "PROXY_UNREACHABLE"
+    codes = {
+        "PROXY_UNREACHABLE": "check `network.proxy` and the proxy",
+        "PROXY_AUTH_FAILED": "fix the proxy's user and password (HTTP 407)",
+    }
+
+
 # --- configuration and command line -------------------------------------------------------
 
 
@@ -183,8 +197,7 @@ class GitTransientError(SourceError, TransientError):
         "GIT_STORE_CORRUPT": "none: the damaged local repository is discarded and fetched again",
         "GIT_STORE_BUSY": "another margo-lite process holds the local repository: stop it",
         "GIT_COMMIT_MISSING": "none: the next poll fetches the commit again",
-        "PROXY_UNREACHABLE": "check `network.proxy` and the proxy",
-        "PROXY_AUTH_FAILED": "fix the proxy's user and password (HTTP 407)",
+        **ProxyError.codes,
     }
 
 
@@ -199,9 +212,7 @@ class DesiredStateError(StalledError):
     code = "INVALID_FIELD"
     codes = {
         "INVALID_FIELD": "fix the field the message names",
-        "INVALID_YAML": "fix the YAML (not YAML, not UTF-8 text, or duplicate keys)",
-        "YAML_TOO_COMPLEX": "simplify the file: too deep, too many nodes or documents",
-        "YAML_TOO_LARGE": "make the file (or all files together) smaller",
+        **InvalidYamlError.codes,
         "NOT_A_MAPPING": "make the document (or the field) a mapping",
         "MISSING_FIELD": "add the field the message names",
         "INVALID_DEPLOYMENT_ID": "use a valid deployment id (the message says which rule)",
@@ -281,8 +292,7 @@ class PackageTransientError(TransientError):
         "PACKAGE_MISSING": "none: the package is prepared again",
         "PACKAGE_TAMPERED": "none: a file in the ready folder changed (a container wrote into "
         "it); the package is prepared again from its source",
-        "PROXY_UNREACHABLE": "check `network.proxy` and the proxy",
-        "PROXY_AUTH_FAILED": "fix the proxy's user and password (HTTP 407)",
+        **ProxyError.codes,
     }
 
 
@@ -394,8 +404,7 @@ class WosTransientError(WosError):
         "WOS_UNAUTHORIZED": "none if it passes: a new token is fetched once; else the credentials",
         "WOS_AUTH_FAILED": "fix the `wos.*` client credentials",
         "WOS_TLS_FAILED": "fix `wos.ca_file` or the WOS's certificate",
-        "PROXY_UNREACHABLE": "check `network.proxy` and the proxy",
-        "PROXY_AUTH_FAILED": "fix the proxy's user and password (HTTP 407)",
+        **ProxyError.codes,
     }
 
 
@@ -418,20 +427,6 @@ class OnboardingError(StalledError):
         "ONBOARDING_CA_MISMATCH": "check the CA fingerprint you were given",
         "ONBOARDING_DECLINED": "ask the WOS operator to accept the device",
         "ONBOARDING_WRITE_FAILED": "fix the permissions of the configuration folder",
-    }
-
-
-# --- the site's network: the HTTP proxy -------------------------------------------------------
-
-
-class ProxyError(TransientError):
-    """The site's HTTP proxy failed us. The message names the proxy, its password masked.
-    Each transport re-raises it in its own family with the same code and message."""
-
-    code = "PROXY_UNREACHABLE"
-    codes = {
-        "PROXY_UNREACHABLE": "check `network.proxy` and the proxy",
-        "PROXY_AUTH_FAILED": "fix the proxy's user and password (HTTP 407)",
     }
 
 
