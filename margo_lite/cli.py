@@ -200,7 +200,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from margo_lite import demo
+    from margo_lite.devkit import demo
 
     return demo.run(keep=args.keep)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from margo_lite.errors import MargoLiteError
 from margo_lite.statestore import StateStore
 from margo_lite.statusview import POLL_RECORD

@@ -154,12 +154,14 @@ def test_yocto_recipe_installs_files_that_exist() -> None:
 
 def test_debian_package_depends_on_what_the_issue_names() -> None:
     control = (ROOT / "packaging" / "debian" / "control").read_text()
-    depends = re.search(r"^Depends:(.*?)^Description", control, re.MULTILINE | re.DOTALL)
+    depends = re.search(r"^Depends:(.*?)^[A-Z]", control, re.MULTILINE | re.DOTALL)
     assert depends
     names = {d.strip() for d in depends.group(1).replace("\n", " ").split(",")}
     required = {"python3 (>= 3.11)", "python3-dulwich", "python3-urllib3", "python3-yaml"}
     assert required | {"gpgv", "podman | docker.io"} <= names
     assert re.search(r"^Architecture: all$", control, re.MULTILINE)
+    # `margo-lite demo` builds its image from a static busybox; the agent does not need it
+    assert re.search(r"^Suggests: busybox-static$", control, re.MULTILINE)
 
 
 def _cli_surface() -> dict[str, set[str]]:

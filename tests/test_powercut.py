@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from tests.support.engines import free_port
 from tests.support.gitserver import Upstream
 from tests.support.powercut import (
