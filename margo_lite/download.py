@@ -36,6 +36,7 @@ from urllib3.exceptions import SSLError
 
 from margo_lite import __version__, logs, proxy
 from margo_lite.errors import DownloadError, PackageError, ProxyError
+from margo_lite.fileio import write_all
 from margo_lite.pools import Pools
 
 log = logs.get(__name__)
@@ -263,9 +264,7 @@ class Downloader:
                             code="PACKAGE_TOO_LARGE",
                         )
                     digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    write_all(fd, chunk)
             except (Urllib3Error, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
                 raise _Retryable(f"body cut short: {_reason(exc)}") from None
             if length is not None and size != length:

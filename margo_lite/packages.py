@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from margo_lite import archive, logs, pgp, pkgmanifest, proxy, yamlload
+from margo_lite import archive, fileio, logs, pgp, pkgmanifest, proxy, yamlload
 from margo_lite.config import PackagesConfig
 from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
@@ -42,7 +42,7 @@ from margo_lite.errors import (
     StateCorruptError,
     StateError,
 )
-from margo_lite.statestore import StateStore, fsync_dir
+from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
 
@@ -287,7 +287,7 @@ class PackageStore:
                 code="PACKAGE_TOO_LARGE",
             )
         file = work / "raw"
-        archive.write_file(file, data)
+        fileio.create_file(file, data)
         return _Raw(path, file, posixpath.basename(path), hashlib.sha256(data).hexdigest())
 
     def _fetch(self, url: str, limit: int) -> Path:
@@ -311,7 +311,7 @@ class PackageStore:
             tmp.unlink()
         else:
             os.rename(tmp, blob)
-            fsync_dir(self._blobs)
+            fileio.fsync_dir(self._blobs)
         log.info("downloaded %s (%d bytes)", logs.sanitize_url(url), fetched.size)
         same_blob = entry is not None and entry["blob"] == fetched.sha256
         self._index["http"][_url_key(url)] = {
@@ -365,11 +365,11 @@ class PackageStore:
         self._state.write_json(
             f"{MANIFESTS}/{digest.removeprefix('sha256:')}.json", pkgmanifest.take(dest)
         )
-        archive.sync_tree(dest)
+        fileio.sync_tree(dest)
         final = self._pkgs / digest.removeprefix("sha256:")
         if not final.exists():
             os.rename(dest, final)
-            fsync_dir(self._pkgs)
+            fileio.fsync_dir(self._pkgs)
         log.info("package %s ready: %s", raw.name if raw else location, digest)
         return PreparedPackage(final, final / name, digest)
 
@@ -441,7 +441,7 @@ class PackageStore:
         """Move out of the cache first, so a crash never leaves a half-deleted package."""
         trash = self._tmp / f"trash-{uuid.uuid4().hex}"
         os.rename(folder, trash)
-        fsync_dir(folder.parent)
+        fileio.fsync_dir(folder.parent)
         _remove(trash)
 
 
@@ -510,7 +510,7 @@ def _write_bare_compose(raw: _Raw, data: bytes, dest: Path) -> None:
             code="PACKAGE_INVALID",
         )
     name = raw.basename if raw.basename in COMPOSE_NAMES else COMPOSE_NAMES[0]
-    archive.write_file(dest / name, data)
+    fileio.create_file(dest / name, data)
 
 
 def _compose_name(folder: Path) -> str | None:

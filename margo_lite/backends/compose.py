@@ -23,7 +23,7 @@ from margo_lite import composedoc, logs
 from margo_lite.backends import project
 from margo_lite.backends.engine import Engine, engine_error
 from margo_lite.errors import EngineError, EngineTransientError
-from margo_lite.statestore import write_file_atomic
+from margo_lite.fileio import write_file_atomic
 
 log = logs.get(__name__)
 
