@@ -23,6 +23,7 @@ from typing import Any
 
 from margo_lite import jsonvalue, logs, yamlload
 from margo_lite import pointer as pointers
+from margo_lite.constants import COMPOSE_FILE_NAMES
 from margo_lite.errors import ComposeError, DesiredStateError, InvalidYamlError
 
 log = logs.get(__name__)
@@ -40,7 +41,6 @@ DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 COMPONENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 APPLICATION_ID = re.compile(r"[a-z0-9-]{1,200}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
-COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 MAX_NAME = 253
 MAX_COMPONENTS = 64
 MAX_PARAMETERS = 1024

@@ -34,7 +34,8 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError
 
-from margo_lite import __version__, logs, proxy
+from margo_lite import logs, proxy
+from margo_lite.constants import USER_AGENT
 from margo_lite.errors import DownloadError, PackageError, ProxyError
 from margo_lite.fileio import write_all
 from margo_lite.pools import Pools
@@ -173,7 +174,7 @@ class Downloader:
         self, url: str, dest: Path, *, limit: int, validators: Validators | None, by: _Deadline
     ) -> Fetched:
         headers = {
-            "User-Agent": f"margo-lite/{__version__}",
+            "User-Agent": USER_AGENT,
             "Accept-Encoding": "identity",
             **(validators.headers() if validators else {}),
         }

@@ -33,6 +33,7 @@ from typing import Any
 
 from margo_lite import archive, fileio, logs, pgp, pkgmanifest, proxy, yamlload
 from margo_lite.config import PackagesConfig
+from margo_lite.constants import COMPOSE_FILE_NAMES
 from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
     DownloadError,
@@ -47,7 +48,6 @@ from margo_lite.statestore import StateStore
 log = logs.get(__name__)
 
 #: Names of the compose file at the package root, in the order they are looked for.
-COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 SIGNATURE_SUFFIXES = (".asc", ".sig")
 MAX_SIDE_FILE = 1 << 20  # signatures and keys
 INDEX = "index.json"
@@ -509,12 +509,12 @@ def _write_bare_compose(raw: _Raw, data: bytes, dest: Path) -> None:
             f"{raw.name}: neither a tar archive nor a compose file (YAML mapping)",
             code="PACKAGE_INVALID",
         )
-    name = raw.basename if raw.basename in COMPOSE_NAMES else COMPOSE_NAMES[0]
+    name = raw.basename if raw.basename in COMPOSE_FILE_NAMES else COMPOSE_FILE_NAMES[0]
     fileio.create_file(dest / name, data)
 
 
 def _compose_name(folder: Path) -> str | None:
-    for name in COMPOSE_NAMES:
+    for name in COMPOSE_FILE_NAMES:
         if (folder / name).is_file():  # a link here was checked to stay inside the package
             return name
     return None
@@ -522,9 +522,11 @@ def _compose_name(folder: Path) -> str | None:
 
 def _missing_compose_message(location: str, dest: Path) -> str:
     shown = logs.sanitize_url(location) if _is_url(location) else location
-    message = f"{shown}: no compose file ({', '.join(COMPOSE_NAMES)}) at the package root"
+    message = f"{shown}: no compose file ({', '.join(COMPOSE_FILE_NAMES)}) at the package root"
     nested = sorted(
-        str(path.relative_to(dest)) for name in COMPOSE_NAMES for path in dest.glob(f"*/{name}")
+        str(path.relative_to(dest))
+        for name in COMPOSE_FILE_NAMES
+        for path in dest.glob(f"*/{name}")
     )
     if nested:
         message += f"; found {nested[0]} (the compose file must be at the root)"

@@ -28,8 +28,9 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
-from margo_lite import __version__, logs, proxy
+from margo_lite import logs, proxy
 from margo_lite.config import WosConfig
+from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ProxyError, WosError, WosRejectedError, WosTransientError
 from margo_lite.pools import Pools
 from margo_lite.signing import HEADER as SIGNATURE_HEADER
@@ -38,7 +39,6 @@ from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
 
-USER_AGENT = f"margo-lite/{__version__}"
 STATES = ("Pending", "Installing", "Installed", "Failed", "Removing", "Removed")
 CASES = ("capitalized", "lowercase")
 MAX_RESPONSE = 64 * 1024  # an answer larger than this is cut: we only ever log or parse its start

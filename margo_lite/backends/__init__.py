@@ -33,6 +33,7 @@ from margo_lite.backends.compose import (
 )
 from margo_lite.backends.engine import ENGINES, Container, Docker, Engine, Podman
 from margo_lite.backends.project import load_project, project_name
+from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import ComposeError, ConfigError, EngineError, EngineTransientError
 from margo_lite.statestore import StateStore
 
@@ -223,7 +224,7 @@ class Backend:
         self._retire_legacy(deployment_id, component, removal=True)
         self._remove_objects(deployment_id, component, volumes=self.purge_volumes)
         self.store.delete(self._record_name(name))
-        compose_file = self._workdir(name) / "compose.yaml"
+        compose_file = self._workdir(name) / COMPOSE_FILE
         compose_file.unlink(missing_ok=True)
         log.info("%s/%s: removed", deployment_id, component)
 

@@ -22,12 +22,11 @@ from typing import Any
 from margo_lite import composedoc, logs
 from margo_lite.backends import project
 from margo_lite.backends.engine import Engine, engine_error
+from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import EngineError, EngineTransientError
 from margo_lite.fileio import write_file_atomic
 
 log = logs.get(__name__)
-
-COMPOSE_FILE = "compose.yaml"
 
 
 class Driver:
