@@ -190,7 +190,7 @@ def recording(engine_class: type) -> Any:
             super().__init__({"PATH": ""})
             self.calls: list[list[str]] = []
 
-        def _run(self, argv, *, what="", timeout=None):  # the one process call, recorded
+        def run(self, argv, *, what="", timeout=None):  # the one process call, recorded
             self.calls.append(list(argv))
             return subprocess.CompletedProcess([self.program, *argv], 0, "", "")
 
