@@ -42,9 +42,11 @@ import yaml
 from urllib3.exceptions import InsecureRequestWarning
 
 from margo_lite import capabilities, config, logs, pools, proxy, yamlload
+from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ConfigError, MargoLiteError, OnboardingError, UsageError
-from margo_lite.statestore import DIR_MODE, FILE_MODE, SECRET_MODE, write_file_atomic
-from margo_lite.wos import USER_AGENT, WosClient, check, make_pool, request
+from margo_lite.fileio import DIR_MODE, FILE_MODE, SECRET_MODE, write_file_atomic
+from margo_lite.wos import WosClient
+from margo_lite.woshttp import check, make_pool, request
 
 log = logs.get(__name__)
 
