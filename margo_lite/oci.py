@@ -214,7 +214,7 @@ def kind_of(document: Mapping[str, Any], content_type: str, what: str) -> str:
     served = content_type.split(";", 1)[0].strip().lower()
     if declared is not None and served and served in ACCEPT and served != declared:
         raise invalid_manifest(f"{what}: served as {served} but says it is {declared}")
-    media = declared or served
+    media = declared or (served if served in ACCEPT else "")
     if document.get("schemaVersion") != 2:
         raise invalid_manifest(f"{what}: schemaVersion is not 2")
     if media in INDEX_TYPES or (not media and "manifests" in document):

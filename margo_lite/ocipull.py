@@ -72,7 +72,7 @@ class Puller:
         self._downloader = downloader
         self._max_size = max_size
         self._clock = clock
-        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
 
     def resolve(self, location: str, work: Path) -> Resolved:
         """The manifest the location's revision names, every layer checked (no blob yet)."""
@@ -146,7 +146,7 @@ class Puller:
         self, ref: oci.Reference, kind: str, target: str, dest: Path, work: Path, *, limit: int
     ) -> Fetched:
         """GET a manifest or blob, fetching a token and trying once more on a 401."""
-        key = (ref.host, ref.name)
+        key = (ref.host, ref.name, ref.user or "")
         what = f"{ref.shown}: {'manifest' if kind == 'manifests' else 'blob'} {target[:19]}"
         for attempt in (1, 2):
             headers = {"accept": oci.ACCEPT} if kind == "manifests" else {}

@@ -15,11 +15,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from margo_lite import oci, policy
+from margo_lite import archive, oci, policy
 from margo_lite.backends import ComponentUnit
 from margo_lite.config import PolicyConfig
 from margo_lite.errors import OciError, OciTransientError, PackageError, PolicyError
+from tests.support.hypo import examples
 from tests.support.ocipush import COMPOSE_FILE, ENV_FILE, Pusher, descriptor, digest_of
 from tests.support.pkgfixtures import (  # noqa: F401 (fixtures)
     cache_leftovers,
@@ -422,3 +425,61 @@ def test_only_env_files_may_start_with_a_dot():
     assert oci.file_name(".env", "x", env=True) == ".env"
     with pytest.raises(OciError):
         oci.file_name(".env", "x", env=False)
+
+
+# --- fuzzing the pure readers ----------------------------------------------------------------
+
+_PIECES = st.sampled_from([*"az09.:/@_-\\\x00\n %", "..", "sha256:", "a" * 64, "x" * 200])
+_TEXT = st.lists(_PIECES, max_size=12).map("".join)
+_DESCRIPTOR = st.fixed_dictionaries(
+    {
+        "mediaType": st.sampled_from([oci.COMPOSE_FILE, oci.ENV_FILE, oci.TAR_GZIP[0], "x"]),
+        "digest": st.one_of(st.just("sha256:" + "0" * 64), _TEXT),
+        "size": st.one_of(st.integers(0, 99), st.integers(-2, 3 << 20), st.just("1")),
+        "annotations": st.dictionaries(
+            st.sampled_from(list(oci.FILE_ANNOTATIONS.values())), _TEXT, max_size=2
+        ),
+    }
+)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(
+    layers=st.lists(_DESCRIPTOR, max_size=4),
+    artifact=st.sampled_from([oci.COMPOSE_PROJECT, "", "x"]),
+)
+def test_any_manifest_gives_a_safe_plan_or_a_coded_refusal(layers, artifact):
+    manifest = {"schemaVersion": 2, "artifactType": artifact, "layers": layers}
+    try:
+        plan = oci.plan(manifest, "fuzz", 1 << 20)
+    except OciError as exc:
+        assert exc.code.startswith("OCI_") or exc.code == "PACKAGE_TOO_LARGE"
+        return
+    names = [name for _, name in plan.layers if name]
+    assert len(names) == len(set(names))
+    for name in names:
+        assert archive.member_path(name) == name and "/" not in name and name not in (".", "..")
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(
+    st.builds(
+        "oci://{}/{}{}{}".format,
+        st.sampled_from(["h", "h.example:5000", "H", "", "h:x", "[::1]:1", "u:p@h"]),
+        _TEXT,
+        st.sampled_from([":", "@", ""]),
+        _TEXT,
+    )
+)
+def test_any_reference_parses_or_is_refused_with_a_code(location):
+    try:
+        ref = oci.parse(location)
+    except OciError as exc:
+        assert exc.code in (
+            "OCI_REFERENCE_INVALID",
+            "OCI_DIGEST_UNSUPPORTED",
+            "OCI_MANIFEST_INVALID",
+        )
+        return
+    assert ref.url("manifests", ref.revision).startswith(f"https://{ref.host}/v2/{ref.name}/")
+    assert ".." not in ref.name.split("/")
