@@ -10,6 +10,8 @@ out. Tampering happens where an attacker would do it: in the registry's storage 
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,10 +20,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from margo_lite import archive, oci, policy
+from margo_lite import archive, oci, policy, proxy
 from margo_lite.backends import ComponentUnit
-from margo_lite.config import PolicyConfig
-from margo_lite.errors import OciError, OciTransientError, PackageError, PolicyError
+from margo_lite.config import PackagesConfig, PolicyConfig
+from margo_lite.errors import (
+    OciError,
+    OciTransientError,
+    PackageError,
+    PolicyError,
+)
+from margo_lite.packages import PackageStore
 from tests.support.hypo import examples
 from tests.support.ocipush import COMPOSE_FILE, ENV_FILE, Pusher, descriptor, digest_of
 from tests.support.pkgfixtures import (  # noqa: F401 (fixtures)
@@ -31,9 +39,11 @@ from tests.support.pkgfixtures import (  # noqa: F401 (fixtures)
     test_ca,
 )
 from tests.support.pkgserver import read_tree
+from tests.support.proxyserver import ForwardProxy
 from tests.support.registry import Registry
 from tests.support.testca import TestCA, make_ca
 from tests.support.tokenserver import TokenServer
+from tests.support.wait import wait_for
 
 EMPTY: dict[str, bytes] = {}
 
@@ -483,3 +493,28 @@ def test_any_reference_parses_or_is_refused_with_a_code(location):
         return
     assert ref.url("manifests", ref.revision).startswith(f"https://{ref.host}/v2/{ref.name}/")
     assert ".." not in ref.name.split("/")
+
+
+# --- site proxy ------------------------------------------------------------------------------
+
+
+def test_pulls_go_through_the_site_proxy(registry, pusher, name, test_ca, tmp_path):
+    pusher.compose_artifact(name, "1.0.0", [("compose.yaml", compose(name))])
+    cfg = dataclasses.replace(PackagesConfig(), ca_file=str(test_ca.ca_file))
+    location = registry.location(name, "1.0.0")
+    port = int(registry.host.rsplit(":", 1)[1])
+    with ForwardProxy(auth=("carol", "proxy-pass-77")) as squid:
+        wrong = proxy.resolve(proxy.Proxy("127.0.0.1", squid.port, "carol"), (), False, {}, "nope")
+        with pytest.raises(PackageError, match="PROXY_AUTH_FAILED"):
+            PackageStore(cfg, tmp_path / "wrong", proxies=wrong).prepare(location, None, EMPTY)
+        right = proxy.resolve(
+            proxy.Proxy("127.0.0.1", squid.port, "carol"), (), False, {}, "proxy-pass-77"
+        )
+        store = PackageStore(cfg, tmp_path / "cache", proxies=right)
+        prepared = store.prepare(location, None, EMPTY)
+        assert prepared.compose_file.read_bytes() == compose(name)
+        del store  # its pooled connections close, and squid logs each tunnel as it ends
+        gc.collect()
+        tunnels = wait_for(lambda: squid.entries(port), timeout=30, what="CONNECT in the log")
+    assert {(e.method, e.user) for e in tunnels} == {("CONNECT", "carol")}
+    assert len(blob_gets(registry, name)) == 1
