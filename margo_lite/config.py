@@ -342,7 +342,7 @@ class PackagesConfig:
     ca_file: str | None = option(
         None,
         optional(file_path),
-        "CA bundle for package servers; default: the system store.",
+        "CA bundle for package servers and OCI registries; default: the system store.",
         is_file=True,
     )
     require_signature: bool = option(

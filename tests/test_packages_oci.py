@@ -518,3 +518,29 @@ def test_pulls_go_through_the_site_proxy(registry, pusher, name, test_ca, tmp_pa
         tunnels = wait_for(lambda: squid.entries(port), timeout=30, what="CONNECT in the log")
     assert {(e.method, e.user) for e in tunnels} == {("CONNECT", "carol")}
     assert len(blob_gets(registry, name)) == 1
+
+
+def test_a_blob_larger_than_its_descriptor_says_is_cut_there(registry, pusher, name, make_store):
+    data = compose(name)
+    pusher.blob(name, data)
+    lying = {**descriptor(COMPOSE_FILE, data), "size": 10}
+    lying["annotations"] = {"com.docker.compose.file": "compose.yaml"}
+    pusher.raw_manifest(name, "1.0.0", [lying])
+    with pytest.raises(PackageError) as caught:
+        make_store().prepare(registry.location(name, "1.0.0"), None, EMPTY)
+    assert caught.value.code == "PACKAGE_TOO_LARGE"
+
+
+def test_a_token_is_reused_until_it_expires(token_registry, test_ca, name, make_store):
+    registry, tokens = token_registry
+    Pusher(registry.host, test_ca.ca_file, user="alice", password="wonder-land-42").tar_package(
+        name, "1.0.0", make_tar([("compose.yaml", compose(name))])
+    )
+    location = _with_user(registry.location(name, "1.0.0"), "alice", "wonder-land-42")
+    store = make_store()
+    asked = len(tokens.requests)
+    store.prepare(location, None, EMPTY)
+    store.prepare(location, None, EMPTY)
+    assert len(tokens.requests) == asked + 1
+    statuses = [s for _, s in registry.requests("GET", f"/v2/{name}/manifests/")]
+    assert statuses == [401, 200, 200]
