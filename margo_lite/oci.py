@@ -5,6 +5,9 @@ in an OCI distribution registry. margo-lite reads two forms of it: a Compose OCI
 as `docker compose publish` writes it (compose files and env files as layers, each named
 by an annotation), and an image manifest with one tar+gzip layer holding the package
 folder. Everything here is pure (bytes in, plans out); `ocipull` talks to the registry.
+An artifact has one main compose file (files it `extends:` may ride along, marked so):
+margo-lite runs one compose file, so an artifact of several to merge (`-f a -f b`, or
+`--resolve-image-digests`) is refused rather than run without its overrides.
 
 Manifests, indexes and annotations come from a registry margo-lite does not control:
 digests must be sha256 over the exact bytes, sizes are bounded, JSON with duplicate keys
@@ -52,6 +55,7 @@ _NAME = re.compile(
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
 _ALGORITHM = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*")
+_COMPOSE_NAME = re.compile(r"(?:docker-)?compose\.ya?ml")  # what the package store looks for
 
 
 @dataclass(frozen=True)
@@ -298,12 +302,27 @@ def _compose_layers(
             raise _too_large(f"{where}: {name} is {layer.size} bytes", MAX_FILE_LAYER)
         seen.add(name)
         named.append((layer, name))
-    if not any(layer.media_type == COMPOSE_FILE for layer, _ in named):
-        raise invalid_manifest(f"{what}: a Compose artifact without a compose file")
+    main = [n for layer, n in named if layer.media_type == COMPOSE_FILE and not _extends(layer)]
+    if len(main) != 1:
+        raise invalid_manifest(
+            f"{what}: {len(main)} compose files to merge ({', '.join(main)[:120]}); "
+            "margo-lite runs one: publish a single compose file"
+        )
+    for layer, name in named:
+        if name != main[0] and _COMPOSE_NAME.fullmatch(name):
+            raise invalid_manifest(
+                f"{what}: only the main compose file may be named {name!r}, not an "
+                f"{'extends file' if layer.media_type == COMPOSE_FILE else 'env file'}"
+            )
     total = sum(layer.size for layer, _ in named)
     if total > max_size:
         raise _too_large(f"{what}: the layers are {total} bytes", max_size)
     return tuple(named)
+
+
+def _extends(layer: Descriptor) -> bool:
+    """A file the main compose file `extends:` (published beside it), not one to merge."""
+    return layer.annotations.get("com.docker.compose.extends") == "true"
 
 
 def file_name(value: Any, where: str, *, env: bool) -> str:

@@ -270,6 +270,46 @@ def test_an_env_file_named_like_the_compose_file_is_refused(registry, pusher, na
         make_store().prepare(registry.location(name, "1.0.0"), None, EMPTY)
 
 
+def test_files_the_compose_file_extends_ride_along(registry, pusher, name, make_store):
+    base = b"services:\n  base:\n    image: localhost/testimg:1\n"
+    main = compose(name) + b"    extends: {file: 0a1b.yaml, service: base}\n"
+    for data in (main, base):
+        pusher.blob(name, data)
+    layers = [
+        descriptor(COMPOSE_FILE, main, {"com.docker.compose.file": "compose.yaml"}),
+        descriptor(
+            COMPOSE_FILE,
+            base,
+            {"com.docker.compose.file": "0a1b.yaml", "com.docker.compose.extends": "true"},
+        ),
+    ]
+    pusher.raw_manifest(name, "1.0.0", layers)
+    prepared = make_store().prepare(registry.location(name, "1.0.0"), None, EMPTY)
+    assert read_tree(prepared.path) == {"compose.yaml": main, "0a1b.yaml": base}
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [("compose.yaml", COMPOSE_FILE), ("image-digests.yaml", COMPOSE_FILE)],
+        [("docker-compose.yml", COMPOSE_FILE), ("compose.yaml", ENV_FILE)],
+    ],
+    ids=["two compose files to merge", "an env file named like a compose file"],
+)
+def test_an_artifact_margo_lite_would_run_differently_is_refused(
+    registry, pusher, name, make_store, layers
+):
+    data = compose(name)
+    pusher.blob(name, data)
+    descriptors = [
+        descriptor(kind, data, {oci.FILE_ANNOTATIONS[kind]: file}) for file, kind in layers
+    ]
+    pusher.raw_manifest(name, "1.0.0", descriptors)
+    with pytest.raises(OciError, match="OCI_MANIFEST_INVALID"):
+        make_store().prepare(registry.location(name, "1.0.0"), None, EMPTY)
+    assert blob_gets(registry, name) == []
+
+
 def test_a_layer_larger_than_allowed_is_refused_before_download(registry, pusher, name, make_store):
     big = compose(name) + b"#" * (oci.MAX_FILE_LAYER + 1)
     pusher.blob(name, big)
