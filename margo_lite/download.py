@@ -26,8 +26,8 @@ import http.client
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import urllib3
@@ -76,6 +76,7 @@ class Fetched:
     validators: Validators
     sha256: str = ""
     size: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)  # the answer's, names lower-case
 
 
 class _Retryable(Exception):
@@ -137,9 +138,16 @@ class Downloader:
         return _Deadline(self._clock() + self._deadline, self._deadline, self._clock)
 
     def fetch(
-        self, url: str, dest: Path, *, limit: int, validators: Validators | None = None
+        self,
+        url: str,
+        dest: Path,
+        *,
+        limit: int,
+        validators: Validators | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Fetched:
-        """GET `url` into the new file `dest` (nothing is left there on failure).
+        """GET `url` into the new file `dest` (nothing is left there on failure). `headers`
+        go to the URL's origin only, like credentials (an OCI registry's Accept and token).
 
         Raises DownloadError (transient: the cause is remote; also when the deadline
         passes) or PACKAGE_TOO_LARGE.
@@ -151,7 +159,9 @@ class Downloader:
         tries = self._backoff
         while True:
             try:
-                return self._attempt(url, dest, limit=limit, validators=validators, by=deadline)
+                return self._attempt(
+                    url, dest, limit=limit, validators=validators, by=deadline, extra=headers
+                )
             except _Retryable as exc:
                 tries = tries.failed()
                 delay = tries.delay()
@@ -163,7 +173,14 @@ class Downloader:
                 self._sleep(delay)
 
     def _attempt(
-        self, url: str, dest: Path, *, limit: int, validators: Validators | None, by: _Deadline
+        self,
+        url: str,
+        dest: Path,
+        *,
+        limit: int,
+        validators: Validators | None,
+        by: _Deadline,
+        extra: Mapping[str, str] | None,
     ) -> Fetched:
         headers = {
             "User-Agent": USER_AGENT,
@@ -178,6 +195,7 @@ class Downloader:
             password = urllib.parse.unquote(parts.password or "")
             logs.register_secret(password)
             credentials = urllib3.make_headers(basic_auth=f"{user}:{password}")
+        credentials.update(extra or {})
         current = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         for _ in range(MAX_REDIRECTS + 1):
             # credentials go to the origin named in the URL only, never where it redirects
@@ -198,6 +216,7 @@ class Downloader:
                     raise DownloadError(
                         f"cannot download {logs.sanitize_url(url)}: HTTP {response.status}",
                         status=response.status,
+                        challenge=response.headers.get("WWW-Authenticate"),
                     )
                 return self._save(response, url, dest, limit, by)
             finally:
@@ -271,7 +290,8 @@ class Downloader:
         validators = Validators(
             etag=response.headers.get("ETag"), last_modified=response.headers.get("Last-Modified")
         )
-        return Fetched(modified=True, validators=validators, sha256=digest.hexdigest(), size=size)
+        answer = {name.lower(): value for name, value in response.headers.items()}
+        return Fetched(True, validators, digest.hexdigest(), size, answer)
 
 
 def _arriving(response: urllib3.HTTPResponse) -> Iterator[bytes]:

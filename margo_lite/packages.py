@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from margo_lite import archive, fileio, logs, pgp, pkgfiles, pkgmanifest, proxy
+from margo_lite import archive, fileio, logs, oci, ocipull, pgp, pkgfiles, pkgmanifest, proxy, yamlload
 from margo_lite.config import PackagesConfig
 from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
@@ -77,6 +77,7 @@ class PackageStore:
         self._downloader = downloader or Downloader(
             timeout=cfg.timeout, deadline=cfg.deadline, ca_file=cfg.ca_file, proxies=proxies
         )
+        self._oci = ocipull.Puller(self._downloader, cfg.max_size)
         self._lock = threading.Lock()
         try:
             for folder in (self._root, self._pkgs, self._blobs, self._tmp):
@@ -156,6 +157,8 @@ class PackageStore:
         repo_files: Mapping[str, bytes],
         work: Path,
     ) -> PreparedPackage:
+        if oci.is_location(location):
+            return self._prepare_oci(location, key_location, work)
         used_urls: list[str] = []
         keyring = self._keyring(key_location, repo_files, used_urls)
         raw, folder = self._source(location, repo_files, work, used_urls)
@@ -175,6 +178,24 @@ class PackageStore:
         source_id = raw.sha256 if raw else pkgfiles.folder_id(folder or {})
         prepared = self._cached(source_id) or self._build(raw, folder, location, work)
         self._remember(source_id, prepared.digest, used_urls)
+        return prepared
+
+    def _prepare_oci(self, location: str, key_location: str | None, work: Path) -> PreparedPackage:
+        """An OCI artifact (`oci.location(repository, revision)`), cached by its manifest's
+        digest: a package prepared before costs one manifest request and no blob."""
+        if key_location is not None or self._cfg.require_signature:
+            raise PackageError(
+                f"{oci.parse(location).shown}: OCI packages carry no detached signature",
+                code="SIGNATURE_MISSING",
+            )
+        resolved = self._oci.resolve(location, work)
+        prepared = self._cached(resolved.source_id)
+        if prepared is None:
+            pulled = self._oci.pull(resolved, work)
+            layer = pulled.layer
+            raw = pkgfiles.Raw(resolved.shown, layer, "", pulled.sha256) if layer else None
+            prepared = self._build(raw, pulled.files, resolved.shown, work)
+        self._remember(resolved.source_id, prepared.digest, [])
         return prepared
 
     def _source(
