@@ -31,7 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from margo_lite import archive, fileio, logs, oci, ocipull, pgp, pkgfiles, pkgmanifest, proxy, yamlload
+from margo_lite import (
+    archive,
+    fileio,
+    logs,
+    oci,
+    ocipull,
+    pgp,
+    pkgfiles,
+    pkgmanifest,
+    proxy,
+)
 from margo_lite.config import PackagesConfig
 from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
