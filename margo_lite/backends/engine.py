@@ -82,6 +82,13 @@ def engine_error(
     )
 
 
+def reworded(cause: EngineError, message: str, code: str) -> EngineError:
+    """The engine's failure told in the caller's words, keeping the command and its output."""
+    return EngineError(
+        message, code=code, argv=cause.argv, returncode=cause.returncode, stderr=cause.stderr
+    )
+
+
 def masked_argv(argv: Sequence[str]) -> tuple[str, ...]:
     """argv with environment values hidden: parameters may be secrets, and errors get logged."""
     masked = list(argv)
@@ -333,13 +340,11 @@ class Engine:
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
-            raise EngineError(
+            raise reworded(
+                exc,
                 f"image {image} is not on this device and cannot be pulled: "
                 f"{exc.message.split(': ', 1)[-1]}",
-                code="IMAGE_MISSING",
-                argv=exc.argv,
-                returncode=exc.returncode,
-                stderr=exc.stderr,
+                "IMAGE_MISSING",
             ) from None
 
 
