@@ -168,7 +168,11 @@ class Engine:
     program = "engine"
 
     def __init__(
-        self, environ: Mapping[str, str], *, program: str | None = None, timeout: float = 300.0
+        self,
+        environ: Mapping[str, str],
+        *,
+        program: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.environ = dict(environ)
         self.program = program or self.program
