@@ -24,8 +24,9 @@ from typing import Any
 from margo_lite import composedoc, logs
 from margo_lite.backends import legacy, project
 from margo_lite.backends.compose import Driver
-from margo_lite.backends.engine import Container, Engine, reworded
+from margo_lite.backends.engine import Container, Engine
 from margo_lite.backends.project import project_name
+from margo_lite.backends.runner import reworded
 from margo_lite.backends.unit import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import ComposeError, EngineError, EngineTransientError
