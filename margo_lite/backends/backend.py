@@ -26,6 +26,7 @@ from margo_lite.backends import legacy, project
 from margo_lite.backends.compose import Driver
 from margo_lite.backends.engine import Container, Engine
 from margo_lite.backends.project import project_name
+from margo_lite.backends.runner import reworded
 from margo_lite.backends.unit import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import ComposeError, EngineError, EngineTransientError
@@ -215,13 +216,11 @@ class Backend:
             self._up(name, unit, previous["doc"])
             self._wait_ready(unit.deployment_id, unit.component, previous["doc"])
         except EngineError as again:
-            raise EngineError(
+            raise reworded(
+                again,
                 f"update failed ({cause.message}) and restoring the previous version failed "
                 f"too: {again.message}",
-                code=cause.code,
-                argv=again.argv,
-                returncode=again.returncode,
-                stderr=again.stderr,
+                cause.code,
             ) from cause
         self._write_record(
             name,
@@ -231,12 +230,10 @@ class Backend:
             None,
             digest=previous["digest"],
         )
-        raise EngineError(
+        raise reworded(
+            cause,
             f"update failed and the previous version was restored: {cause.message} [{cause.code}]",
-            code="ROLLED_BACK",
-            argv=cause.argv,
-            returncode=cause.returncode,
-            stderr=cause.stderr,
+            "ROLLED_BACK",
         ) from cause
 
     def _wait_ready(self, deployment_id: str, component: str, doc: Mapping[str, Any]) -> None:
