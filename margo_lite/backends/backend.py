@@ -1,4 +1,4 @@
-"""Container backends: apply, remove and observe a deployment's components on an engine.
+"""Container backends: apply, remove and check the health of a deployment's components on an engine.
 
 A `Backend` is one engine (podman or docker CLI) plus one compose driver (built-in,
 podman-compose, docker-compose v1, docker compose v2). What it creates carries the
@@ -40,7 +40,7 @@ POLL_SECONDS = 0.5
 
 
 class Backend:
-    """Apply, remove and observe components on one engine through one compose driver."""
+    """Apply, remove and check components on one engine through one compose driver."""
 
     def __init__(
         self,
@@ -137,7 +137,7 @@ class Backend:
             return None
         return ComponentUnit(deployment_id, component, doc, record["digest"])
 
-    def observe(self, deployment_id: str, component: str) -> ComponentHealth:
+    def health(self, deployment_id: str, component: str) -> ComponentHealth:
         """Per service: running, exited (code), restarting, created, unhealthy or missing.
 
         A component an older margo-lite installed counts as missing (to be replaced)."""
