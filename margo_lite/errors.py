@@ -299,9 +299,40 @@ class PackageTransientError(TransientError):
 class DownloadError(PackageTransientError):
     """A download failed after its retries; `status` is the HTTP status if one came back."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        challenge: str | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.challenge = challenge  # WWW-Authenticate of a 401, for registry token auth
+
+
+class OciError(PackageError):
+    """An OCI registry's answer or artifact that margo-lite will not use."""
+
+    code = "OCI_MANIFEST_INVALID"
+    codes = {
+        "OCI_MANIFEST_INVALID": "push a manifest or artifact margo-lite reads (no hostile "
+        "file names)",
+        "OCI_REFERENCE_INVALID": "fix the oci:// packageLocation",
+        "OCI_NOT_FOUND": "push the repository, tag or blob the location names",
+        "OCI_DIGEST_MISMATCH": "push the artifact again: its bytes are not what their digest says",
+        "OCI_DIGEST_UNSUPPORTED": "use sha256 digests",
+        "OCI_AUTH_FAILED": "fix the registry credentials, or the registry's access rules",
+        "OCI_REFUSED": "check the registry: it refused the request (4xx)",
+    }
+
+
+class OciTransientError(PackageTransientError):
+    """The registry or its token service cannot be reached or fails (5xx); retried later."""
+
+    code = "OCI_UNREACHABLE"
+    codes = {"OCI_UNREACHABLE": "check the network and the registry (5xx, no answer)"}
 
 
 # --- container engines and compose drivers --------------------------------------------------

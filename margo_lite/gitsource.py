@@ -29,6 +29,7 @@ from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError
 from margo_lite.git.localrepo import LocalRemote
 from margo_lite.git.objects import typed
+from margo_lite.git.remote import Remote
 from margo_lite.git.signature import verify_commit_signature
 from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
 from margo_lite.git.store import CORRUPT, Store, read_files
@@ -51,12 +52,11 @@ class GitSource:
         self._branch = _check_branch(cfg.branch)
         self._path = _check_path(cfg.path)
         self._store = Store(Path(state_dir) / "git")
-        self._remote: HttpRemote | LocalRemote = _remote_for(cfg, proxies)
+        self._remote: Remote = _remote_for(cfg, proxies)
 
     def poll(self) -> PollResult:
         """Ask for the branch tip (one request); fetch it (one more) only when it changed."""
-        if isinstance(self._remote, HttpRemote):
-            self._remote.authorize(_auth_header(self._cfg))
+        self._remote.authorize(_auth_header(self._cfg))
         try:
             tip = self._remote.tip(self._branch)
             if tip is None:
@@ -125,7 +125,7 @@ def _check_path(path: str) -> tuple[bytes, ...]:
     return tuple(p.encode() for p in parts)
 
 
-def _remote_for(cfg: GitConfig, proxies: proxy.Settings) -> HttpRemote | LocalRemote:
+def _remote_for(cfg: GitConfig, proxies: proxy.Settings) -> Remote:
     url = cfg.url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):

@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import pkgutil
 import re
+import typing
 from pathlib import Path
 
 import margo_lite
@@ -31,11 +32,11 @@ def modules() -> dict[str, object]:
 
 def config_keys() -> set[str]:
     keys = set()
-    for section in dataclasses.fields(config.Config):
-        kind = section.type if isinstance(section.type, type) else None
-        kind = kind or getattr(config, str(section.type).split(".")[-1], None)
-        if dataclasses.is_dataclass(kind):
-            keys |= {f"{section.name}.{f.name}" for f in dataclasses.fields(kind)}
+    for name, hint in typing.get_type_hints(config.Config).items():
+        for kind in (hint, *typing.get_args(hint)):  # a section may be optional
+            if not dataclasses.is_dataclass(kind):
+                continue
+            keys |= {f"{name}.{f.name}" for f in dataclasses.fields(kind)}
     return keys
 
 

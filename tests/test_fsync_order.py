@@ -2,7 +2,7 @@
 must fsync a file's data before its rename and its folder after (tests/support/fsyncorder.py).
 
 A crash test that SIGKILLs a process cannot see a missing fsync (the page cache survives);
-the order of the calls can. Removing either fsync from `margo_lite/statestore.py` fails both
+the order of the calls can. Removing either fsync from `margo_lite/fileio.py` fails both
 the store test and the agent run.
 """
 
@@ -77,7 +77,8 @@ def test_state_store_writes_are_durable(tmp_path):
     script = textwrap.dedent(
         f"""\
         from pathlib import Path
-        from margo_lite.statestore import StateStore, write_file_atomic
+        from margo_lite.fileio import write_file_atomic
+        from margo_lite.statestore import StateStore
         store = StateStore(Path({str(state)!r}))
         for i in range(3):
             store.write_json("agent", {{"n": i}})

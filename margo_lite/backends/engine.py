@@ -1,10 +1,9 @@
 """The podman and docker command lines, behind one `Engine` class.
 
 Everything the backends do to containers, networks, volumes and images goes through
-`Engine._run(argv)`, which turns a failed command into an `EngineError` whose code says
-what went wrong (daemon unreachable, port taken, name taken, image missing) and keeps
-the engine's own message. Podman and Docker differ only in a few details, kept in the
-two subclasses.
+`Engine.run(argv)`, which runs the engine through `runner.run_tool` (a failed command is a
+coded `EngineError` with the engine's own message). Podman and Docker differ only in a few
+details, kept in the two subclasses.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -21,75 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from margo_lite import imageref, logs
-from margo_lite.errors import ComposeError, EngineError, EngineFailedError, EngineTransientError
+from margo_lite.backends.runner import answers, reworded, run_tool
+from margo_lite.errors import ComposeError, EngineError
 
 log = logs.get(__name__)
-
-STDERR_TAIL = 2000
 DEFAULT_TIMEOUT = 300.0
-
-# (code, pattern in the engine's message), first match wins.
-_CLASSIFY: tuple[tuple[str, re.Pattern[str]], ...] = (
-    (
-        "ENGINE_UNAVAILABLE",
-        re.compile(
-            r"cannot connect to (the docker daemon|podman)|is the docker daemon running"
-            r"|error during connect|connect: no such file or directory.*\.sock",
-            re.I,
-        ),
-    ),
-    (
-        "PORT_IN_USE",
-        re.compile(
-            r"address already in use|port is already allocated|ports are not available", re.I
-        ),
-    ),
-    (
-        "NAME_CONFLICT",
-        re.compile(r"name .* is already in use|is already in use by container|conflict", re.I),
-    ),
-    (
-        "IMAGE_MISSING",
-        re.compile(
-            r"no such image|image not known|manifest unknown|pull access denied"
-            r"|repository does not exist|unable to find image|failed to resolve image"
-            r"|requested access to the resource is denied|initializing source"
-            r"|short-name .* did not resolve|not found: manifest",
-            re.I,
-        ),
-    ),
-)
-
-
-def classify(stderr: str) -> str:
-    """The error code for an engine's message; ENGINE_FAILED when nothing more is known."""
-    for code, pattern in _CLASSIFY:
-        if pattern.search(stderr):
-            return code
-    return "ENGINE_FAILED"
-
-
-def engine_error(
-    what: str, argv: Sequence[str], returncode: int | None, stderr: str, code: str | None = None
-) -> EngineError:
-    """An EngineFailedError (EngineTransientError when the engine is unreachable) with the
-    engine's message."""
-    tail = logs.redact(stderr.strip()[-STDERR_TAIL:])
-    code = code or classify(tail)
-    last = tail.splitlines()[-1] if tail else f"exit status {returncode}"
-    cls = EngineTransientError if code == "ENGINE_UNAVAILABLE" else EngineFailedError
-    return cls(
-        f"{what}: {last}", code=code, argv=masked_argv(argv), returncode=returncode, stderr=tail
-    )
-
-
-def masked_argv(argv: Sequence[str]) -> tuple[str, ...]:
-    """argv with environment values hidden: parameters may be secrets, and errors get logged."""
-    masked = list(argv)
-    for index in range(1, len(masked)):
-        if masked[index - 1] in ("--env", "-e") and "=" in masked[index]:
-            masked[index] = masked[index].split("=", 1)[0] + "=" + logs.MASK
-    return tuple(masked)
 
 
 @dataclass(frozen=True)
@@ -114,7 +48,11 @@ class Engine:
     program = "engine"
 
     def __init__(
-        self, environ: Mapping[str, str], *, program: str | None = None, timeout: float = 300.0
+        self,
+        environ: Mapping[str, str],
+        *,
+        program: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.environ = dict(environ)
         self.program = program or self.program
@@ -125,46 +63,20 @@ class Engine:
 
     # --- running commands ------------------------------------------------------------------
 
-    def _run(
+    def run(
         self, argv: Sequence[str], *, what: str = "", timeout: float | None = None
     ) -> subprocess.CompletedProcess:
         """Run the engine with `argv`; raise a coded EngineError when it fails."""
-        full = [self.program, *argv]
-        what = what or f"{self.name} {argv[0]}"
-        try:
-            result = subprocess.run(
-                full,
-                capture_output=True,
-                text=True,
-                env=self.environ,
-                timeout=timeout or self.timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise EngineTransientError(
-                f"{what}: {self.program} is not installed", argv=masked_argv(full)
-            ) from None
-        except subprocess.TimeoutExpired as exc:
-            raise EngineTransientError(
-                f"{what}: no answer within {exc.timeout:.0f}s", argv=masked_argv(full)
-            ) from None
-        if result.returncode != 0:
-            raise engine_error(what, full, result.returncode, result.stderr or result.stdout)
-        return result
+        return run_tool(
+            [self.program, *argv],
+            what=what or f"{self.name} {argv[0]}",
+            environ=self.environ,
+            timeout=timeout or self.timeout,
+        )
 
     def available(self) -> bool:
         """The program exists and its engine answers."""
-        if not shutil.which(self.program, path=self.environ.get("PATH", os.defpath)):
-            return False
-        try:
-            self._run(["version"], timeout=30)
-        except EngineError:
-            return False
-        return True
-
-    def version(self) -> str:
-        return self._run(["version", "--format", "{{.Client.Version}}"]).stdout.strip()
+        return answers(lambda: self.run(["version"], timeout=30), self.program, self.environ)
 
     # --- containers ------------------------------------------------------------------------
 
@@ -173,7 +85,7 @@ class Engine:
         argv = ["ps", "-a", "-q", "--no-trunc"]
         for key, value in labels.items():
             argv += ["--filter", f"label={key}={value}"]
-        ids = self._run(argv).stdout.split()
+        ids = self.run(argv).stdout.split()
         if not ids:
             return []
         found = []
@@ -193,14 +105,14 @@ class Engine:
         if not ids:
             return []
         try:  # one command for all, the common case
-            return list(json.loads(self._run([kind, "inspect", *ids]).stdout or "[]"))
+            return list(json.loads(self.run([kind, "inspect", *ids]).stdout or "[]"))
         except EngineError as exc:
             if not re.search(r"no such|not found|not known", exc.stderr, re.I):
                 raise
         found = []
         for one in ids:
             try:
-                out = self._run([kind, "inspect", one]).stdout
+                out = self.run([kind, "inspect", one]).stdout
             except EngineError as exc:
                 if re.search(r"no such|not found|not known", exc.stderr, re.I):
                     continue
@@ -226,19 +138,10 @@ class Engine:
     def remove_container(self, ref: str) -> None:
         """Stop (within the container's own stop timeout) and remove; gone already is fine."""
         try:
-            self._run(["rm", "-f", ref], what=f"remove container {ref}")
+            self.run(["rm", "-f", ref], what=f"remove container {ref}")
         except EngineError as exc:
             if not re.search(r"no such container|no container with", exc.stderr, re.I):
                 raise
-
-    def stop(self, ref: str, *, timeout: int = 10) -> None:
-        self._run(["stop", "-t", str(timeout), ref], what=f"stop container {ref}")
-
-    def start(self, ref: str) -> None:
-        self._run(["start", ref], what=f"start container {ref}")
-
-    def rename(self, ref: str, new_name: str) -> None:
-        self._run(["rename", ref, new_name], what=f"rename container {ref}")
 
     def run_health_check(self, ref: str) -> None:
         """Make the engine run a container's health check now (podman without systemd)."""
@@ -255,7 +158,7 @@ class Engine:
         argv = [kind, "ls", "-q"]
         for key, value in labels.items():
             argv += ["--filter", f"label={key}={value}"]
-        names = self._run(argv).stdout.split()
+        names = self.run(argv).stdout.split()
         found = []
         for item in self._inspect(kind, names):
             # podman spells a network's keys in lower case
@@ -274,24 +177,24 @@ class Engine:
         argv = ["network", "create"]
         for key, value in labels.items():
             argv.append(f"--label={key}={value}")
-        self._run([*argv, _object_name(name)], what=f"create network {name}")
+        self.run([*argv, _object_name(name)], what=f"create network {name}")
 
     def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
         argv = ["volume", "create"]
         for key, value in labels.items():
             argv.append(f"--label={key}={value}")
-        self._run([*argv, _object_name(name)], what=f"create volume {name}")
+        self.run([*argv, _object_name(name)], what=f"create volume {name}")
 
     def remove_network(self, name: str) -> None:
         try:
-            self._run(["network", "rm", name], what=f"remove network {name}")
+            self.run(["network", "rm", name], what=f"remove network {name}")
         except EngineError as exc:
             if not re.search(r"not found|no such network|unable to find", exc.stderr, re.I):
                 raise
 
     def remove_volume(self, name: str) -> None:
         try:
-            self._run(["volume", "rm", name], what=f"remove volume {name}")
+            self.run(["volume", "rm", name], what=f"remove volume {name}")
         except EngineError as exc:
             if not re.search(r"no such volume|not found", exc.stderr, re.I):
                 raise
@@ -301,7 +204,7 @@ class Engine:
     def has_image(self, image: str) -> bool:
         imageref.check(image, "image")
         try:
-            self._run(["image", "inspect", image], what=f"inspect image {image}")
+            self.run(["image", "inspect", image], what=f"inspect image {image}")
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
@@ -317,17 +220,15 @@ class Engine:
             return
         log.info("image %s is not on this device: pulling it", image)
         try:
-            self._run(["pull", image], what=f"pull image {image}")
+            self.run(["pull", image], what=f"pull image {image}")
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
-            raise EngineFailedError(
+            raise reworded(
+                exc,
                 f"image {image} is not on this device and cannot be pulled: "
                 f"{exc.message.split(': ', 1)[-1]}",
-                code="IMAGE_MISSING",
-                argv=exc.argv,
-                returncode=exc.returncode,
-                stderr=exc.stderr,
+                "IMAGE_MISSING",
             ) from None
 
 
@@ -340,7 +241,7 @@ class Podman(Engine):
         # timers); running one here keeps the recorded health current. Its failure is the
         # state we read next, not an error.
         try:
-            self._run(["healthcheck", "run", ref], what=f"health check of {ref}", timeout=120)
+            self.run(["healthcheck", "run", ref], what=f"health check of {ref}", timeout=120)
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
@@ -352,8 +253,8 @@ class Podman(Engine):
         # (their bundle lies under its graph root) and of this project's container names
         # (per device: the project name hashes the device id) with an id podman does not
         # know are ended: another store's or another device's are never touched.
-        known = set(self._run(["ps", "-a", "-q", "--no-trunc"]).stdout.split())
-        store = self._run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
+        known = set(self.run(["ps", "-a", "-q", "--no-trunc"]).stdout.split())
+        store = self.run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
         reaped = 0
         for pid, argv in _processes():
             if os.path.basename(argv[0]) != "conmon":
@@ -407,9 +308,6 @@ def _option(argv: Sequence[str], flag: str) -> str:
 class Docker(Engine):
     name = "docker"
     program = "docker"
-
-    def version(self) -> str:
-        return self._run(["version", "--format", "{{.Server.Version}}"]).stdout.strip()
 
 
 ENGINES: dict[str, type[Engine]] = {"podman": Podman, "docker": Docker}

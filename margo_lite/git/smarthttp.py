@@ -12,18 +12,22 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import urllib3
+from dulwich.object_store import PackBasedObjectStore
 
-from margo_lite import __version__, logs, proxy
+from margo_lite import logs, proxy
+from margo_lite.constants import USER_AGENT
 from margo_lite.errors import GitError, GitTransientError, ProxyError, SourceError
 from margo_lite.pools import Pools
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
+SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file in `spool`
 MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything near this is wrong)
 MAX_ADVERTISEMENT_BYTES = 16 << 20  # a protocol v0 server names every ref of the repository
-AGENT = f"margo-lite/{__version__}"
 
 HEX40 = re.compile(rb"^[0-9a-f]{40}$")
 _FLUSH, _DELIM, _END = b"0000", b"0001", b"0002"
@@ -87,6 +91,31 @@ class HttpRemote:
                     found = oid.decode()
             raise _protocol_error(self._shown, "ls-refs answer ends early")
 
+    def fetch_into(
+        self,
+        store: PackBasedObjectStore,
+        want: str,
+        held: str | None,
+        shallow: set[str],
+        spool: Path,
+    ) -> None:
+        """`Remote.fetch_into`: the pack is spooled (in memory, or in `spool` when large),
+        then added to `store` as a thin pack."""
+        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=spool) as data:
+            self.fetch(want, held, shallow, data.write)
+            if not data.tell():
+                return
+            data.seek(0)
+            try:
+                store.add_thin_pack(data.read, None)
+            except OSError:
+                raise
+            except Exception as exc:  # dulwich raises many types for a broken pack
+                raise GitTransientError(
+                    f"the pack for {want} is invalid: {type(exc).__name__}: {short_reason(exc)}",
+                    code="GIT_PACK_INVALID",
+                ) from exc
+
     def fetch(
         self, want: str, have: str | None, shallow: set[str], write: Callable[[bytes], None]
     ) -> None:
@@ -103,7 +132,7 @@ class HttpRemote:
         if self._version == 0:
             asked = [c for c in _V0_CAPABILITIES if c in caps]
             if b"agent" in caps:
-                asked.append(b"agent=" + AGENT.encode())
+                asked.append(b"agent=" + USER_AGENT.encode())
             body = b"".join(
                 map(
                     _pkt,
@@ -173,7 +202,7 @@ class HttpRemote:
     def _command(name: bytes, caps: Mapping[bytes, bytes], args: list[bytes]) -> bytes:
         head = [b"command=%s\n" % name]
         if b"agent" in caps:
-            head.append(b"agent=%s\n" % AGENT.encode())
+            head.append(b"agent=%s\n" % USER_AGENT.encode())
         return b"".join(map(_pkt, head)) + _DELIM + b"".join(map(_pkt, args)) + _FLUSH
 
     def _post(self, body: bytes) -> contextlib.AbstractContextManager[urllib3.HTTPResponse]:
@@ -187,7 +216,7 @@ class HttpRemote:
     def _request(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
     ) -> Iterator[urllib3.HTTPResponse]:
-        headers = {**headers, "User-Agent": AGENT}
+        headers = {**headers, "User-Agent": USER_AGENT}
         if self._version == 2 or method == "GET":
             headers["Git-Protocol"] = "version=2"
         if self._authorization:
