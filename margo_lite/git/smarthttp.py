@@ -21,7 +21,7 @@ from dulwich.object_store import PackBasedObjectStore
 
 from margo_lite import logs, proxy
 from margo_lite.constants import USER_AGENT
-from margo_lite.errors import GitError, GitTransientError, ProxyError
+from margo_lite.errors import GitError, GitTransientError, ProxyError, SourceError
 from margo_lite.pools import Pools
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
@@ -235,7 +235,7 @@ class HttpRemote:
                 yield resp
             except urllib3.exceptions.HTTPError as exc:
                 raise _network_error(exc, self._shown) from exc
-        except GitError:
+        except SourceError:
             self._capabilities = None  # ask again next time: the server may have changed
             raise
         finally:
@@ -329,7 +329,7 @@ def _check_status(resp: urllib3.HTTPResponse, shown: str) -> None:
         )
     if status >= 500 or status == 429:
         raise GitTransientError(f"{shown}: server error (HTTP {status})", code="GIT_SERVER_ERROR")
-    raise GitError(f"{shown}: unexpected HTTP status {status}", code="GIT_SERVER_ERROR")
+    raise GitTransientError(f"{shown}: unexpected HTTP status {status}", code="GIT_SERVER_ERROR")
 
 
 def _network_error(exc: Exception, shown: str) -> GitError:
