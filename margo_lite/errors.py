@@ -313,20 +313,29 @@ class DownloadError(PackageTransientError):
 
 
 class OciError(PackageError):
-    """An OCI registry's answer or artifact that margo-lite will not use. Codes:
-    OCI_REFERENCE_INVALID (the oci:// location), OCI_NOT_FOUND (no such repository, tag or
-    blob), OCI_DIGEST_MISMATCH (bytes that are not what their digest says),
-    OCI_DIGEST_UNSUPPORTED (an algorithm other than sha256), OCI_AUTH_FAILED (the registry
-    or its token service refused), OCI_MANIFEST_INVALID (not a manifest or artifact
-    margo-lite reads, or hostile file names in it)."""
+    """An OCI registry's answer or artifact that margo-lite will not use."""
 
     code = "OCI_MANIFEST_INVALID"
+    codes = {
+        "OCI_REFERENCE_INVALID": "fix the component's oci:// repository or its revision",
+        "OCI_NOT_FOUND": "push the artifact, or fix the repository or revision",
+        "OCI_DIGEST_MISMATCH": "the registry served bytes other than their digest says: "
+        "check the registry and what sits between",
+        "OCI_DIGEST_UNSUPPORTED": "publish the artifact with sha256 digests",
+        "OCI_AUTH_FAILED": "fix the credentials in the oci:// location or the registry's "
+        "access rules",
+        "OCI_MANIFEST_INVALID": "publish a Compose OCI artifact, or one tar+gzip layer, with "
+        "plain file names",
+        "OCI_REFUSED": "check the registry: it refused the request (the message names the "
+        "HTTP status)",
+    }
 
 
-class OciTransientError(OciError, TransientError):
+class OciTransientError(PackageTransientError):
     """The registry or its token service cannot be reached or fails (5xx); retried later."""
 
     code = "OCI_UNREACHABLE"
+    codes = {"OCI_UNREACHABLE": "check the network and the registry; retried"}
 
 
 # --- container engines and compose drivers --------------------------------------------------
