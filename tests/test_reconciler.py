@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from margo_lite import agent as agent_module
 from margo_lite.errors import (
     EngineError,
     EngineTransientError,
     GitError,
     StateCorruptError,
+    StateError,
 )
 from tests.support.rig import APP, deployment
 from tests.support.twins import Device, settings
@@ -599,3 +601,117 @@ def test_the_heartbeat_is_fed_during_a_pass(device):
     device.source.commit({**app("web-1"), **app("web-2")})
     started(device, heartbeat=lambda: beats.append(1)).once()
     assert len(beats) >= 2
+
+
+def test_a_stop_request_ends_the_pass_between_components(device):
+    device.source.commit(two_components())
+    asked = []
+    agent = started(device, should_stop=lambda: bool(asked))
+    original = device.backend.apply
+
+    def apply_then_ask_to_stop(unit):
+        original(unit)
+        asked.append(True)
+
+    device.backend.apply = apply_then_ask_to_stop
+    agent.once()
+    assert sorted(device.backend.running) == [("stack-1", "db")]
+    assert {c["name"]: c["state"] for c in device.record("stack-1")["components"]} == {
+        "db": "Installed",
+        "web": "Pending",
+    }
+    assert device.told("stack-1")[-1]["state"] == "Installing"
+
+    device.backend.apply = original
+    assert started(device).once().converged
+    assert sorted(device.backend.running) == [("stack-1", "db"), ("stack-1", "web")]
+
+
+# --- the device itself fails ----------------------------------------------------------------
+
+
+def test_a_full_disk_stops_the_pass_and_the_next_one_goes_on(device):
+    """A record that cannot be written is the device's problem, not a deployment's: it
+    goes up to the loop (which logs it and ticks again), and nothing is reported that was
+    not queued."""
+    device.source.commit(app())
+    agent = started(device)
+    device.store.fail_on(
+        lambda w: w.name == "deployments/web-1.json" and w.value["state"] == "Installed",
+        StateError("cannot write deployments/web-1.json: No space left on device"),
+    )
+    with pytest.raises(StateError):
+        agent.once()
+    assert device.record("web-1")["state"] == "Installing"
+
+    assert agent.once().converged  # space again: the install is recorded
+    assert device.record("web-1")["state"] == "Installed"
+    assert device.sender.last("web-1")["state"] == "Installed"
+
+
+def test_a_poll_status_that_cannot_be_written_does_not_stop_the_poll(device):
+    device.source.commit(app())
+    device.runtime.fail_on(lambda w: True, StateError("read-only file system"))
+    assert started(device).once().converged
+
+
+def test_a_failure_that_cannot_even_be_recorded_is_logged(device, caplog):
+    """bad-1's reports cannot be built at all: its failure goes to the log, and good-1 is
+    still installed."""
+    device.source.commit({**app("bad-1"), **app("good-1")})
+    agent = started(device)
+    add = agent.parts.outbox.add
+
+    def add_or_raise(deployment_id, body):
+        if deployment_id == "bad-1" and body["status"]["state"] in ("Installed", "Failed"):
+            raise TypeError("Object of type date is not JSON serializable")
+        add(deployment_id, body)
+
+    agent.parts.outbox.add = add_or_raise
+    agent.once()
+
+    assert "bad-1: its failure cannot be recorded" in caplog.text
+    assert device.sender.last("good-1")["state"] == "Installed"
+
+
+@pytest.mark.parametrize("where", ["reading", "planning"])
+def test_a_surprise_with_the_whole_desired_state_keeps_what_runs(device, monkeypatch, where):
+    device.source.commit(app(greeting="hello"))
+    agent = started(device)
+    agent.once()
+    device.source.commit(app(greeting="bonjour"))
+    target = (agent_module.desired, "parse_files")
+    if where == "planning":
+        target = (agent_module.planner, "plan")
+
+    def surprise(*args, **kwargs):
+        raise AttributeError("'int' object has no attribute 'lower'")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(*target, surprise)
+        result = agent.once()
+    if where == "reading":
+        assert "INTERNAL_ERROR" in result.poll_error
+    assert device.env("web-1")["GREETING"] == "hello"
+    assert device.sender.states("web-1")[-1] == "Installed"
+
+    agent.once()  # the surprise is gone
+    assert device.env("web-1")["GREETING"] == "bonjour"
+
+
+def test_a_component_recorded_without_its_package_is_reported_down(device):
+    """A record from before packages were recorded: nothing to restore from offline."""
+    device.source.commit(app())
+    started(device).once()
+    record = device.record("web-1")
+    record["components"][0]["data"] = {}
+    device.store.write_json("deployments/web-1.json", record)
+    agent = started(device)
+    device.backend.stop("web-1")
+
+    agent.heal()
+    agent.report()
+
+    last = device.sender.last("web-1")
+    assert (last["state"], last["error"]["code"]) == ("Failed", "CONTAINER_DOWN")
+    assert "no package is recorded" in last["error"]["message"]

@@ -93,37 +93,45 @@ class MemoryStateStore(StateStore):
     """Named records in a dict, with `StateStore`'s names, encoding and errors.
 
     Writes are atomic, as the real store's are; `crash_on` makes one write the last thing
-    the process does (`Crash` raised just before or just after it). `journal` lists every
-    write and delete in order, so a test can check what reached the disk before what."""
+    the process does (`Crash` raised just before or just after it), `fail_on` makes one
+    fail. `journal` lists every write and delete in order, so a test can check what reached
+    the disk before what."""
 
     def __init__(self) -> None:
         super().__init__(Path("/memory-state-store"))  # names are checked; nothing is opened
         self.records: dict[str, bytes] = {}
         self.secret: set[str] = set()
         self.journal: list[Write] = []
-        self._crash: tuple[Callable[[Write], bool], bool] | None = None
+        self._trap: tuple[Callable[[Write], bool], bool, BaseException] | None = None
         self._corrupt: set[str] = set()
 
     def crash_on(self, match: Callable[[Write], bool], *, after: bool = False) -> None:
         """The next write or delete that `match` accepts raises `Crash`: before it lands,
         or (`after`) once it has landed."""
-        self._crash = (match, after)
+        self.fail_on(match, Crash("crashed at a write"), after=after)
+
+    def fail_on(
+        self, match: Callable[[Write], bool], error: BaseException, *, after: bool = False
+    ) -> None:
+        """The next write or delete that `match` accepts raises `error` (a `StateError` is
+        a full or read-only disk), before it lands or (`after`) once it has."""
+        self._trap = (match, after, error)
 
     def corrupt(self, name: str) -> None:
         """The record and its previous copy no longer read (a rotten flash page)."""
         self._corrupt.add(name)
 
     def _apply(self, entry: Write, change: Callable[[], None]) -> None:
-        crash = self._crash
-        hit = crash is not None and crash[0](entry)
-        if hit and not crash[1]:
-            self._crash = None
-            raise Crash(f"crashed before {entry.op} {entry.name}")
+        trap = self._trap
+        hit = trap is not None and trap[0](entry)
+        if hit and not trap[1]:
+            self._trap = None
+            raise trap[2]
         change()
         self.journal.append(entry)
         if hit:
-            self._crash = None
-            raise Crash(f"crashed after {entry.op} {entry.name}")
+            self._trap = None
+            raise trap[2]
 
     def write_bytes(self, name: str, payload: bytes, *, secret: bool = False) -> None:
         self.path(name)  # the real store's name rules
