@@ -130,7 +130,7 @@ def test_a_surprise_fails_that_deployment_alone(tmp_path, sim, caplog, point):
     _cycle(device)
     if point == "heal":  # installed first; then observing it raises
         assert _last(sim, BAD)["state"] == "Installed"
-        twin.faults[("observe", BAD)] = KeyError("State")
+        twin.faults[("health", BAD)] = KeyError("State")
         _cycle(device)
 
     bad = _last(sim, BAD)

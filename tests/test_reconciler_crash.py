@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from margo_lite.errors import EngineError
-from tests.support.twins import CRASH_AFTER, Crash, Device, Write, settings
-from tests.test_reconciler import app
+from tests.support.twindevice import Device, app, settings
+from tests.support.twins import CRASH_AFTER, Crash, Write
 
 # --- scenarios: what runs before, what changes (and may crash), what must result -------------
 
@@ -56,9 +56,7 @@ SCENARIOS: dict[str, Callable[[Device], dict[str, str]]] = {
 
 
 def _converge(device: Device) -> None:
-    agent = device.agent()
-    agent.start()
-    assert agent.once().converged
+    assert device.started().once().converged
 
 
 def _told(device: Device, deployment_id: str) -> list[dict]:

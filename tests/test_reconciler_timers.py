@@ -13,8 +13,7 @@ import datetime as dt
 import pytest
 
 from margo_lite.errors import EngineError, GitError
-from tests.support.twins import Device, settings
-from tests.test_reconciler import app
+from tests.support.twindevice import Device, app, settings
 
 
 def _since(start: float, times: list[float]) -> list[float]:
@@ -26,12 +25,6 @@ def device(tmp_path) -> Device:
     return Device(settings(tmp_path, poll={"max_backoff": "60s"}))
 
 
-def _started(device: Device, **kwargs):
-    agent = device.agent(**kwargs)
-    agent.start()
-    return agent
-
-
 # --- retries of a failed component ----------------------------------------------------------
 
 
@@ -39,7 +32,7 @@ def test_a_failed_component_is_retried_on_a_doubling_backoff_up_to_the_cap(devic
     failure = EngineError("no such image", code="IMAGE_MISSING")
     device.backend.script("apply", "web-1", *[failure] * 5)
     device.source.commit(app())
-    agent = _started(device)
+    agent = device.started()
     start = device.clock.monotonic()
 
     device.run(agent, 250)
@@ -55,7 +48,7 @@ def test_a_success_resets_the_backoff(device):
     failure = EngineError("no such image", code="IMAGE_MISSING")
     device.backend.script("apply", "web-1", failure, failure, None)
     device.source.commit(app(greeting="hello"))
-    agent = _started(device)
+    agent = device.started()
     device.run(agent, 100)
     assert device.sender.states("web-1")[-1] == "Installed"
 
@@ -70,7 +63,7 @@ def test_a_success_resets_the_backoff(device):
 def test_a_new_revision_of_the_failed_deployment_is_tried_at_once(device):
     device.backend.faults[("apply", "web-1")] = EngineError("no", code="IMAGE_MISSING")
     device.source.commit(app(greeting="hello"))
-    agent = _started(device)
+    agent = device.started()
     device.run(agent, 100)  # failures at 0, 10, 30, 70: the next one is due at 150
     assert len(device.backend.calls_of("apply")) == 4
 
@@ -85,7 +78,7 @@ def test_a_new_revision_of_the_failed_deployment_is_tried_at_once(device):
 def test_a_new_revision_of_another_deployment_does_not_hurry_the_retry(device):
     device.backend.faults[("apply", "web-1")] = EngineError("no", code="IMAGE_MISSING")
     device.source.commit(app("web-1"))
-    agent = _started(device)
+    agent = device.started()
     device.run(agent, 5)  # failed at 0; due at 10
 
     device.source.commit({**app("web-1"), **app("web-2")})
@@ -100,7 +93,7 @@ def test_a_new_revision_of_another_deployment_does_not_hurry_the_retry(device):
 
 def test_polls_come_every_interval(device):
     device.source.commit(app())
-    agent = _started(device)
+    agent = device.started()
     start = device.clock.wall()
     device.run(agent, 185)
     assert [(t - start).total_seconds() for t in device.source.polls] == [0, 60, 120, 180]
@@ -111,7 +104,7 @@ def test_poll_errors_back_off_until_the_server_answers(tmp_path):
     device.source.commit(app())
     unreachable = GitError("connection refused", code="GIT_UNREACHABLE")
     device.source.fail_next(unreachable, unreachable, unreachable, unreachable)
-    agent = _started(device)
+    agent = device.started()
     start = device.clock.wall()
 
     device.run(agent, 1900)
@@ -128,7 +121,7 @@ def test_no_poll_outside_the_polling_hours(tmp_path):
     device = Device(settings(tmp_path, poll={"hours": ["06:00-22:00"]}))
     device.clock.advance_to(dt.datetime(2026, 11, 25, 21, 58))
     device.source.commit(app())
-    agent = _started(device)
+    agent = device.started()
 
     device.run(agent, 8.5 * 3600)
 
@@ -148,7 +141,7 @@ def _failed_restore_in_downtime(tmp_path) -> tuple[Device, object, int]:
     and restoring it fails once. Runs to 12:59."""
     device = Device(settings(tmp_path, poll={"downtime": ["12:30-13:00"]}))
     device.source.commit(app())
-    agent = _started(device)
+    agent = device.started()
     device.run(agent, 35 * 60)
     reports = len(device.sender.delivered)
     assert device.sender.states("web-1")[-1] == "Installed"
@@ -187,7 +180,7 @@ def test_a_downtime_holds_retries_until_it_ends(tmp_path):
 
 def test_poll_now_polls_at_once_whatever_the_schedule(device):
     device.source.commit(app())
-    agent = _started(device)
+    agent = device.started()
     agent.tick()
     agent.tick(poll_now=True)
     agent.tick()
@@ -199,16 +192,16 @@ def test_poll_now_polls_at_once_whatever_the_schedule(device):
 
 def test_self_heal_looks_every_observe_interval(device):
     device.source.commit(app())
-    agent = _started(device)
+    agent = device.started()
     start = device.clock.monotonic()
     device.run(agent, 100)
-    looks = _since(start, [c.at for c in device.backend.calls_of("observe")])
+    looks = _since(start, [c.at for c in device.backend.calls_of("health")])
     assert looks == [0, 30, 60, 90]
 
 
 def test_a_component_that_stops_is_restored_at_the_next_look(device):
     device.source.commit(app())
-    agent = _started(device)
+    agent = device.started()
     device.run(agent, 40)
     device.backend.stop("web-1")
     stopped_at = device.clock.monotonic()
@@ -224,7 +217,7 @@ def test_a_component_that_stops_is_restored_at_the_next_look(device):
 def test_reports_wait_for_the_wos_and_arrive_in_order(device):
     device.sender.down = True
     device.source.commit({**app("web-1"), **app("web-2")})
-    agent = _started(device)
+    agent = device.started()
     device.run(agent, 600)
     assert device.sender.delivered == []
     tried = device.sender.attempts
@@ -241,7 +234,7 @@ def test_reports_wait_for_the_wos_and_arrive_in_order(device):
 def test_a_rejected_report_does_not_hold_back_the_others(device):
     device.sender.rejecting.add("web-1")
     device.source.commit({**app("web-1"), **app("web-2")})
-    agent = _started(device)
+    agent = device.started()
     device.run(agent, 10)
     assert device.sender.states("web-2") == ["Pending", "Installing", "Installed"]
     assert device.sender.states("web-1") == []
@@ -250,7 +243,7 @@ def test_a_rejected_report_does_not_hold_back_the_others(device):
 def test_capabilities_are_sent_once_the_wos_answers(device):
     device.sender.down = True
     device.source.commit(app())
-    agent = _started(device)
+    agent = device.started()
     device.run(agent, 100)
     assert device.sender.capabilities == []
 

@@ -14,7 +14,8 @@ twins add speed and reach, not trust. The package store, the outbox and the poli
 - `RecordingSender`: the WOS as the outbox and the agent call it; records what it receives;
   can be down or reject one deployment's reports.
 - `Clock`: monotonic and wall time that move only when the test says.
-- `Device`: the parts wired into `Agent`s, one after another on the same "disk".
+
+`tests/support/twindevice.py` wires them into a device.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ import hashlib
 import json
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from margo_lite import agent, config
 from margo_lite.backends import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.errors import (
     GitError,
@@ -36,8 +36,6 @@ from margo_lite.errors import (
     WosRejectedError,
     WosTransientError,
 )
-from margo_lite.outbox import Outbox
-from margo_lite.packages import PackageStore
 from margo_lite.statestore import StateStore
 
 try:  # the desired-state source's values, wherever the source protocol keeps them
@@ -261,14 +259,16 @@ class RecordingBackend:
         if crash:
             raise Crash(f"crashed after removing {key}")
 
-    def observe(self, deployment_id: str, component: str) -> ComponentHealth:
+    def health(self, deployment_id: str, component: str) -> ComponentHealth:
         key = (deployment_id, component)
-        self._call("observe", *key, None)
+        self._call("health", *key, None)
         unit = self.running.get(key)
         if unit is None:
             return ComponentHealth({"web": ServiceHealth("missing")})
         state = ServiceHealth("exited", 137) if key in self.stopped else ServiceHealth("running")
         return ComponentHealth({service: state for service in unit.document["services"]})
+
+    observe = health  # the name before the agent's split
 
     def managed(self) -> set[tuple[str, str]]:
         self._call("managed", "", "", None)
@@ -321,6 +321,9 @@ class ScriptedSource:
             raise GitError("branch 'main' does not exist (twin)", code="GIT_BRANCH_MISSING")
         changed, self.held = self.tip != self.held, self.tip
         return PollResult(self.tip, changed=changed)
+
+    def close(self) -> None:
+        pass  # no connection to release
 
     def held_revision(self) -> str | None:
         return self.held
@@ -387,110 +390,3 @@ class RecordingSender:
     def last(self, deployment_id: str) -> dict | None:
         found = self.reports(deployment_id)
         return found[-1] if found else None
-
-
-# --- a device made of twins -----------------------------------------------------------------
-
-
-def settings(tmp_path: Path, **sections: Mapping[str, Any]) -> config.Config:
-    """A configuration for a twin device: no jitter, a 60 s poll, a 30 s heal interval."""
-    data: dict[str, dict[str, Any]] = {
-        "device": {
-            "id": "gw-twin",
-            "state_dir": str(tmp_path / "state"),
-            "runtime_dir": str(tmp_path / "run"),
-        },
-        "wos": {"url": "http://127.0.0.1:9"},  # never called: the sender is a twin
-        "git": {"url": str(tmp_path / "unused.git")},  # never read: the source is a twin
-        "poll": {"interval": "60s", "jitter": 0, "max_backoff": "15m"},
-        "runtime": {"observe_interval": "30s"},
-    }
-    for section, keys in sections.items():
-        data.setdefault(section, {}).update(keys)
-    return config.parse_config(data)
-
-
-@dataclass
-class Device:
-    """One device built from twins. `agent()` makes a fresh `Agent` on the same disk,
-    engine, repository and WOS: after a `Crash`, the next one is the restarted process."""
-
-    cfg: config.Config
-    clock: Clock = field(default_factory=Clock)
-    store: MemoryStateStore = field(default_factory=MemoryStateStore)
-    runtime: MemoryStateStore = field(default_factory=MemoryStateStore)
-    source: ScriptedSource = field(init=False)
-    backend: RecordingBackend = field(init=False)
-    sender: RecordingSender = field(init=False)
-    rand: float = 0.5  # jitter draws: 0.5 is no spread at all
-
-    def __post_init__(self) -> None:
-        self.source = ScriptedSource(self.clock)
-        self.backend = RecordingBackend(self.clock)
-        self.sender = RecordingSender(self.clock)
-
-    @property
-    def packages_dir(self) -> Path:
-        return Path(self.cfg.state_dir) / "packages"
-
-    def parts(self) -> agent.Parts:
-        return agent.Parts(
-            store=self.store,
-            runtime=self.runtime,
-            source=self.source,
-            packages=PackageStore(self.cfg.packages, self.packages_dir),
-            outbox=Outbox(
-                self.store,
-                self.cfg.wos.outbox_limit,
-                clock=self.clock.monotonic,
-                rand=lambda: self.rand,
-            ),
-            client=self.sender,
-            backend_factory=lambda: self.backend,
-        )
-
-    def agent(self, **kwargs: Any) -> agent.Agent:
-        return agent.Agent(
-            self.cfg,
-            parts=self.parts(),
-            clock=self.clock.monotonic,
-            wall=self.clock.wall,
-            rand=lambda: self.rand,
-            **kwargs,
-        )
-
-    def run(self, device: agent.Agent, seconds: float, *, max_ticks: int = 10_000) -> None:
-        """The daemon's loop for `seconds` of clock time: tick, sleep what it asks."""
-        end = self.clock.monotonic() + seconds
-        for _ in range(max_ticks):
-            delay = device.tick()
-            if self.clock.monotonic() + delay > end:
-                self.clock.advance(end - self.clock.monotonic())
-                return
-            self.clock.advance(max(delay, 0.001))
-        raise AssertionError(f"more than {max_ticks} ticks in {seconds}s")
-
-    # --- what a user checks -------------------------------------------------------------------
-
-    def record(self, deployment_id: str) -> dict | None:
-        """The deployment record on disk, as `margo-lite status` reads it."""
-        return self.store.json(f"deployments/{deployment_id}.json")
-
-    def queued(self) -> list[tuple[str, dict]]:
-        """The reports in the outbox on disk, oldest first."""
-        return [
-            (value["deployment_id"], value["body"])
-            for value in (self.store.json(n) for n in self.store.names("outbox"))
-        ]
-
-    def told(self, deployment_id: str) -> list[dict]:
-        """Every report for the deployment the WOS has, then those still queued: the
-        `status` of each, oldest first."""
-        queued = [b["status"] for d, b in self.queued() if d == deployment_id]
-        return self.sender.reports(deployment_id) + queued
-
-    def env(self, deployment_id: str, component: str = "web") -> Mapping[str, Any]:
-        """The environment of the running unit's first service."""
-        unit = self.backend.running[(deployment_id, component)]
-        service = next(iter(unit.document["services"].values()))
-        return service.get("environment", {})
