@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite.errors import EngineError, GitError, StateCorruptError
+from margo_lite.errors import EngineError, GitError, GitTransientError, StateCorruptError
 from tests.support.rig import APP
 from tests.support.twindevice import WEB, Device, app, settings, two_components
 
@@ -270,7 +270,7 @@ def test_once_reports_a_poll_error_and_keeps_what_runs(device):
     device.source.commit(app())
     agent = device.started()
     agent.once()
-    device.source.fail_next(GitError("connection refused", code="GIT_UNREACHABLE"))
+    device.source.fail_next(GitTransientError("connection refused", code="GIT_UNREACHABLE"))
 
     result = agent.once()
 

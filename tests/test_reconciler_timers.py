@@ -12,7 +12,7 @@ import datetime as dt
 
 import pytest
 
-from margo_lite.errors import EngineError, GitError
+from margo_lite.errors import EngineError, GitTransientError
 from tests.support.twindevice import Device, app, settings
 
 
@@ -102,7 +102,7 @@ def test_polls_come_every_interval(device):
 def test_poll_errors_back_off_until_the_server_answers(tmp_path):
     device = Device(settings(tmp_path, poll={"interval": "60s", "max_backoff": "15m"}))
     device.source.commit(app())
-    unreachable = GitError("connection refused", code="GIT_UNREACHABLE")
+    unreachable = GitTransientError("connection refused", code="GIT_UNREACHABLE")
     device.source.fail_next(unreachable, unreachable, unreachable, unreachable)
     agent = device.started()
     start = device.clock.wall()
