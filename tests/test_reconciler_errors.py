@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from margo_lite import desired, planner
-from margo_lite.errors import StateError
+from margo_lite.errors import (
+    ComposeError,
+    EngineError,
+    EngineTransientError,
+    PolicyError,
+    StateError,
+)
 from tests.support.twindevice import Device, app, settings
 
 
@@ -157,3 +163,28 @@ def test_a_surprise_with_the_whole_desired_state_keeps_what_runs(device, monkeyp
 
     agent.once()  # the surprise is gone
     assert device.env("web-1")["GREETING"] == "bonjour"
+
+
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [
+        (EngineTransientError("cannot connect", code="ENGINE_UNAVAILABLE"), "ENGINE_UNAVAILABLE"),
+        (EngineError("exit status 125", code="ENGINE_FAILED"), "ENGINE_FAILED"),
+        (ComposeError("unsupported key 'build'"), "COMPOSE_INVALID"),
+        (PolicyError("privileged mode"), "POLICY_DENIED"),
+        (StateError("cannot write backends/x.json", code="STATE_IO"), "STATE_IO"),
+        (OSError(30, "Read-only file system"), "LOCAL_IO_ERROR"),
+        (ValueError("surprise"), "INTERNAL_ERROR"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else None,
+)
+def test_each_family_of_error_from_the_engine_is_reported_with_its_code(device, raised, code):
+    device.backend.script("apply", "web-1", raised)
+    device.source.commit({**app("web-1"), **app("web-2")})
+    result = device.started().once()
+
+    assert result.failed == ("web-1",)
+    last = device.sender.last("web-1")
+    assert (last["state"], last["error"]["code"]) == ("Failed", code)
+    assert device.record("web-1")["error"]["code"] == code
+    assert device.sender.last("web-2")["state"] == "Installed"
