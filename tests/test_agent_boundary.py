@@ -17,46 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import agent, config, desired, planner
-from margo_lite.backends import ComponentHealth, ComponentUnit, ServiceHealth
+from margo_lite import agent, config
 from margo_lite.devkit import wossim
 from tests.support.gitserver import Upstream
 from tests.support.rig import APP, deployment
+from tests.support.twins import RecordingBackend as TwinBackend
 
 GOOD, BAD = "good-1", "bad-1"
-
-
-class TwinBackend:
-    """An engine in memory: what is applied runs until `stop` says otherwise.
-
-    `faults` maps (method, deployment id) to the exception that method raises."""
-
-    def __init__(self) -> None:
-        self.running: dict[tuple[str, str], ComponentUnit] = {}
-        self.faults: dict[tuple[str, str], Exception] = {}
-
-    def _fault(self, method: str, deployment_id: str) -> None:
-        if (method, deployment_id) in self.faults:
-            raise self.faults[(method, deployment_id)]
-
-    def apply(self, unit: ComponentUnit) -> None:
-        self._fault("apply", unit.deployment_id)
-        self.running[(unit.deployment_id, unit.component)] = unit
-
-    def remove(self, deployment_id: str, component: str) -> None:
-        self.running.pop((deployment_id, component), None)
-
-    def health(self, deployment_id: str, component: str) -> ComponentHealth:
-        self._fault("health", deployment_id)
-        state = "running" if (deployment_id, component) in self.running else "missing"
-        return ComponentHealth({"web": ServiceHealth(state)})
-
-    def managed(self) -> set[tuple[str, str]]:
-        return set(self.running)
-
-    def recorded(self, deployment_id: str, component: str) -> ComponentUnit | None:
-        """The unit last applied: what a self-heal starts again."""
-        return self.running.get((deployment_id, component))
 
 
 class FaultyPackages:
@@ -106,7 +73,6 @@ def _device(
     *,
     bad_files: dict[str, str] | None = None,
     overrides: dict[str, dict] | None = None,
-    **hooks,
 ) -> tuple[agent.Agent, TwinBackend]:
     """An agent on the twin engine with two deployments, GOOD and BAD (or `bad_files`)."""
     upstream = Upstream(tmp_path / "repo.git")
@@ -137,7 +103,7 @@ def _device(
     cfg = config.parse_config(data)
     twin = TwinBackend()
     parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
-    return agent.Agent(cfg, parts=parts, **hooks), twin
+    return agent.Agent(cfg, parts=parts), twin
 
 
 def _cycle(device: agent.Agent) -> None:
@@ -195,7 +161,8 @@ def test_a_surprise_fails_that_deployment_alone(tmp_path, sim, caplog, point):
 def test_the_test_hook_raises_only_where_it_is_told(tmp_path, sim):
     """MARGO_LITE_TEST_RAISE_AT, which the running-agent test uses, names one point of one
     deployment; the others are untouched."""
-    device, _ = _device(tmp_path, sim, raise_at=f"apply:{BAD}")
+    device, _ = _device(tmp_path, sim)
+    device._raise_at = f"apply:{BAD}"
     device.start()
     _cycle(device)
     assert _last(sim, BAD)["error"]["code"] == "INTERNAL_ERROR"
@@ -214,7 +181,7 @@ def test_a_surprise_with_the_whole_desired_state_keeps_what_runs(tmp_path, sim, 
     reports = len(sim.statuses())
     upstream = Upstream(tmp_path / "repo.git")
     upstream.commit({f"{GOOD}.yaml": deployment(GOOD, greeting="new", port=18080)})
-    target = (desired, "parse_files") if where == "reading" else (planner, "plan")
+    target = (agent.desired, "parse_files") if where == "reading" else (agent.planner, "plan")
 
     def surprise(*args, **kwargs):
         raise AttributeError("'int' object has no attribute 'lower'")
