@@ -96,6 +96,40 @@ class GitTransientError(GitError, TransientError):
     code = "GIT_UNREACHABLE"
 
 
+# --- desired state source (the WFM's State Manifest, Margo 1.0) -----------------------------
+
+
+class SourceError(MargoLiteError):
+    """A desired-state source cannot give a new snapshot; what runs keeps running."""
+
+    code = "SOURCE_ERROR"
+
+
+class WfmError(SourceError):
+    """The WFM's desired state cannot be accepted; nothing of that manifest is applied.
+
+    Codes: WFM_MANIFEST_INVALID (not a State Manifest, or a digest of another algorithm),
+    WFM_DIGEST_MISMATCH (a document or bundle whose sha256 is not the manifest's),
+    WFM_BUNDLE_INVALID (not a tar+gzip of exactly the manifest's documents),
+    WFM_ROLLBACK_REFUSED (a manifestVersion not above the accepted one, and other bytes),
+    WFM_URL_REFUSED (a url that is absolute or leaves /api/v1/), WFM_TOO_LARGE,
+    WFM_FORBIDDEN (HTTP 401/403), WFM_NOT_FOUND (the manifest endpoint answers 404),
+    WFM_NOT_ACCEPTABLE (406), WFM_REDIRECTED, WFM_TLS_FAILED, WFM_STORE_FAILED (state_dir
+    cannot be written).
+    """
+
+    code = "WFM_ERROR"
+
+
+class WfmTransientError(WfmError, TransientError):
+    """Worth retrying with backoff. Codes: WFM_UNREACHABLE, WFM_TIMEOUT, WFM_SERVER_ERROR
+    (5xx, 429), WFM_PROTOCOL_ERROR (a cut answer, a 304 to an unconditional request),
+    WFM_DOCUMENT_MISSING (404 for a digest the manifest names: a newer manifest came),
+    WFM_CACHE_CORRUPT (a cached document rotted: the next poll fetches it again)."""
+
+    code = "WFM_UNREACHABLE"
+
+
 # --- desired state documents ----------------------------------------------------------------
 
 
@@ -140,6 +174,7 @@ DESIRED_STATE_CODES = (
     "CONFLICTING_PARAMETERS",  # two parameters set the same variable or overlapping paths
     "MISSING_PACKAGE",  # an in-repository packageLocation/keyLocation names nothing
     "COMPOSE_INVALID",  # a parameter value that is not plain JSON (a date, a non-string key)
+    "WRONG_DEVICE",  # a v1 document whose metadata.deviceId names another device
     "DEPENDENCY_CYCLE",  # planner: deployments wait for each other
     "WAITING_FOR_DEPENDENCY",  # planner: Pending reason
     "NOT_STARTED",  # planner: Pending reason of a component whose turn has not come
