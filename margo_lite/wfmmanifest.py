@@ -182,7 +182,7 @@ def read_bundle(
                 name = member.name.removeprefix("./")
                 if member.isdir() and name in ("", "."):
                     continue
-                if not member.isreg():
+                if not member.isreg() or member.issparse():
                     raise _bad_bundle(f"member {member.name!r} is not a regular file")
                 if not name or "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
                     raise _bad_bundle(f"member {member.name!r} is not a file at the archive root")
