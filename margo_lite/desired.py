@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from margo_lite import jsonvalue, logs, yamlload
+from margo_lite import jsonvalue, logs, v1doc, yamlload
 from margo_lite import pointer as pointers
 from margo_lite.errors import ComposeError, DesiredStateError, InvalidYamlError
 
@@ -130,12 +130,15 @@ class DesiredState:
 # --- entry point ---------------------------------------------------------------------------
 
 
-def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> DesiredState:
+def parse_files(
+    files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS, *, device_id: str | None = None
+) -> DesiredState:
     """Every ApplicationDeployment in the `*.yaml`/`*.yml` files of `files`; never raises.
 
     Failures whose deployment id is unknown are logged here (the agent reports the rest).
     `files` maps posix paths relative to the desired-state folder to their bytes; other
-    files (in-repository package content) are only read to digest packages.
+    files (in-repository package content) are only read to digest packages. Documents in
+    the Margo 1.0 shape are normalised first (`v1doc`; `device_id` checks their deviceId).
     """
     failures: list[DocumentFailure] = []
     parsed: list[Deployment] = []
@@ -179,6 +182,8 @@ def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> 
                 ignored.append((source, repr(kind)[:80]))
                 continue
             try:
+                if v1doc.is_v1(doc):
+                    doc = v1doc.normalize(doc, source, device_id)
                 parsed.append(_Parser(doc, source, files).deployment())
             except DesiredStateError as exc:
                 failures.append(DocumentFailure(source, exc.deployment_id, exc))
@@ -630,11 +635,11 @@ class _Parser:
         """A URL as given, or an in-repository path normalised, with its files' digests."""
         if "://" in value:
             scheme = value.split("://", 1)[0].lower()
-            if scheme not in ("http", "https"):
+            if scheme not in ("http", "https", "oci"):
                 raise self.fail(
                     "INVALID_FIELD",
                     where,
-                    f"scheme {scheme!r} is not supported (http, https, or a path in the "
+                    f"scheme {scheme!r} is not supported (http, https, oci, or a path in the "
                     "desired-state folder)",
                 )
             try:
