@@ -352,6 +352,7 @@ class _Parser:
         spec = self.mapping(doc, "spec", "spec")
         profile = self.mapping(spec, "deploymentProfile", "spec.deploymentProfile")
         profile_type = self.string(profile, "type", "spec.deploymentProfile.type")
+        profile_type = v1doc.TYPES.get(profile_type or "", profile_type)  # compose, helm too
         if profile_type not in PROFILE_TYPES:
             raise self.fail(
                 "UNSUPPORTED_PROFILE",
@@ -605,7 +606,8 @@ class _Parser:
             for name in ("revision", "timeout"):
                 if props.get(name) is not None and not isinstance(props[name], str | int | float):
                     raise self.fail("INVALID_FIELD", f"{at}.{name}", "must be a string or number")
-            if props.get("wait") is not None and not isinstance(props["wait"], bool):
+            wait = props.get("wait")  # "true"/"false" strings: the spec's own pages use them
+            if wait is not None and not isinstance(wait, bool) and wait not in ("true", "false"):
                 raise self.fail("INVALID_FIELD", f"{at}.wait", "must be true or false")
         frozen_props = _freeze(props)
         digest = _digest(

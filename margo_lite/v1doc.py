@@ -12,11 +12,12 @@ keys and `x-<name>-extensions` mappings. Everything else (names, parameters, poi
 is then checked once, by the draft parser, on the normalised document: one model, one set
 of rules.
 
-Decisions: `compose` and `docker-compose` are one profile, `helm` and `helm.v3` another
-(the planner fails a helm deployment as unsupported); a plain compose pointer `NAME` means
-`ENV.NAME`; a document without `metadata.deviceId` is for whichever device receives it,
-one with a `deviceId` must name this device, or end in `/*` and name its parent
-(`gw/*` matches `gw/sensor-1`); else the deployment fails with WRONG_DEVICE.
+Decisions: a top-level `id` must be a UUID (the 1.0 model's; `metadata.annotations.id`
+keeps the draft's grammar); `compose` and `docker-compose` are one profile, `helm` and
+`helm.v3` another (the planner fails a helm deployment as unsupported); a plain compose
+pointer `NAME` means `ENV.NAME`; a document without `metadata.deviceId` is for whichever
+device receives it, one with a `deviceId` must name this device, or end in `/*` and name
+its parent (`gw/*` matches `gw/sensor-1`); else the deployment fails with WRONG_DEVICE.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ SEMVER = re.compile(
 )
 TIMEOUT = re.compile(r"\d{1,6}m\d{1,6}s")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+APPLICATION_ID = re.compile(r"[-a-z0-9]{1,200}")
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_ID = 253
 
 
@@ -126,7 +129,11 @@ class _Normaliser:
                 f"{_show(raw_id)} is not a deployment id (letters, digits, '.', '_', '-', "
                 "starting with a letter or digit, at most 128 characters)",
             )
-        self.id = raw_id
+        self.id = raw_id  # safe as a name: a failure below is this deployment's
+        if "id" in doc and not UUID.fullmatch(raw_id):
+            raise self.fail(
+                "INVALID_DEPLOYMENT_ID", "id", f"{raw_id!r} is not a UUID (the 1.0 model's id)"
+            )
         api = doc.get("apiVersion")
         if api is not None and api not in API_VERSIONS:
             raise self.fail(
@@ -151,6 +158,13 @@ class _Normaliser:
         )
         if app is None:
             raise self.fail("MISSING_FIELD", "spec.applicationId", "required field is missing")
+        if not isinstance(app, str) or not APPLICATION_ID.fullmatch(app):
+            raise self.fail(
+                "INVALID_APPLICATION_ID",
+                "spec.applicationId",
+                f"{_show(app)} is not an application id (lower-case letters, digits and '-', "
+                "at most 200 characters)",
+            )
         profile = self.mapping(spec, "deploymentProfile", "spec.deploymentProfile")
         where = "spec.deploymentProfile"
         self.closed(profile, ("type", "components", "deviceConstraints"), where)

@@ -18,6 +18,7 @@ SETTINGS = settings(
     max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 ID = "a3e2f5dc-912e-494f-8395-52cf3769bc06"
+BAD, GOOD = "00000000-0000-4000-8000-00000000000b", "00000000-0000-4000-8000-00000000000c"
 
 
 def v1(dep: str = ID, **over: Any) -> dict:
@@ -197,6 +198,7 @@ def test_without_a_device_to_check_against_any_device_id_is_read():
         ({"id": DELETE}, "MISSING_FIELD"),
         ({"id": "../etc"}, "INVALID_DEPLOYMENT_ID"),
         ({"id": 5}, "INVALID_DEPLOYMENT_ID"),
+        ({"id": "web-1"}, "INVALID_DEPLOYMENT_ID"),  # a top-level id is a UUID
         ({"metadata__annotations": {"id": "other"}}, "INVALID_FIELD"),
         ({"apiVersion": "deployment.margo.org/v9"}, "UNSUPPORTED_API_VERSION"),
         ({"kind": "Deployment"}, "INVALID_FIELD"),
@@ -231,9 +233,9 @@ def test_a_broken_v1_document_fails_its_deployment_with_a_code(over, code):
 
 
 def test_a_broken_v1_document_does_not_stop_the_others():
-    state = parse(v1("bad", spec__extra=1), v1("good"))
-    assert [d.id for d in state.deployments] == ["good"]
-    assert [f.deployment_id for f in state.failures] == ["bad"]
+    state = parse(v1(BAD, spec__extra=1), v1(GOOD))
+    assert [d.id for d in state.deployments] == [GOOD]
+    assert [f.deployment_id for f in state.failures] == [BAD]
 
 
 def test_the_v1_shape_is_recognised_by_its_own_fields():
@@ -264,9 +266,9 @@ def test_v1_documents_with_fields_broken_give_the_model_or_coded_failures(data):
                 del node[path[-1]]
         except (KeyError, IndexError, TypeError):
             continue
-    state = parse(document, v1("ok"))
+    state = parse(document, v1(GOOD))
     check(state)
-    assert "ok" in [d.id for d in state.deployments]
+    assert GOOD in [d.id for d in state.deployments]
 
 
 @SETTINGS
