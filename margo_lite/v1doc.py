@@ -237,8 +237,8 @@ class _Normaliser:
         timeout = props.get("timeout")
         if timeout is not None and (not isinstance(timeout, str) or not TIMEOUT.fullmatch(timeout)):
             raise self.fail("INVALID_FIELD", f"{where}.timeout", "must look like 5m0s")
-        if profile_type == "docker-compose":
-            props = {**props, "packageLocation": repository}
+        if profile_type == "docker-compose":  # one string for the package store: repo:tag
+            props = {**props, "packageLocation": f"{repository.rstrip('/')}:{revision}"}
         return {"name": raw.get("name"), "properties": props}
 
     def parameter(self, param: Any) -> Any:

@@ -144,9 +144,8 @@ class WfmSource:
         return Snapshot(str(held.version), types.MappingProxyType(files))
 
     def close(self) -> None:
-        clear = getattr(self._pool, "clear", None)
-        if clear is not None:
-            clear()
+        """Nothing to release: the pool is its maker's (shared with the status client, its
+        connections kept for the next poll)."""
 
     # --- fetching -------------------------------------------------------------------------
 

@@ -101,7 +101,7 @@ def test_a_v1_compose_document_becomes_the_one_model():
     )  # fmt: skip
     assert d.profile_type == desired.COMPOSE
     (c,) = d.components
-    assert c.package_location == "oci://registry.example:5000/apps/digitron"
+    assert c.package_location == "oci://registry.example:5000/apps/digitron:1.0.9"
     assert c.properties["revision"] == "1.0.9"
     assert dict(c.env) == {"SITE_ID": "SID-1", "POLL": "120"}
 
