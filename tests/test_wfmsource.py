@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import pools, wfmmanifest
+from margo_lite import desired, pools, wfmmanifest
 from margo_lite.errors import TransientError, WfmError
 from margo_lite.wfmsource import WfmSource
 from tests.support.testca import make_ca
@@ -346,3 +346,18 @@ def test_a_wfm_with_a_certificate_from_another_ca_is_refused(server, tmp_path, s
     with pool, pytest.raises(WfmError) as err:
         source(server, state, pool).poll()
     assert err.value.code == "WFM_TLS_FAILED"
+
+
+def test_what_the_wfm_serves_becomes_the_one_model(server, state, pool):
+    ids = ["7f1c1a52-0c5e-4f55-9a7e-1d2b3c4d5e6f", "0b9e3f6a-2d4c-4e8f-8a1b-2c3d4e5f6a7b"]
+    server.publish({dep: doc(dep) for dep in ids}, 1)
+    src = source(server, state, pool)
+    snap = src.snapshot(src.poll().revision)
+    parsed = desired.parse_files(snap.files, device_id="dev-1")
+    assert not parsed.failures
+    assert sorted(d.id for d in parsed.deployments) == sorted(ids)
+    assert {c.package_location for d in parsed.deployments for c in d.components} == {
+        "oci://registry.example/nginx:1.0.0"
+    }
+    elsewhere = desired.parse_files(snap.files, device_id="dev-2")
+    assert {f.error.code for f in elsewhere.failures} == {"WRONG_DEVICE"}
