@@ -26,7 +26,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from margo_lite.errors import DesiredStateError
+from margo_lite import oci
+from margo_lite.errors import DesiredStateError, OciError
 from margo_lite.wfmmanifest import DEPLOYMENT_ID
 
 KIND = "ApplicationDeployment"
@@ -238,7 +239,10 @@ class _Normaliser:
         if timeout is not None and (not isinstance(timeout, str) or not TIMEOUT.fullmatch(timeout)):
             raise self.fail("INVALID_FIELD", f"{where}.timeout", "must look like 5m0s")
         if profile_type == "docker-compose":  # one string for the package store: repo:tag
-            props = {**props, "packageLocation": f"{repository.rstrip('/')}:{revision}"}
+            try:
+                props = {**props, "packageLocation": oci.location(repository, revision)}
+            except OciError as exc:
+                raise self.fail("INVALID_FIELD", f"{where}.repository", exc.message) from None
         return {"name": raw.get("name"), "properties": props}
 
     def parameter(self, param: Any) -> Any:
