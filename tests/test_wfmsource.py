@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import desired, pools, wfmmanifest
+from margo_lite import desired, pools, wfmmanifest, wfmsource
 from margo_lite.errors import TransientError, WfmError
+from margo_lite.statestore import StateStore
 from margo_lite.wfmsource import WfmSource
 from tests.support.testca import make_ca
 from tests.support.wfmserver import WfmServer, digest, make_bundle
@@ -361,3 +362,34 @@ def test_what_the_wfm_serves_becomes_the_one_model(server, state, pool):
     }
     elsewhere = desired.parse_files(snap.files, device_id="dev-2")
     assert {f.error.code for f in elsewhere.failures} == {"WRONG_DEVICE"}
+
+
+class Crash(BaseException):
+    """Stands for the process dying at a step of a state write."""
+
+
+@pytest.mark.parametrize("step", ["tmp-written", "tmp-synced", "prev-kept"])
+def test_a_crash_while_recording_leaves_the_previous_manifest_accepted(
+    server, state, pool, monkeypatch, step
+):
+    server.publish({"d-1": doc("d-1")}, 1)
+    source(server, state, pool).poll()
+    server.publish({"d-1": doc("d-1", "httpd"), "d-2": doc("d-2")}, 2)
+
+    def dying(root, **kw):
+        def fault(name: str) -> None:
+            if name == step:
+                raise Crash(name)
+
+        return StateStore(root, fault=fault)
+
+    monkeypatch.setattr(wfmsource, "StateStore", dying)
+    with pytest.raises(Crash):
+        source(server, state, pool).poll()
+    monkeypatch.undo()
+    again = source(server, state, pool)
+    assert again.held_revision() == "1"
+    assert again.snapshot("1").files["d-1.yaml"] == doc("d-1")
+    mark = len(server.requests())
+    assert again.poll().revision == "2"
+    assert paths(server, mark) == ["/api/v1/deployments"]  # its documents were already cached
