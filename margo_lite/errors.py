@@ -201,6 +201,55 @@ class GitTransientError(SourceError, TransientError):
     }
 
 
+# --- desired state source (the WFM's State Manifest, Margo 1.0) -----------------------------
+
+
+class WfmError(SourceError, StalledError):
+    """The WFM's desired state cannot be accepted; nothing of that manifest is applied and
+    what runs keeps running. Polls go on at `poll.max_backoff`."""
+
+    code = "WFM_ERROR"
+    codes = {
+        "WFM_ERROR": "fix what the message names",
+        "WFM_MANIFEST_INVALID": "the WFM served something that is not a State Manifest (or a "
+        "digest of another algorithm than sha256): check the WFM",
+        "WFM_DIGEST_MISMATCH": "the WFM served a document or bundle whose sha256 is not the "
+        "manifest's: check the WFM and what sits between",
+        "WFM_BUNDLE_INVALID": "the bundle is not a tar+gzip of exactly the manifest's "
+        "documents: check the WFM",
+        "WFM_ROLLBACK_REFUSED": "the WFM went back to an older manifestVersion: publish a newer "
+        "one (a replay or rollback is never applied)",
+        "WFM_URL_REFUSED": "the manifest named an absolute url or one outside /api/v1/: check "
+        "the WFM",
+        "WFM_TOO_LARGE": "make the deployments smaller (or raise the limit the message names)",
+        "WFM_FORBIDDEN": "the WFM refused this device's identity (HTTP 401/403): check its "
+        "client certificate and the WFM's records",
+        "WFM_NOT_FOUND": "fix `wos.url`: no desired-state API there (HTTP 404)",
+        "WFM_NOT_ACCEPTABLE": "the WFM does not serve the v1 manifest (HTTP 406): check "
+        "`wos.api` and the WFM's version",
+        "WFM_REDIRECTED": "set `wos.url` to where the WFM redirects",
+        "WFM_TLS_FAILED": "fix `wos.ca_file` or the WFM's certificate",
+        "WFM_STORE_FAILED": "free disk space or fix the permissions of the state folder",
+    }
+
+
+class WfmTransientError(SourceError, TransientError):
+    """Worth retrying with backoff: the next poll tries again."""
+
+    code = "WFM_UNREACHABLE"
+    codes = {
+        "WFM_UNREACHABLE": "check the network and the WFM (refused, DNS, reset)",
+        "WFM_TIMEOUT": "check the network and the WFM; `wos.timeout`",
+        "WFM_SERVER_ERROR": "check the WFM (5xx, 429)",
+        "WFM_PROTOCOL_ERROR": "check the WFM or a proxy between (a cut answer, a 304 to an "
+        "unconditional request)",
+        "WFM_DOCUMENT_MISSING": "none: a newer manifest came while fetching; the next poll "
+        "reads it",
+        "WFM_CACHE_CORRUPT": "none: the cached document is fetched again",
+        **ProxyError.codes,
+    }
+
+
 # --- desired state documents ----------------------------------------------------------------
 
 
@@ -227,6 +276,8 @@ class DesiredStateError(StalledError):
         "MISSING_PACKAGE": "commit the package (or key) the location names",
         "COMPOSE_INVALID": "make the parameter value plain JSON (no dates, string keys)",
         "DEPENDENCY_CYCLE": "break the cycle in `dependsOn`",
+        "WRONG_DEVICE": "the document's `metadata.deviceId` names another device: fix it, or "
+        "move the document to that device's desired state",
     }
 
     def __init__(

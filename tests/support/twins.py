@@ -328,7 +328,6 @@ class ScriptedSource:
     def held_revision(self) -> str | None:
         return self.held
 
-
     def snapshot(self, revision: str) -> Snapshot:
         if revision in self.refused:
             raise self.refused[revision]
