@@ -230,6 +230,8 @@ class WfmError(SourceError, StalledError):
         "WFM_REDIRECTED": "set `wos.url` to where the WFM redirects",
         "WFM_TLS_FAILED": "fix `wos.ca_file` or the WFM's certificate",
         "WFM_STORE_FAILED": "free disk space or fix the permissions of the state folder",
+        "WFM_REFUSED": "check the WFM: it answered an HTTP status the API does not name (the "
+        "message says which)",
     }
 
 
@@ -246,6 +248,7 @@ class WfmTransientError(SourceError, TransientError):
         "WFM_DOCUMENT_MISSING": "none: a newer manifest came while fetching; the next poll "
         "reads it",
         "WFM_CACHE_CORRUPT": "none: the cached document is fetched again",
+        "WFM_NOT_HELD": "none: the manifest is fetched again at the next poll",
         **ProxyError.codes,
     }
 

@@ -129,7 +129,7 @@ class WfmSource:
         """The accepted manifest's documents from the cache (no network), each checked again."""
         held = self._held()
         if held is None or revision != str(held.version):
-            raise WfmError(f"manifest version {revision} is not held", code="WFM_NOT_HELD")
+            raise WfmTransientError(f"manifest version {revision} is not held", code="WFM_NOT_HELD")
         files: dict[str, bytes] = {}
         for dep, digest in held.documents:
             data = self._cached(digest)
@@ -400,7 +400,7 @@ def _status_error(status: int, body: bytes, headers: Any, shown: str, path: str)
         return WfmTransientError(
             f"{what}: server error (HTTP {status}){detail}", code="WFM_SERVER_ERROR"
         )
-    return WfmError(f"{what}: unexpected HTTP status {status}{detail}", code="WFM_SERVER_ERROR")
+    return WfmError(f"{what}: unexpected HTTP status {status}{detail}", code="WFM_REFUSED")
 
 
 def _problem(body: bytes) -> str:

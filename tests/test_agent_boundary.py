@@ -73,6 +73,7 @@ def _device(
     *,
     bad_files: dict[str, str] | None = None,
     overrides: dict[str, dict] | None = None,
+    **hooks,
 ) -> tuple[agent.Agent, TwinBackend]:
     """An agent on the twin engine with two deployments, GOOD and BAD (or `bad_files`)."""
     upstream = Upstream(tmp_path / "repo.git")
@@ -103,7 +104,7 @@ def _device(
     cfg = config.parse_config(data)
     twin = TwinBackend()
     parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
-    return agent.Agent(cfg, parts=parts), twin
+    return agent.Agent(cfg, parts=parts, **hooks), twin
 
 
 def _cycle(device: agent.Agent) -> None:
