@@ -92,12 +92,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _check_writable(cfg)
     proxies = _proxies(cfg)  # the environment's proxy variables are checked too
+    identity = _check_svid(cfg)
     print(f"configuration OK: {cfg.source}")
     print(f"  device {cfg.device.id}, state in {cfg.device.state_dir}")
     print(f"  desired state from {logs.sanitize_url(cfg.git.url)} branch {cfg.git.branch}")
     print(f"  reports to {logs.sanitize_url(cfg.wos.url)}")
     print(f"  network: {proxies.describe()}")
+    if identity:
+        print(f"  identity {identity[0]}, expects the WFM {identity[1]}")
     return EXIT_OK
+
+
+def _check_svid(cfg: config.Config) -> tuple[str, str] | None:
+    """The client certificate and key load and match; in v1 the certificate is an SVID and
+    the WFM's expected SPIFFE ID is known. (own id, WFM id) in v1; raises ConfigError."""
+    if not cfg.wos.client_cert:
+        return None
+    from margo_lite import svid
+
+    files = svid.Files(cfg.wos.client_cert, cfg.wos.client_key)
+    if getattr(cfg.wos, "api", "draft") != "v1":
+        svid.load_context(files, source=cfg.source)
+        return None
+    own, _context = svid.load_identity(files, source=cfg.source)
+    if svid.key_is_loose(files):
+        log.warning("%s is readable by others: make it mode 0600", files.key or files.cert)
+    return own, svid.expected_server(own, getattr(cfg.wos, "server_id", None), source=cfg.source)
 
 
 def _proxies(cfg: config.Config) -> proxy.Settings:
@@ -118,13 +138,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_capabilities(args: argparse.Namespace) -> int:
-    from margo_lite import capabilities, wos
+    from margo_lite import capabilities, wfmclient
 
     cfg = _load(args)
-    body = capabilities.discover(cfg.device.id, cfg.state_dir, cfg.capabilities)
+    body = capabilities.discover_for(cfg)
     print(json.dumps(body, indent=2, sort_keys=True))
     if args.send:
-        with wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=_proxies(cfg)) as client:
+        with wfmclient.make_client(cfg, _proxies(cfg)) as client:
             client.send_capabilities(body, force=True)
         print(f"sent to {logs.sanitize_url(cfg.wos.url)}", file=sys.stderr)
     return EXIT_OK
