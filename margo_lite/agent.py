@@ -30,7 +30,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from margo_lite import backends, config, desired, logs, planner, policy, pools, schedule, wos
+from margo_lite import (
+    backends,
+    config,
+    desired,
+    logs,
+    planner,
+    policy,
+    pools,
+    schedule,
+    wfmclient,
+    wos,
+)
 from margo_lite.errors import (
     EngineError,
     GitError,
@@ -71,7 +82,7 @@ class Parts:
     source: GitSource
     packages: PackageStore
     outbox: Outbox
-    client: wos.WosClient
+    client: wos.WosClient | wfmclient.WfmClient
     backend_factory: Callable[[], backends.Backend]
 
     @classmethod
@@ -86,7 +97,7 @@ class Parts:
             source=GitSource(cfg.git, state_dir, proxies=proxies),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies),
+            client=wfmclient.make_client(cfg, proxies),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
@@ -656,9 +667,7 @@ class Agent:
         from margo_lite import capabilities
 
         try:
-            body = capabilities.discover(
-                self.cfg.device.id, self.cfg.state_dir, self.cfg.capabilities
-            )
+            body = capabilities.discover_for(self.cfg)
             self.parts.client.send_capabilities(body)
         except MargoLiteError as exc:
             timers.capabilities_backoff = timers.capabilities_backoff.failed()
