@@ -3,12 +3,14 @@ sees them. Certificates are real ones from `openssl` (a throwaway trust domain).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
 import pytest
 
 from margo_lite import svid
+from margo_lite.config import WosConfig
 from margo_lite.devkit.svidca import SvidCA, client_id, wfm_id
 from tests.conftest import base_config
 
@@ -150,3 +152,23 @@ def test_check_config_refuses_an_unreadable_key(ca, tmp_path, cli, config_file):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "[SVID_KEY_UNREADABLE]" in lines[0], result.stderr
+
+
+_V1_KEYS = {"api", "server_id"} <= {f.name for f in dataclasses.fields(WosConfig)}
+
+
+@pytest.mark.skipif(not _V1_KEYS, reason="wos.api and wos.server_id are not configuration keys yet")
+def test_check_config_v1_names_the_identities_and_refuses_a_certificate_without_one(
+    ca, tmp_path, cli, config_file
+):
+    device, no_san = ca.device("gw-v1"), ca.issue("cc-no-san", [])
+    data = _draft_config(tmp_path, device.cert, device.key)
+    data["wos"].update(api="v1", url="https://127.0.0.1:9/margo")
+    good = cli("-c", str(config_file(data)), "check-config")
+    assert good.returncode == 0, good.stderr
+    assert f"identity {client_id('gw-v1')}, expects the WFM {wfm_id()}" in good.stdout
+    data["wos"].update(client_cert=str(no_san.cert), client_key=str(no_san.key))
+    bad = cli("-c", str(config_file(data)), "check-config")
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "[SVID_URI_SAN]" in lines[0], bad.stderr

@@ -137,6 +137,7 @@ def test_every_status_body_is_valid_under_the_openapi_and_accepted(sim, ca, devi
     # every call came with the device's certificate and identity, below the URL's prefix
     seen = sim.requests("/api/v1/deployments/dep-1/status", "POST")
     assert {(r.client_serial, r.client_id) for r in seen} == {(device.serial, client_id(DEVICE))}
+    assert {r.tls_version for r in seen} == {"TLSv1.3"}
 
 
 def test_the_schema_check_can_fail():
@@ -348,3 +349,10 @@ def test_fifty_outages_lose_no_report_and_keep_their_order(sim, ca, device, tmp_
         assert openapi.errors(body, *openapi.STATUS) == []
     # one handshake per outage's recovery at most: connections are reused in between
     assert sim.handshakes <= 2 * 50 + 2
+
+
+def test_a_key_others_can_read_is_named_in_the_log(sim, ca, device, tmp_path, secret_free_logs):
+    device.key.chmod(0o644)
+    with _client(sim, ca, device, tmp_path) as client:
+        client.post_status("dep-1", _event("Installed"), revision="1")
+    assert f"{device.key} is readable by others: make it mode 0600" in secret_free_logs.text

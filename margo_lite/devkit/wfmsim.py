@@ -76,6 +76,7 @@ class Seen:
     answer: int
     client_serial: int | None
     client_id: str | None
+    tls_version: str | None = None
     at: float = field(default_factory=time.monotonic)
 
     def json(self) -> Any:
@@ -283,6 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.client_serial = int(serial, 16) if serial else None
         uris = [v for k, v in peer.get("subjectAltName", ()) if k == "URI"]
         self.client_id = uris[0] if len(uris) == 1 else None
+        self.tls_version = conn.version()
         if sim.fault == "down":
             return  # closed unanswered
         with contextlib.suppress(OSError):
@@ -319,6 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status,
                 self.client_serial,
                 self.client_id,
+                self.tls_version,
             )
         )
         self.send_response(status)
