@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the whole job end to end on this machine (local WOS, Git, engine)"
     )
     demo.add_argument("--keep", action="store_true", help="keep the demo's files afterwards")
+    demo.add_argument(
+        "--api",
+        choices=("draft", "v1"),
+        default="draft",
+        help="draft: a WOS with Git; v1: a Margo 1.0 WFM over mTLS and an OCI registry",
+    )
     return parser
 
 
@@ -220,6 +226,10 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.api == "v1":
+        from margo_lite.devkit import demov1
+
+        return demov1.run(keep=args.keep)
     from margo_lite.devkit import demo
 
     return demo.run(keep=args.keep)

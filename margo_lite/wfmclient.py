@@ -27,7 +27,7 @@ import urllib3
 
 from margo_lite import logs, mtls, proxy, wfmbody, wos
 from margo_lite.config import Config, WosConfig
-from margo_lite.errors import WosError, WosRejectedError, WosTransientError
+from margo_lite.errors import ConfigError, WosRejectedError, WosTransientError
 from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
@@ -42,8 +42,10 @@ def make_pools(
 ) -> mtls.WfmPools:
     """The pools every WFM call uses (status, capabilities, desired state)."""
     if not cfg.client_cert:
-        raise WosError(
-            "wos.api v1 needs wos.client_cert (the device's X.509-SVID)", code="WFM_MTLS_CONFIG"
+        raise ConfigError(
+            "wos.api v1 needs the device's X.509-SVID (mutual TLS)",
+            source=source,
+            key="wos.client_cert",
         )
     return mtls.WfmPools(
         cfg.client_cert,
