@@ -356,3 +356,13 @@ def test_a_key_others_can_read_is_named_in_the_log(sim, ca, device, tmp_path, se
     with _client(sim, ca, device, tmp_path) as client:
         client.post_status("dep-1", _event("Installed"), revision="1")
     assert f"{device.key} is readable by others: make it mode 0600" in secret_free_logs.text
+
+
+def test_a_queued_report_keeps_its_manifest_version_across_a_restart(sim, ca, device, tmp_path):
+    store = StateStore(tmp_path / "state")
+    Outbox(store, 10).add("dep-1", _event("Installed"), revision="41")
+    StateStore(tmp_path / "state").write_json("wfm/accepted.json", {"version": 42})
+    restarted = Outbox(StateStore(tmp_path / "state"), 10)  # as after a power cut
+    with _client(sim, ca, device, tmp_path) as client:
+        assert restarted.flush(client).delivered == 1
+    assert [b["adoptedManifestVersion"] for b in sim.statuses()] == [41]
