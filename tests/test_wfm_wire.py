@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import capabilities, mtls, wfmbody, wfmclient
+from margo_lite import capabilities, mtls, proxy, wfmbody, wfmclient
 from margo_lite.config import CapabilitiesConfig, WosConfig
 from margo_lite.devkit.svidca import SvidCA, client_id, wfm_id
 from margo_lite.devkit.wfmsim import Problem, WfmSimulator
@@ -22,6 +22,7 @@ from margo_lite.errors import WosRejectedError, WosTransientError
 from margo_lite.outbox import Backoff, Outbox
 from margo_lite.statestore import StateStore
 from tests.support import openapi
+from tests.support.proxyserver import ForwardProxy
 from tests.support.wait import wait_for
 
 DEVICE = "gw-wire"
@@ -366,3 +367,26 @@ def test_a_queued_report_keeps_its_manifest_version_across_a_restart(sim, ca, de
     with _client(sim, ca, device, tmp_path) as client:
         assert restarted.flush(client).delivered == 1
     assert [b["adoptedManifestVersion"] for b in sim.statuses()] == [41]
+
+
+def test_through_the_site_proxy_the_identity_check_is_end_to_end(sim, ca, device, tmp_path):
+    """CONNECT through a real squid: TLS and the SPIFFE check are between margo-lite and the
+    WFM, so a wrong WFM behind the proxy gets no request either."""
+    port = int(sim.url.split(":")[2].split("/")[0])
+    with ForwardProxy() as squid:
+        via = proxy.resolve(proxy.Proxy("127.0.0.1", squid.port, None), (), False, {}, None)
+        cfg = _config(sim, ca, device)
+        pools = mtls.WfmPools(
+            cfg.client_cert, cfg.client_key, cfg.ca_file, proxies=via, retries=False, timeout=5.0
+        )
+        with wfmclient.WfmClient(cfg, DEVICE, tmp_path / "state", pools=pools) as client:
+            client.post_status("dep-1", _event("Installed"), revision="1")
+            wrong = ca.issue("server-behind-proxy", [wfm_id(wfm="impostor")], server=True)
+            sim.set_server_cert(str(wrong.cert), str(wrong.key))
+            client.pools.clear()
+            with pytest.raises(WosTransientError) as caught:
+                client.post_status("dep-1", _event("Installed"), revision="2")
+        tunnelled = wait_for(lambda: len(squid.entries(port)) >= 2, what="both CONNECTs logged")
+    assert tunnelled and caught.value.code == "WFM_SERVER_ID_MISMATCH"
+    assert [b["adoptedManifestVersion"] for b in sim.statuses()] == [1]
+    assert len(sim.requests()) == 1
