@@ -91,6 +91,21 @@ def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
 
 def read_leaf(der: bytes) -> Leaf:
     """Serial, URI SANs and the CA markers of a DER certificate; SvidError if malformed."""
+    try:
+        return _read_leaf(der)
+    except SvidError:
+        raise
+    except (ValueError, IndexError, TypeError):  # a shape the reader did not expect
+        raise SvidError("malformed certificate") from None
+
+
+def _one(found: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    if len(found) != 1:
+        raise SvidError("malformed extension value")
+    return found[0]
+
+
+def _read_leaf(der: bytes) -> Leaf:
     tag, start, end = _tlv(der, 0, len(der))
     if tag != 0x30:
         raise SvidError("not a certificate")
@@ -108,7 +123,7 @@ def read_leaf(der: bytes) -> Leaf:
     for tag, vstart, vend in tbs:
         if tag != 0xA3:  # [3] extensions
             continue
-        (seq,) = _children(der, vstart, vend)
+        seq = _one(_children(der, vstart, vend))
         for _etag, estart, eend in _children(der, seq[1], seq[2]):
             fields = _children(der, estart, eend)
             if len(fields) < 2 or fields[0][0] != 0x06 or fields[-1][0] != 0x04:
@@ -125,7 +140,7 @@ def read_leaf(der: bytes) -> Leaf:
 
 
 def _uris(der: bytes, start: int, end: int) -> list[str]:
-    (names,) = _children(der, start, end)
+    names = _one(_children(der, start, end))
     found = []
     for tag, vstart, vend in _children(der, names[1], names[2]):
         if tag == 0x86:  # [6] uniformResourceIdentifier, an IA5String
@@ -137,7 +152,7 @@ def _uris(der: bytes, start: int, end: int) -> list[str]:
 
 
 def _basic_ca(der: bytes, start: int, end: int) -> bool:
-    (seq,) = _children(der, start, end)
+    seq = _one(_children(der, start, end))
     inner = _children(der, seq[1], seq[2])
     return bool(inner) and inner[0][0] == 0x01 and der[inner[0][1] : inner[0][2]] != b"\x00"
 
