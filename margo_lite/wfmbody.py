@@ -41,9 +41,9 @@ def status_v1(
     *,
     device_id: str | None = None,
 ) -> dict[str, Any]:
-    """A `DeploymentStatusManifest`. `error` is (code, message); its `source` is the
-    deployment (margo-lite's reasons are the deployment's; a component's own error has no
-    separate record)."""
+    """A `DeploymentStatusManifest`. `error` is (code, message): the deployment's, with
+    `source: deployment`; a failed component carries it too, with its own name as `source`
+    (margo-lite keeps one reason per deployment, the failing component's)."""
     if isinstance(adopted_manifest_version, bool) or not isinstance(adopted_manifest_version, int):
         raise ValueError("adoptedManifestVersion must be an integer")
     if not 1 <= adopted_manifest_version < 1 << 64:
@@ -56,19 +56,20 @@ def status_v1(
         body["deviceId"] = device_id
     body["adoptedManifestVersion"] = adopted_manifest_version
     status: dict[str, Any] = {"state": state}
+    reason = None
     if error is not None and error[0]:
-        status["error"] = {
-            "code": error[0],
-            "source": "deployment",
-            "message": _bounded(logs.redact(error[1])),
-        }
+        reason = {"code": error[0], "message": _bounded(logs.redact(error[1]))}
+        status["error"] = {"code": reason["code"], "source": "deployment", **reason}
     body["status"] = status
     rendered = []
     for name, component_state in components:
         lower = component_state.lower()
         if lower not in STATES:
             raise ValueError(f"unknown component state {component_state!r}")
-        rendered.append({"name": name, "state": lower})
+        item: dict[str, Any] = {"name": name, "state": lower}
+        if lower == "failed" and reason is not None:
+            item["error"] = {"code": reason["code"], "source": name, "message": reason["message"]}
+        rendered.append(item)
     body["components"] = rendered
     return body
 

@@ -131,7 +131,11 @@ def test_every_status_body_is_valid_under_the_openapi_and_accepted(sim, ca, devi
         "message": "podman run: exit 125",
     }
     assert failed["components"] == [
-        {"name": "web", "state": "failed"},
+        {
+            "name": "web",
+            "state": "failed",
+            "error": {"code": "ENGINE_FAILED", "source": "web", "message": "podman run: exit 125"},
+        },
         {"name": "db", "state": "installed"},
     ]
     assert "error" not in sent[2]["status"]
