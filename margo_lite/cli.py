@@ -101,8 +101,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     identity = _check_svid(cfg)
     print(f"configuration OK: {cfg.source}")
     print(f"  device {cfg.device.id}, state in {cfg.device.state_dir}")
-    print(f"  desired state from {logs.sanitize_url(cfg.git.url)} branch {cfg.git.branch}")
-    print(f"  reports to {logs.sanitize_url(cfg.wos.url)}")
+    if cfg.git is not None and cfg.desired.source == "git":
+        print(f"  desired state from {logs.sanitize_url(cfg.git.url)} branch {cfg.git.branch}")
+    else:
+        print(f"  desired state from the WOS (wos.api: {cfg.wos.api})")
+    print(f"  reports to {logs.sanitize_url(cfg.wos.url)} (wos.api: {cfg.wos.api})")
     print(f"  network: {proxies.describe()}")
     if identity:
         print(f"  identity {identity[0]}, expects the WFM {identity[1]}")
