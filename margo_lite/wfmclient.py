@@ -25,8 +25,9 @@ from typing import Any
 
 import urllib3
 
-from margo_lite import logs, mtls, proxy, wfmbody, wos
+from margo_lite import logs, mtls, proxy, wfmbody, wos, woshttp, wospayload
 from margo_lite.config import Config, WosConfig
+from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ConfigError, WosRejectedError, WosTransientError
 from margo_lite.statestore import StateStore
 
@@ -53,7 +54,7 @@ def make_pools(
         cfg.ca_file,
         server_id=getattr(cfg, "server_id", None),
         proxies=proxies,
-        headers={"User-Agent": wos.USER_AGENT},
+        headers={"User-Agent": USER_AGENT},
         source=source,
         timeout=urllib3.Timeout(connect=cfg.timeout, read=cfg.timeout),
         retries=False,
@@ -129,7 +130,7 @@ class WfmClient:
 
     def send_capabilities(self, body: dict, *, force: bool = False) -> bool:
         """PUT the 1.0 capabilities when they changed since the last acknowledged ones."""
-        digest = hashlib.sha256(wos.encode_body(body)).hexdigest()
+        digest = hashlib.sha256(wospayload.encode_body(body)).hexdigest()
         url = self.capabilities_url()
         known = self.store.read_json(CAPABILITIES_RECORD)
         mark = {"url": url, "digest": digest}
@@ -155,11 +156,13 @@ class WfmClient:
         raise ValueError("no manifest version is known for it")
 
     def _call(self, method: str, url: str, body: Mapping[str, Any], *, what: str) -> None:
-        data = wos.encode_body(body)
+        data = wospayload.encode_body(body)
         headers = {"Content-Type": "application/json", "Accept": ACCEPT}
         shown = f"{what} {method} {logs.sanitize_url(url)}"
         try:
-            response = wos.request(self.pools, method, url, body=data, headers=headers, what=shown)
+            response = woshttp.request(
+                self.pools, method, url, body=data, headers=headers, what=shown
+            )
         except WosTransientError as exc:
             refused = mtls.identity_error(exc)
             if refused is None:
@@ -176,13 +179,13 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def check(response: wos.Response, what: str) -> wos.Response:
+def check(response: woshttp.Response, what: str) -> woshttp.Response:
     """`response` when it is 2xx; otherwise the error the outbox needs (see the module)."""
     status = response.status
     if 200 <= status < 300:
         return response
     problem = wfmbody.parse_problem(response.body, _header(response.headers, "content-type"))
-    retry_after = wos._retry_after(response)
+    retry_after = woshttp.retry_after(response)
     if problem is not None:
         if retry_after is None:
             retry_after = problem.retry_after
@@ -203,7 +206,7 @@ def check(response: wos.Response, what: str) -> wos.Response:
         if problem.retryable is False:
             raise WosRejectedError(message, code="WFM_REJECTED", status=status, body=text)
     else:
-        body = wos._body_text(response)
+        body = woshttp.body_text(response)
         message = f"{what}: HTTP {status}" + (f": {body}" if body else "")
         text = body
     if status in (401, 403):

@@ -19,7 +19,8 @@ from margo_lite.config import CapabilitiesConfig, WosConfig
 from margo_lite.devkit.svidca import SvidCA, client_id, wfm_id
 from margo_lite.devkit.wfmsim import Problem, WfmSimulator
 from margo_lite.errors import WosRejectedError, WosTransientError
-from margo_lite.outbox import Backoff, Outbox
+from margo_lite.outbox import Outbox
+from margo_lite.schedule import Backoff
 from margo_lite.statestore import StateStore
 from tests.support import openapi
 from tests.support.proxyserver import ForwardProxy
