@@ -1,9 +1,13 @@
-"""A local OCI registry for the demo: Debian's `docker-registry` on 127.0.0.1 over TLS, and a
-push of a Compose OCI artifact into it, as `docker compose publish` lays it out.
+"""Debian's `docker-registry` (the distribution registry 2.8) on 127.0.0.1 over TLS, for the
+demo and the tests, and a push of a Compose OCI artifact as `docker compose publish` lays it
+out.
 
-The registry gets a storage folder, a config file and a port of its own (it picks a free one
-and logs it). Pushes are monolithic blob uploads and one manifest `PUT`, verified against the
-demo's CA. No authentication: the registry listens on the loopback address only.
+Each registry has its own storage folder, config file and port (it picks a free one and logs
+it); `auth` is the registry's `auth` section (the tests' token service), none by default.
+Requests are read back from the registry's own access log, so a test can check that a cached
+package cost no blob download. Pushes are monolithic blob uploads and one manifest `PUT`,
+verified against `ca_file` (the tests' pusher with tokens and hostile layouts is
+tests/support/ocipush.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ EMPTY_JSON = "application/vnd.oci.empty.v1+json"
 COMPOSE_PROJECT = "application/vnd.docker.compose.project"
 COMPOSE_FILE = "application/vnd.docker.compose.file+yaml"
 _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+_REQUEST = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (/v2/[^ "]*) HTTP/[0-9.]+" (\d{3})')
 
 
 class RegistryError(RuntimeError):
@@ -45,12 +50,16 @@ def _descriptor(media_type: str, data: bytes, annotations: dict | None = None) -
 
 class LocalRegistry:
     """`with LocalRegistry(folder, cert, key, ca_file) as registry:`; `registry.host` is
-    `127.0.0.1:<port>`."""
+    `127.0.0.1:<port>`, `store` its storage folder."""
 
-    def __init__(self, folder: Path, cert: Path, key: Path, ca_file: Path) -> None:
+    def __init__(
+        self, folder: Path, cert: Path, key: Path, ca_file: Path, *, auth: dict | None = None
+    ) -> None:
         self.folder = Path(folder)
+        self.store = self.folder / "store"
         self.host = ""
         self._cert, self._key = cert, key
+        self._auth = auth
         self._http = urllib3.PoolManager(ca_certs=str(ca_file), cert_reqs="CERT_REQUIRED")
         self._log = self.folder / "registry.log"
         self._proc: subprocess.Popen | None = None
@@ -64,13 +73,18 @@ class LocalRegistry:
         config = {
             "version": 0.1,
             "log": {"level": "info", "formatter": "text"},
-            "storage": {"filesystem": {"rootdirectory": str(self.folder / "store")}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.store)},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
             "http": {
                 "addr": "127.0.0.1:0",
                 "secret": "margo-lite-demo-registry",
                 "tls": {"certificate": str(self._cert), "key": str(self._key)},
             },
         }
+        if self._auth is not None:
+            config["auth"] = self._auth
         path = self.folder / "config.yml"
         path.write_text(yaml.safe_dump(config))
         with open(self._log, "wb") as log:
@@ -98,6 +112,16 @@ class LocalRegistry:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(timeout=10)
+
+    def requests(self, method: str = "GET", part: str = "") -> list[tuple[str, int]]:
+        """(path, status) of the requests the registry answered, as its access log says."""
+        found = _REQUEST.findall(self._log.read_text(errors="replace"))
+        return [(path, int(status)) for m, path, status in found if m == method and part in path]
+
+    def blob_file(self, digest: str) -> Path:
+        """Where the registry keeps a blob's bytes on disk (to tamper with them)."""
+        hex_ = digest.removeprefix("sha256:")
+        return self.store / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data"
 
     def _request(self, method: str, url: str, body: bytes, headers: dict, want: int):
         if url.startswith("/"):
