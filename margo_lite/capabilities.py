@@ -194,7 +194,7 @@ def discover_v1(
         storage_bytes(state_dir),
         gpus(sysfs) + [dict(p) for p in cfg.peripherals],
         interfaces(sysfs),
-        getattr(cfg, "labels", None) or None,
+        cfg.labels or None,
     )
 
 

@@ -11,7 +11,6 @@ left out: the WFM would refuse the whole body for one unknown type).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,6 @@ ARCHITECTURES |= {"arm": "arm", "armv7l": "arm", "armv6l": "arm", "armhf": "arm"
 PERIPHERALS = ("gpu", "display", "camera", "microphone", "speaker")
 INTERFACES = ("ethernet", "wifi", "cellular", "bluetooth", "usb", "canbus", "rs232")
 _MI = 1 << 20
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,250}[A-Za-z0-9])?$")
 
 
 # --- status ------------------------------------------------------------------------------------
@@ -152,33 +150,6 @@ def _peripheral(entry: Mapping[str, Any]) -> dict[str, Any] | None:
     if isinstance(model, str) and model:
         found["model"] = model
     return found
-
-
-def check_labels(labels: Any) -> dict[str, Any]:
-    """`capabilities.labels` as the 1.0 schema allows them; ValueError naming the first
-    bad one."""
-    if not isinstance(labels, Mapping):
-        raise ValueError("labels must be a mapping")
-    for key, value in labels.items():
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
-            raise ValueError(f"label key {key!r} is not a plain name")
-        if _label_value_ok(value):
-            continue
-        raise ValueError(
-            f"label {key!r}: a string, number, boolean or a list of strings or of numbers"
-        )
-    return dict(labels)
-
-
-def _label_value_ok(value: Any) -> bool:
-    def number(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool)
-
-    if isinstance(value, str | bool) or number(value):
-        return True
-    if isinstance(value, list):
-        return all(isinstance(v, str) for v in value) or all(number(v) for v in value)
-    return False
 
 
 # --- RFC 9457 problem answers ------------------------------------------------------------------

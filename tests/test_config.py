@@ -290,3 +290,14 @@ NEW_KEY_MISTAKES = {
 @pytest.mark.parametrize("name", sorted(NEW_KEY_MISTAKES))
 def test_new_key_mistake_is_one_clear_line_and_exit_2(name, config_file, cli, tmp_path):
     _one_clear_line_and_exit_2(*NEW_KEY_MISTAKES[name], config_file, cli, tmp_path)
+
+
+def test_capability_labels_take_what_the_v1_schema_allows(config_file, tmp_path):
+    data = base_config(tmp_path)
+    data["capabilities"] = {"labels": {"site": "plant-3", "floor": 2, "lines": ["a", "b"]}}
+    assert (
+        config.load_config(config_file(data)).capabilities.labels == data["capabilities"]["labels"]
+    )
+    data["capabilities"] = {"labels": {"site": {"nested": True}}}
+    with pytest.raises(ConfigError, match=r"capabilities\.labels.*'site'"):
+        config.load_config(config_file(data))

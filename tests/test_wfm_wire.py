@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import capabilities, mtls, proxy, wfmbody, wfmclient
+from margo_lite import capabilities, mtls, options, proxy, wfmbody, wfmclient
 from margo_lite.config import CapabilitiesConfig, WosConfig
 from margo_lite.devkit.svidca import SvidCA, client_id, wfm_id
 from margo_lite.devkit.wfmsim import Problem, WfmSimulator
@@ -168,10 +168,10 @@ def test_a_report_without_a_manifest_version_is_refused_locally(sim, ca, device,
 
 
 def test_capabilities_body_is_valid_and_sent_when_changed(sim, ca, device, tmp_path):
-    cfg = CapabilitiesConfig(vendor="ACME", modelNumber="GW-1", serialNumber="SN-1")
-    cfg = dataclasses.replace(cfg) if not hasattr(cfg, "labels") else cfg
+    labels = {"site": "plant-3", "floor": 2, "lines": ["a", "b"]}
+    cfg = CapabilitiesConfig(vendor="ACME", modelNumber="GW-1", serialNumber="SN-1", labels=labels)
     body = capabilities.discover_v1(DEVICE, tmp_path, cfg)
-    body["labels"] = {"site": "plant-3", "floor": 2, "lines": ["a", "b"]}
+    assert body["labels"] == labels
     assert openapi.errors(body, *openapi.CAPABILITIES) == []
     props = body["properties"]
     assert props["memory"].endswith(("Mi", "Gi")) and props["storage"].endswith(("Mi", "Gi"))
@@ -195,10 +195,11 @@ def test_binary_sizes_are_never_rounded_up():
 
 
 def test_labels_outside_the_schema_are_named():
-    assert wfmbody.check_labels({"site": "a", "n": 1.5, "ok": True, "l": [1, 2]})
-    for bad in ({"x": {"nested": 1}}, {"x": [1, "a"]}, {"": "a"}, {"x": None}):
+    ok = {"site": "a", "n": 1.5, "ok": True, "l": [1, 2]}
+    assert options.label_map(ok, None) == ok
+    for bad in ({"x": {"nested": 1}}, {"x": [1, "a"]}, {"": "a"}, {"x": None}, ["a"]):
         with pytest.raises(ValueError):
-            wfmbody.check_labels(bad)
+            options.label_map(bad, None)
 
 
 # --- the WFM's identity ------------------------------------------------------------------------
