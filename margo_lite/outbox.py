@@ -41,10 +41,10 @@ MAX_SENDS_PER_FLUSH = 50  # bounded work per call: the agent's loop calls flush 
 
 
 class StatusSender(Protocol):
-    """`revision` (the desired-state revision a report is about) is passed only when the
-    report was queued with one: the Margo 1.0 body needs it, the draft's does not."""
+    """`revision` is the desired-state revision a report is about, when it was queued with
+    one: the Margo 1.0 body needs it (`adoptedManifestVersion`), the draft's does not."""
 
-    def post_status(self, deployment_id: str, body: dict) -> None: ...
+    def post_status(self, deployment_id: str, body: dict, revision: str | None = None) -> None: ...
 
 
 #: Waits between tries while the WOS does not take reports: 2 s doubling to 5 min, spread.
