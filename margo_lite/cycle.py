@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from margo_lite import backends, config, desired, logs, pools, schedule, wos
+from margo_lite import backends, config, desired, logs, pools, schedule, wfmclient, wos
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
@@ -39,7 +39,7 @@ class Parts:
     source: DesiredSource
     packages: PackageStore
     outbox: Outbox
-    client: wos.WosClient
+    client: wos.WosClient | wfmclient.WfmClient
     backend_factory: Callable[[], backends.Backend]
 
     @classmethod
@@ -54,7 +54,7 @@ class Parts:
             source=GitSource(cfg.git, state_dir, proxies=proxies),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies),
+            client=wfmclient.make_client(cfg, proxies),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),

@@ -255,6 +255,9 @@ class RecordBook:
         self._status_case = status_case
         self._wall = wall
         self.by_id: dict[str, DeploymentRecord] = {}
+        #: The desired revision loaded: each queued report carries it (Margo 1.0 reports
+        #: name the manifest version they are about).
+        self.revision: str | None = None
 
     def load(self) -> None:
         """Read every record; a corrupt one raises (never read as "absent")."""
@@ -280,7 +283,7 @@ class RecordBook:
                 [(name, state.value) for name, state in event.components],
                 self._status_case,
             )
-            self._places.outbox.add(event.deployment_id, body)
+            self._places.outbox.add(event.deployment_id, body, revision=self.revision)
             log.info(
                 "deployment %s is %s%s",
                 new.id,

@@ -49,10 +49,10 @@ class FaultyOutbox:
     def __init__(self, outbox, deployment_id: str) -> None:
         self._outbox, self._id = outbox, deployment_id
 
-    def add(self, deployment_id: str, body: dict) -> None:
+    def add(self, deployment_id: str, body: dict, **kw) -> None:
         if deployment_id == self._id and body["status"]["state"] == "Installed":
             raise TypeError("Object of type date is not JSON serializable")
-        self._outbox.add(deployment_id, body)
+        self._outbox.add(deployment_id, body, **kw)
 
     def __getattr__(self, name):
         return getattr(self._outbox, name)
