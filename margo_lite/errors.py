@@ -222,8 +222,6 @@ class WfmError(SourceError, StalledError):
         "WFM_URL_REFUSED": "the manifest named an absolute url or one outside /api/v1/: check "
         "the WFM",
         "WFM_TOO_LARGE": "make the deployments smaller (or raise the limit the message names)",
-        "WFM_FORBIDDEN": "the WFM refused this device's identity (HTTP 401/403): check its "
-        "client certificate and the WFM's records",
         "WFM_NOT_FOUND": "fix `wos.url`: no desired-state API there (HTTP 404)",
         "WFM_NOT_ACCEPTABLE": "the WFM does not serve the v1 manifest (HTTP 406): check "
         "`wos.api` and the WFM's version",
@@ -249,6 +247,8 @@ class WfmTransientError(SourceError, TransientError):
         "reads it",
         "WFM_CACHE_CORRUPT": "none: the cached document is fetched again",
         "WFM_NOT_HELD": "none: the manifest is fetched again at the next poll",
+        "WFM_FORBIDDEN": "the WFM refused this device's identity (HTTP 401/403): check its "
+        "client certificate (a rotated one is read without a restart) and the WFM's records",
         **ProxyError.codes,
     }
 
@@ -492,6 +492,9 @@ class WosTransientError(WosError):
         "WOS_UNAUTHORIZED": "none if it passes: a new token is fetched once; else the credentials",
         "WOS_AUTH_FAILED": "fix the `wos.*` client credentials",
         "WOS_TLS_FAILED": "fix `wos.ca_file` or the WOS's certificate",
+        "WFM_RETRY_LATER": "none: the WFM asked (problem+json `retryable`) to send it again later",
+        "WFM_BAD_RESPONSE": "check the WFM: its answer is not what the API says",
+        "WFM_SERVER_ERROR": "check the WFM (5xx, 408, 429)",
         **ProxyError.codes,
     }
 
@@ -501,7 +504,11 @@ class WosRejectedError(WosError):
     that deployment's report waits, and is dropped after three rejections."""
 
     code = "WOS_REJECTED"
-    codes = {"WOS_REJECTED": "check the WOS's log: it refuses the report (see `body`)"}
+    codes = {
+        "WOS_REJECTED": "check the WOS's log: it refuses the report (see `body`)",
+        "WFM_REJECTED": "check the WFM's log: it refuses the report (problem+json logged)",
+        "WFM_REPORT_INVALID": "a bug: the report does not fit the v1 schema; report it",
+    }
 
 
 class OnboardingError(StalledError):

@@ -380,7 +380,9 @@ def _status_error(status: int, body: bytes, headers: Any, shown: str, path: str)
     what = f"{shown}{path}"
     detail = _problem(body)
     if status in (401, 403):
-        return WfmError(f"{what} denied access (HTTP {status}){detail}", code="WFM_FORBIDDEN")
+        return WfmTransientError(
+            f"{what} denied access (HTTP {status}){detail}", code="WFM_FORBIDDEN"
+        )
     if 300 <= status < 400:
         where = logs.sanitize_url(headers.get("Location", "?"))
         return WfmError(
