@@ -495,6 +495,8 @@ class WosTransientError(WosError):
         "WFM_RETRY_LATER": "none: the WFM asked (problem+json `retryable`) to send it again later",
         "WFM_BAD_RESPONSE": "check the WFM: its answer is not what the API says",
         "WFM_SERVER_ERROR": "check the WFM (5xx, 408, 429)",
+        "WFM_FORBIDDEN": "the WFM refused this device's identity (HTTP 401/403): check its "
+        "client certificate and the WFM's records; reports wait meanwhile",
         **ProxyError.codes,
     }
 
