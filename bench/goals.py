@@ -62,7 +62,7 @@ def _latency_anchor(kind: str) -> Callable[[Mapping[str, float | None]], str]:
     return text
 
 
-def _short(value: float) -> str:
+def short(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2f}".rstrip("0").rstrip(".")
 
 
@@ -173,7 +173,7 @@ def judge(figures: Mapping[str, float | None]) -> list[dict[str, object]]:
                 "goal": goal.text,
                 "figure": goal.figure,
                 "value": value,
-                "bound": f"{goal.op} {_short(bound)}" if bound is not None else "-",
+                "bound": f"{goal.op} {short(bound)}" if bound is not None else "-",
                 "anchor": goal.anchor(figures),
                 "verdict": verdict,
             }
@@ -183,7 +183,7 @@ def judge(figures: Mapping[str, float | None]) -> list[dict[str, object]]:
 
 def table(rows: list[dict[str, object]]) -> str:
     cells = [("goal (issue 17)", "figure", "bound", "verdict", "anchor, same run")] + [
-        (str(r["goal"]), "-" if r["value"] is None else _short(float(r["value"])),
+        (str(r["goal"]), "-" if r["value"] is None else short(float(r["value"])),
          str(r["bound"]), str(r["verdict"]), str(r["anchor"]))
         for r in rows
     ]  # fmt: skip
