@@ -42,9 +42,10 @@ import yaml  # noqa: E402
 from bench import gitsource as gitbench  # noqa: E402
 from bench import goals  # noqa: E402
 from bench import plan as planbench  # noqa: E402
-from margo_lite import backends, config, desired, gitsource, logs, planner, wossim  # noqa: E402
+from margo_lite import backends, config, desired, gitsource, logs, planner  # noqa: E402
 from margo_lite.agent import Agent, Parts, load_records  # noqa: E402
 from margo_lite.backends import builtin, project  # noqa: E402
+from margo_lite.devkit import wossim  # noqa: E402
 from margo_lite.statestore import StateStore  # noqa: E402
 from margo_lite.statusview import DEPLOYMENTS, POLL_RECORD  # noqa: E402
 from tests.support import engines  # noqa: E402
@@ -764,7 +765,7 @@ def latency_figures(tmp: Path, counts: Counts, environ: dict[str, str]) -> list[
         fig(
             "settle_s",
             "anchor: the settle window",
-            backends.SETTLE_SECONDS,
+            config.RuntimeConfig().settle,
             "s",
             "runtime.settle (default): a start must stay up this long",
         ),

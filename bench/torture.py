@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from tests.support import engines
 from tests.support.gitserver import GitServer
 from tests.support.rig import Rig

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from margo_lite.errors import PackageError
+from margo_lite.fileio import create_file, write_all
 
 CHUNK = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -254,9 +255,7 @@ class _TreeWriter:
                     raise PackageError(
                         f"member {member.name!r} is truncated", code="PACKAGE_INVALID"
                     )
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, chunk)
                 left -= len(chunk)
             os.fchmod(fd, mode)
             os.fsync(fd)
@@ -306,35 +305,11 @@ def write_tree(files: dict[str, bytes], dest: Path, limits: Limits = Limits()) -
                 if parent not in made:
                     os.mkdir(dest / parent, 0o755)
                     made.add(parent)
-            write_file(dest / path, normalized[path])
+            create_file(dest / path, normalized[path])
         except OSError as exc:
             if exc.errno not in _BAD_NAME_ERRNOS:
                 raise
             raise PackageError(f"file {path!r}: {exc.strerror}", code="PACKAGE_INVALID") from None
-
-
-def write_file(target: Path, data: bytes, mode: int = 0o644) -> None:
-    """Create `target` (never through a link, never over a file) and make it durable."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(target, flags, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_tree(root: Path) -> None:
-    """fsync every folder below and including `root` (files were synced when written)."""
-    for folder, _dirs, _files in os.walk(root, topdown=False):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def tree_digest(root: Path) -> str:

@@ -94,8 +94,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     proxies = _proxies(cfg)  # the environment's proxy variables are checked too
     print(f"configuration OK: {cfg.source}")
     print(f"  device {cfg.device.id}, state in {cfg.device.state_dir}")
-    print(f"  desired state from {logs.sanitize_url(cfg.git.url)} branch {cfg.git.branch}")
-    print(f"  reports to {logs.sanitize_url(cfg.wos.url)}")
+    if cfg.git is not None and cfg.desired.source == "git":
+        print(f"  desired state from {logs.sanitize_url(cfg.git.url)} branch {cfg.git.branch}")
+    else:
+        print(f"  desired state from the WOS (wos.api: {cfg.wos.api})")
+    print(f"  reports to {logs.sanitize_url(cfg.wos.url)} (wos.api: {cfg.wos.api})")
     print(f"  network: {proxies.describe()}")
     return EXIT_OK
 
@@ -200,7 +203,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from margo_lite import demo
+    from margo_lite.devkit import demo
 
     return demo.run(keep=args.keep)
 

@@ -137,7 +137,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval:
             threading.Thread(target=self._feed_during_steps, args=(interval,), daemon=True).start()
-        self.notifier.ready(f"watching {logs.sanitize_url(self.cfg.git.url)}")
+        self.notifier.ready(f"watching {logs.sanitize_url(self.cfg.desired_url)}")
         log.info("margo-lite started for device %s", self.cfg.device.id)
         try:
             while not self.requests.stop:

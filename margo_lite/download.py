@@ -26,17 +26,20 @@ import http.client
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError
 
-from margo_lite import __version__, logs, proxy
+from margo_lite import logs, proxy
+from margo_lite.constants import USER_AGENT
 from margo_lite.errors import DownloadError, PackageError, ProxyError
+from margo_lite.fileio import write_all
 from margo_lite.pools import Pools
+from margo_lite.schedule import Backoff
 
 log = logs.get(__name__)
 
@@ -45,17 +48,8 @@ MAX_REDIRECTS = 5
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """How often and how patiently one download is tried. Pure: `delay` does not sleep."""
-
-    attempts: int = 3
-    base: float = 1.0
-    cap: float = 10.0
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the `failures`-th failed attempt."""
-        return min(self.cap, self.base * 2 ** (failures - 1)) if failures > 0 else 0.0
+#: One download: three tries, 1 s then 2 s apart (at most 10 s), inside its deadline.
+BACKOFF = Backoff(base=0.5, cap=10.0, attempts=3)
 
 
 @dataclass(frozen=True)
@@ -82,6 +76,7 @@ class Fetched:
     validators: Validators
     sha256: str = ""
     size: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)  # the answer's, names lower-case
 
 
 class _Retryable(Exception):
@@ -116,7 +111,7 @@ class Downloader:
         timeout: float,
         deadline: float = 1800.0,
         ca_file: str | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = BACKOFF,
         sleep: Callable[[float], None] = time.sleep,
         proxies: proxy.Settings = proxy.DIRECT,
         clock: Callable[[], float] = time.monotonic,
@@ -143,9 +138,16 @@ class Downloader:
         return _Deadline(self._clock() + self._deadline, self._deadline, self._clock)
 
     def fetch(
-        self, url: str, dest: Path, *, limit: int, validators: Validators | None = None
+        self,
+        url: str,
+        dest: Path,
+        *,
+        limit: int,
+        validators: Validators | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Fetched:
-        """GET `url` into the new file `dest` (nothing is left there on failure).
+        """GET `url` into the new file `dest` (nothing is left there on failure). `headers`
+        go to the URL's origin only, like credentials (an OCI registry's Accept and token).
 
         Raises DownloadError (transient: the cause is remote; also when the deadline
         passes) or PACKAGE_TOO_LARGE.
@@ -154,25 +156,34 @@ class Downloader:
         if not _valid_url(url):
             raise PackageError(f"{shown}: not a valid http(s) URL", code="PACKAGE_INVALID")
         deadline = self._shared or self._new_deadline()
-        failures = 0
+        tries = self._backoff
         while True:
             try:
-                return self._attempt(url, dest, limit=limit, validators=validators, by=deadline)
+                return self._attempt(
+                    url, dest, limit=limit, validators=validators, by=deadline, extra=headers
+                )
             except _Retryable as exc:
-                failures += 1
-                delay = self._backoff.delay(failures)
-                if failures >= self._backoff.attempts or delay >= deadline.left():
+                tries = tries.failed()
+                delay = tries.delay()
+                if tries.exhausted or delay >= deadline.left():
                     raise DownloadError(
-                        f"cannot download {shown}: {exc} (tried {failures} times)"
+                        f"cannot download {shown}: {exc} (tried {tries.failures} times)"
                     ) from None
                 log.info("download of %s failed (%s); retrying in %.1fs", shown, exc, delay)
                 self._sleep(delay)
 
     def _attempt(
-        self, url: str, dest: Path, *, limit: int, validators: Validators | None, by: _Deadline
+        self,
+        url: str,
+        dest: Path,
+        *,
+        limit: int,
+        validators: Validators | None,
+        by: _Deadline,
+        extra: Mapping[str, str] | None,
     ) -> Fetched:
         headers = {
-            "User-Agent": f"margo-lite/{__version__}",
+            "User-Agent": USER_AGENT,
             "Accept-Encoding": "identity",
             **(validators.headers() if validators else {}),
         }
@@ -184,6 +195,7 @@ class Downloader:
             password = urllib.parse.unquote(parts.password or "")
             logs.register_secret(password)
             credentials = urllib3.make_headers(basic_auth=f"{user}:{password}")
+        credentials.update(extra or {})
         current = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         for _ in range(MAX_REDIRECTS + 1):
             # credentials go to the origin named in the URL only, never where it redirects
@@ -204,6 +216,7 @@ class Downloader:
                     raise DownloadError(
                         f"cannot download {logs.sanitize_url(url)}: HTTP {response.status}",
                         status=response.status,
+                        challenge=response.headers.get("WWW-Authenticate"),
                     )
                 return self._save(response, url, dest, limit, by)
             finally:
@@ -263,9 +276,7 @@ class Downloader:
                             code="PACKAGE_TOO_LARGE",
                         )
                     digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    write_all(fd, chunk)
             except (Urllib3Error, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
                 raise _Retryable(f"body cut short: {_reason(exc)}") from None
             if length is not None and size != length:
@@ -279,7 +290,8 @@ class Downloader:
         validators = Validators(
             etag=response.headers.get("ETag"), last_modified=response.headers.get("Last-Modified")
         )
-        return Fetched(modified=True, validators=validators, sha256=digest.hexdigest(), size=size)
+        answer = {name.lower(): value for name, value in response.headers.items()}
+        return Fetched(True, validators, digest.hexdigest(), size, answer)
 
 
 def _arriving(response: urllib3.HTTPResponse) -> Iterator[bytes]:

@@ -160,9 +160,34 @@ class PackageTransientError(PackageError, TransientError):
 class DownloadError(PackageTransientError):
     """A download failed after its retries; `status` is the HTTP status if one came back."""
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        challenge: str | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.challenge = challenge  # WWW-Authenticate of a 401, for registry token auth
+
+
+class OciError(PackageError):
+    """An OCI registry's answer or artifact that margo-lite will not use. Codes:
+    OCI_REFERENCE_INVALID (the oci:// location), OCI_NOT_FOUND (no such repository, tag or
+    blob), OCI_DIGEST_MISMATCH (bytes that are not what their digest says),
+    OCI_DIGEST_UNSUPPORTED (an algorithm other than sha256), OCI_AUTH_FAILED (the registry
+    or its token service refused), OCI_MANIFEST_INVALID (not a manifest or artifact
+    margo-lite reads, or hostile file names in it)."""
+
+    code = "OCI_MANIFEST_INVALID"
+
+
+class OciTransientError(OciError, TransientError):
+    """The registry or its token service cannot be reached or fails (5xx); retried later."""
+
+    code = "OCI_UNREACHABLE"
 
 
 class PolicyError(PackageError):

@@ -42,9 +42,11 @@ import yaml
 from urllib3.exceptions import InsecureRequestWarning
 
 from margo_lite import capabilities, config, logs, pools, proxy, yamlload
+from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ConfigError, MargoLiteError, OnboardingError, UsageError
-from margo_lite.statestore import DIR_MODE, FILE_MODE, SECRET_MODE, write_file_atomic
-from margo_lite.wos import USER_AGENT, WosClient, check, make_pool, request
+from margo_lite.fileio import DIR_MODE, FILE_MODE, SECRET_MODE, write_file_atomic
+from margo_lite.wos import WosClient
+from margo_lite.woshttp import check, make_pool, request
 
 log = logs.get(__name__)
 
@@ -231,7 +233,7 @@ def _state_dir(data: dict[str, Any], config_path: Path) -> Path:
         if isinstance(data.get("device"), dict)
         else None
     )
-    ctx = config._Context(config_path.absolute().parent)
+    ctx = config.Context(config_path.absolute().parent)
     try:
         return Path(config.file_path(raw or config.DeviceConfig.state_dir, ctx))
     except ValueError as exc:
@@ -259,7 +261,7 @@ def onboard(
 ) -> Result:
     """Onboard this device with the WOS at `wos_url` and rewrite `config_path`."""
     try:
-        wos_url = config.http_url("http", "https")(wos_url, config._Context(Path(".")))
+        wos_url = config.http_url("http", "https")(wos_url, config.Context(Path(".")))
     except ValueError as exc:
         raise UsageError(f"--wos-url: {exc}") from None
     data = _read_existing(config_path)
@@ -268,7 +270,7 @@ def onboard(
     if not device_id:
         raise UsageError(f"{config_path} names no device.id: give --device-id")
     try:
-        config.device_id(device_id, config._Context(Path(".")))
+        config.device_id(device_id, config.Context(Path(".")))
     except ValueError as exc:
         raise UsageError(f"--device-id: {exc}") from None
     state_dir = _state_dir(data, config_path)
@@ -355,22 +357,22 @@ def onboard(
 
 def _proxies(data: dict[str, Any], config_path: Path) -> proxy.Settings:
     """The site proxy of a configuration that may not be complete yet, and the environment."""
-    section = config._parse_section(
+    section = config.parse_section(
         config.NetworkConfig,
         data.get("network"),
         "network",
         str(config_path),
-        config._Context(config_path.absolute().parent),
+        config.Context(config_path.absolute().parent),
     )
     return pools.settings_from(section, os.environ, source=str(config_path))
 
 
 def _capabilities_config(data: dict[str, Any], config_path: Path) -> config.CapabilitiesConfig:
     """The capabilities section of a configuration that may not be complete yet."""
-    return config._parse_section(
+    return config.parse_section(
         config.CapabilitiesConfig,
         data.get("capabilities"),
         "capabilities",
         str(config_path),
-        config._Context(config_path.absolute().parent),
+        config.Context(config_path.absolute().parent),
     )

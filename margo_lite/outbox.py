@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from margo_lite import logs
 from margo_lite.errors import StateCorruptError, WosError, WosRejectedError
+from margo_lite.schedule import Backoff
 from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
@@ -43,24 +44,8 @@ class StatusSender(Protocol):
     def post_status(self, deployment_id: str, body: dict) -> None: ...
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Retry state as a value: `failed()` returns the next one, `delay()` is pure."""
-
-    base: float = 2.0
-    cap: float = 300.0
-    failures: int = 0
-
-    def failed(self) -> Backoff:
-        return replace(self, failures=self.failures + 1)
-
-    def delay(self, rand: float) -> float:
-        """Seconds to wait after `failures` failures; `rand` in [0, 1) spreads it ("equal
-        jitter": between half and all of the exponential delay, never past the cap)."""
-        if not self.failures:
-            return 0.0
-        full = min(self.cap, self.base * 2 ** min(self.failures - 1, 30))
-        return full / 2 + full / 2 * rand
+#: Waits between tries while the WOS does not take reports: 2 s doubling to 5 min, spread.
+BACKOFF = Backoff(base=1.0, cap=300.0)
 
 
 @dataclass
@@ -96,7 +81,7 @@ class Outbox:
     ) -> None:
         self.store = store
         self.limit = limit
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or BACKOFF
         self._initial_backoff = self._backoff
         self._rand = rand
         self._clock = clock
@@ -249,7 +234,7 @@ class Outbox:
     def _failed(self, exc: WosError, now: float, quiet: bool) -> None:
         first = not self._backoff.failures
         self._backoff = self._backoff.failed()
-        delay = self._backoff.delay(self._rand())
+        delay = self._backoff.spread(self._rand())
         if exc.retry_after is not None:
             delay = min(max(delay, exc.retry_after), self._backoff.cap)
         self._not_before = now + delay
@@ -288,9 +273,8 @@ class Outbox:
             exc,
         )
         self.store.write_json(_name(entry.seq), {**record, "rejections": rejections})
-        entry.not_before = now + Backoff(self._initial_backoff.base, failures=rejections).delay(
-            self._rand()
-        )
+        rejected = replace(self._initial_backoff, failures=rejections)
+        entry.not_before = now + rejected.spread(self._rand())
         return False
 
     def _read(self, entry: _Entry) -> dict[str, Any]:

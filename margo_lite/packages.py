@@ -31,24 +31,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from margo_lite import archive, logs, pgp, pkgmanifest, proxy, yamlload
+from margo_lite import (
+    archive,
+    fileio,
+    logs,
+    oci,
+    ocipull,
+    pgp,
+    pkgfiles,
+    pkgmanifest,
+    proxy,
+)
 from margo_lite.config import PackagesConfig
 from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
     DownloadError,
-    InvalidYamlError,
     PackageError,
     PackageTransientError,
     StateCorruptError,
     StateError,
 )
-from margo_lite.statestore import StateStore, fsync_dir
+from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
 
-#: Names of the compose file at the package root, in the order they are looked for.
-COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-SIGNATURE_SUFFIXES = (".asc", ".sig")
 MAX_SIDE_FILE = 1 << 20  # signatures and keys
 INDEX = "index.json"
 MANIFESTS = "manifests"  # what each ready folder shipped (pkgmanifest), beside pkgs/
@@ -59,28 +65,6 @@ class PreparedPackage:
     path: Path  # ready folder, compose file at its root
     compose_file: Path
     digest: str  # "sha256:<hex>" of the extracted tree; the cache key
-
-
-@dataclass(frozen=True)
-class _Raw:
-    """A package's bytes as they came, before anything trusts them."""
-
-    name: str  # for messages: a sanitized URL or a repository path
-    file: Path  # the bytes, on disk
-    basename: str  # last part of the location, to name a bare compose file
-    sha256: str
-
-
-def _is_url(location: str) -> bool:
-    return location.lower().startswith(("http://", "https://"))
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(archive.CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class PackageStore:
@@ -103,6 +87,7 @@ class PackageStore:
         self._downloader = downloader or Downloader(
             timeout=cfg.timeout, deadline=cfg.deadline, ca_file=cfg.ca_file, proxies=proxies
         )
+        self._oci = ocipull.Puller(self._downloader, cfg.max_size)
         self._lock = threading.Lock()
         try:
             for folder in (self._root, self._pkgs, self._blobs, self._tmp):
@@ -135,7 +120,7 @@ class PackageStore:
         """The ready folder of a package prepared before, without any network: what
         restoring a stopped container needs while the package server is away."""
         folder = self._pkgs / digest.removeprefix("sha256:")
-        name = _compose_name(folder) if folder.is_dir() else None
+        name = pkgfiles.compose_name(folder) if folder.is_dir() else None
         return None if name is None else PreparedPackage(folder, folder / name, digest)
 
     def verify(self, digest: str) -> PreparedPackage:
@@ -182,6 +167,8 @@ class PackageStore:
         repo_files: Mapping[str, bytes],
         work: Path,
     ) -> PreparedPackage:
+        if oci.is_location(location):
+            return self._prepare_oci(location, key_location, work)
         used_urls: list[str] = []
         keyring = self._keyring(key_location, repo_files, used_urls)
         raw, folder = self._source(location, repo_files, work, used_urls)
@@ -192,22 +179,40 @@ class PackageStore:
                     "signature; sign a tarball instead (or sign the commits: git.trusted_keys)",
                     code="SIGNATURE_MISSING",
                 )
-            if _is_url(location):
+            if pkgfiles.is_url(location):
                 signature = self._fetch_signature(location, used_urls)
             else:
-                signature = _repo_signature(raw.name, repo_files)
+                signature = pkgfiles.repo_signature(raw.name, repo_files)
             signer = pgp.verify_detached(raw.file, signature, keyring, what=raw.name)
             log.info("package %s: signature verified (key %s)", raw.name, signer)
-        source_id = raw.sha256 if raw else _folder_id(folder or {})
+        source_id = raw.sha256 if raw else pkgfiles.folder_id(folder or {})
         prepared = self._cached(source_id) or self._build(raw, folder, location, work)
         self._remember(source_id, prepared.digest, used_urls)
         return prepared
 
+    def _prepare_oci(self, location: str, key_location: str | None, work: Path) -> PreparedPackage:
+        """An OCI artifact (`oci.location(repository, revision)`), cached by its manifest's
+        digest: a package prepared before costs one manifest request and no blob."""
+        if key_location is not None or self._cfg.require_signature:
+            raise PackageError(
+                f"{oci.parse(location).shown}: OCI packages carry no detached signature",
+                code="SIGNATURE_MISSING",
+            )
+        resolved = self._oci.resolve(location, work)
+        prepared = self._cached(resolved.source_id)
+        if prepared is None:
+            pulled = self._oci.pull(resolved, work)
+            layer = pulled.layer
+            raw = pkgfiles.Raw(resolved.shown, layer, "", pulled.sha256) if layer else None
+            prepared = self._build(raw, pulled.files, resolved.shown, work)
+        self._remember(resolved.source_id, prepared.digest, [])
+        return prepared
+
     def _source(
         self, location: str, repo_files: Mapping[str, bytes], work: Path, used_urls: list[str]
-    ) -> tuple[_Raw | None, dict[str, bytes] | None]:
+    ) -> tuple[pkgfiles.Raw | None, dict[str, bytes] | None]:
         """The package as raw bytes in a file, or as the files of a repository folder."""
-        if _is_url(location):
+        if pkgfiles.is_url(location):
             return self._fetch_package(location, used_urls), None
         if "://" in location:
             raise PackageError(
@@ -215,10 +220,10 @@ class PackageStore:
                 "or paths in the repository are supported",
                 code="PACKAGE_INVALID",
             )
-        path = _repo_path(location, "packageLocation")
+        path = pkgfiles.repo_path(location, "packageLocation")
         if path in repo_files:
             return self._raw_from_bytes(path, repo_files[path], work), None
-        return None, _repo_folder(path, repo_files)
+        return None, pkgfiles.repo_folder(path, repo_files)
 
     def _keyring(
         self, key_location: str | None, repo_files: Mapping[str, bytes], used_urls: list[str]
@@ -227,29 +232,22 @@ class PackageStore:
         if key_location is None and not self._cfg.require_signature:
             return None
         if self._cfg.trusted_keys:  # pinned: whatever keyLocation says
-            keys = []
-            for key_file in self._cfg.trusted_keys:
-                try:
-                    keys.append(pgp.dearmor(Path(key_file).read_bytes(), source=key_file))
-                except OSError as exc:
-                    raise PackageError(
-                        f"packages.trusted_keys: cannot read {key_file}: {exc.strerror}",
-                        code="KEY_INVALID",
-                    ) from None
-            return b"".join(keys)
+            return pgp.keyring_from_files(
+                self._cfg.trusted_keys, setting="packages.trusted_keys", refuse=pgp.key_error
+            )
         if key_location is None:
             raise PackageError(
                 "packages.require_signature is set, but the component has no keyLocation "
                 "and no packages.trusted_keys are configured",
                 code="SIGNATURE_MISSING",
             )
-        if _is_url(key_location):
+        if pkgfiles.is_url(key_location):
             blob = self._fetch(key_location, MAX_SIDE_FILE)
             used_urls.append(key_location)
             data = blob.read_bytes()
             name = logs.sanitize_url(key_location)
         else:
-            path = _repo_path(key_location, "keyLocation")
+            path = pkgfiles.repo_path(key_location, "keyLocation")
             if path not in repo_files:
                 raise PackageError(
                     f"keyLocation {path!r}: no such file in the repository", code="KEY_INVALID"
@@ -257,14 +255,14 @@ class PackageStore:
             data, name = repo_files[path], path
         return pgp.dearmor(data, source=f"keyLocation {name}")
 
-    def _fetch_package(self, url: str, used_urls: list[str]) -> _Raw:
+    def _fetch_package(self, url: str, used_urls: list[str]) -> pkgfiles.Raw:
         blob = self._fetch(url, self._cfg.max_size)
         used_urls.append(url)
         basename = posixpath.basename(urllib.parse.urlsplit(url).path)
-        return _Raw(logs.sanitize_url(url), blob, basename, blob.name)
+        return pkgfiles.Raw(logs.sanitize_url(url), blob, basename, blob.name)
 
     def _fetch_signature(self, url: str, used_urls: list[str]) -> bytes:
-        for suffix in SIGNATURE_SUFFIXES:
+        for suffix in pkgfiles.SIGNATURE_SUFFIXES:
             parts = urllib.parse.urlsplit(url)  # the suffix goes on the path, not the query
             beside = urllib.parse.urlunsplit(parts._replace(path=parts.path + suffix, fragment=""))
             try:
@@ -280,23 +278,23 @@ class PackageStore:
             code="SIGNATURE_MISSING",
         )
 
-    def _raw_from_bytes(self, path: str, data: bytes, work: Path) -> _Raw:
+    def _raw_from_bytes(self, path: str, data: bytes, work: Path) -> pkgfiles.Raw:
         if len(data) > self._cfg.max_size:
             raise PackageError(
                 f"{path} is {len(data)} bytes, more than packages.max_size",
                 code="PACKAGE_TOO_LARGE",
             )
         file = work / "raw"
-        archive.write_file(file, data)
-        return _Raw(path, file, posixpath.basename(path), hashlib.sha256(data).hexdigest())
+        fileio.create_file(file, data)
+        return pkgfiles.Raw(path, file, posixpath.basename(path), hashlib.sha256(data).hexdigest())
 
     def _fetch(self, url: str, limit: int) -> Path:
         """The body of `url` as a blob file, asking the server only whether it changed."""
-        entry = self._index["http"].get(_url_key(url))
+        entry = self._index["http"].get(pkgfiles.url_key(url))
         validators = None
         if entry and (entry.get("etag") or entry.get("last_modified")):
             blob = self._blobs / entry["blob"]
-            if blob.is_file() and _sha256_file(blob) == entry["blob"]:
+            if blob.is_file() and pkgfiles.sha256_file(blob) == entry["blob"]:
                 validators = Validators(entry.get("etag"), entry.get("last_modified"))
         tmp = self._tmp / f"download-{uuid.uuid4().hex}"
         fetched = self._downloader.fetch(url, tmp, limit=limit, validators=validators)
@@ -311,10 +309,10 @@ class PackageStore:
             tmp.unlink()
         else:
             os.rename(tmp, blob)
-            fsync_dir(self._blobs)
+            fileio.fsync_dir(self._blobs)
         log.info("downloaded %s (%d bytes)", logs.sanitize_url(url), fetched.size)
         same_blob = entry is not None and entry["blob"] == fetched.sha256
-        self._index["http"][_url_key(url)] = {
+        self._index["http"][pkgfiles.url_key(url)] = {
             "url": logs.sanitize_url(url),
             "blob": fetched.sha256,
             "etag": fetched.validators.etag,
@@ -342,7 +340,7 @@ class PackageStore:
         return package
 
     def _build(
-        self, raw: _Raw | None, files: dict[str, bytes] | None, location: str, work: Path
+        self, raw: pkgfiles.Raw | None, files: dict[str, bytes] | None, location: str, work: Path
     ) -> PreparedPackage:
         dest = work / "package"
         dest.mkdir(mode=0o755)
@@ -355,21 +353,21 @@ class PackageStore:
                 if archive.is_archive(head):
                     archive.extract(f, dest, self._limits)
                 else:
-                    _write_bare_compose(raw, f.read(), dest)
-        name = _compose_name(dest)
+                    pkgfiles.write_bare_compose(raw, f.read(), dest)
+        name = pkgfiles.compose_name(dest)
         if name is None:
             raise PackageError(
-                _missing_compose_message(location, dest), code="COMPOSE_FILE_MISSING"
+                pkgfiles.missing_compose_message(location, dest), code="COMPOSE_FILE_MISSING"
             )
         digest = archive.tree_digest(dest)
         self._state.write_json(
             f"{MANIFESTS}/{digest.removeprefix('sha256:')}.json", pkgmanifest.take(dest)
         )
-        archive.sync_tree(dest)
+        fileio.sync_tree(dest)
         final = self._pkgs / digest.removeprefix("sha256:")
         if not final.exists():
             os.rename(dest, final)
-            fsync_dir(self._pkgs)
+            fileio.fsync_dir(self._pkgs)
         log.info("package %s ready: %s", raw.name if raw else location, digest)
         return PreparedPackage(final, final / name, digest)
 
@@ -377,7 +375,7 @@ class PackageStore:
         now = time.time()
         self._index["sources"][source_id] = {"digest": digest, "used": now}
         for url in used_urls:
-            entry = self._index["http"].get(_url_key(url))
+            entry = self._index["http"].get(pkgfiles.url_key(url))
             if entry is not None and digest not in entry["digests"]:
                 entry["digests"].append(digest)
         self._save_index()
@@ -441,94 +439,8 @@ class PackageStore:
         """Move out of the cache first, so a crash never leaves a half-deleted package."""
         trash = self._tmp / f"trash-{uuid.uuid4().hex}"
         os.rename(folder, trash)
-        fsync_dir(folder.parent)
+        fileio.fsync_dir(folder.parent)
         _remove(trash)
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-def _url_key(url: str) -> str:
-    """Index key of a URL: its digest, so a token in a query string is never written down."""
-    return hashlib.sha256(url.encode()).hexdigest()
-
-
-def _repo_path(location: str, what: str) -> str:
-    try:
-        path = archive.normalize_relative(location.strip())
-    except ValueError as exc:
-        raise PackageError(f"{what} {location!r}: {exc}", code="PACKAGE_INVALID") from None
-    if not path:
-        raise PackageError(f"{what} {location!r}: names no file or folder", code="PACKAGE_INVALID")
-    return path
-
-
-def _repo_signature(path: str, repo_files: Mapping[str, bytes]) -> bytes:
-    for suffix in SIGNATURE_SUFFIXES:
-        if path + suffix in repo_files:
-            return repo_files[path + suffix]
-    raise PackageError(
-        f"{path}: no detached signature (.asc or .sig) beside the package in the repository",
-        code="SIGNATURE_MISSING",
-    )
-
-
-def _repo_folder(path: str, repo_files: Mapping[str, bytes]) -> dict[str, bytes]:
-    prefix = path + "/"
-    files = {
-        name[len(prefix) :]: data for name, data in repo_files.items() if name.startswith(prefix)
-    }
-    if not files:
-        raise PackageError(
-            f"packageLocation {path!r}: no such file or folder in the repository",
-            code="PACKAGE_INVALID",
-        )
-    return files
-
-
-def _folder_id(files: Mapping[str, bytes]) -> str:
-    digest = hashlib.sha256(b"margo-lite folder v1\n")
-    for name in sorted(files):
-        encoded = name.encode("utf-8", "surrogateescape")
-        digest.update(b"%d:%s %d\n" % (len(encoded), encoded, len(files[name])))
-        digest.update(files[name])
-    return "folder-" + digest.hexdigest()
-
-
-def _write_bare_compose(raw: _Raw, data: bytes, dest: Path) -> None:
-    """A package that is one compose file: it must at least be a YAML mapping."""
-    try:
-        document = yamlload.load_one(data)
-    except InvalidYamlError as exc:
-        raise PackageError(
-            f"{raw.name}: neither a tar archive nor a compose file ({exc.message})",
-            code="PACKAGE_INVALID",
-        ) from None
-    if not isinstance(document, dict):
-        raise PackageError(
-            f"{raw.name}: neither a tar archive nor a compose file (YAML mapping)",
-            code="PACKAGE_INVALID",
-        )
-    name = raw.basename if raw.basename in COMPOSE_NAMES else COMPOSE_NAMES[0]
-    archive.write_file(dest / name, data)
-
-
-def _compose_name(folder: Path) -> str | None:
-    for name in COMPOSE_NAMES:
-        if (folder / name).is_file():  # a link here was checked to stay inside the package
-            return name
-    return None
-
-
-def _missing_compose_message(location: str, dest: Path) -> str:
-    shown = logs.sanitize_url(location) if _is_url(location) else location
-    message = f"{shown}: no compose file ({', '.join(COMPOSE_NAMES)}) at the package root"
-    nested = sorted(
-        str(path.relative_to(dest)) for name in COMPOSE_NAMES for path in dest.glob(f"*/{name}")
-    )
-    if nested:
-        message += f"; found {nested[0]} (the compose file must be at the root)"
-    return message
 
 
 def _remove(path: Path) -> None:

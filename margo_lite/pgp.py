@@ -108,6 +108,19 @@ def dearmor(text: bytes, *, source: str = "key") -> bytes:
     return b"".join(keys)
 
 
+def keyring_from_files(paths: tuple[str, ...], *, setting: str, refuse: Refusal) -> bytes:
+    """The binary keyring of the key files a setting names (`git.trusted_keys`,
+    `packages.trusted_keys`); an unreadable file is `refuse(message)`."""
+    keys = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise refuse(f"{setting}: cannot read {path}: {exc.strerror or exc}") from None
+        keys.append(dearmor(data, source=f"{setting} {path}"))
+    return b"".join(keys)
+
+
 def gpgv_path(refuse: Refusal = package_refusal) -> str:
     found = shutil.which("gpgv")
     if not found:

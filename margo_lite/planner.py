@@ -28,6 +28,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from margo_lite import deporder
 from margo_lite.desired import COMPOSE, Component, Deployment, DesiredState
 from margo_lite.errors import MargoLiteError, StateCorruptError
 
@@ -255,7 +256,6 @@ class DeploymentPlan:
     deployment: Deployment | None  # None when removed, or when its document failed
     steps: tuple[Step, ...] = ()  # every component, keeps included, in order
     failure: Reason | None = None  # document, profile or cycle: no step is taken
-    waits_for: tuple[str, ...] = ()  # dependencies not Installed when planned
     removal: bool = False
     held: bool = False  # not in the desired state, but the desired state is incomplete
 
@@ -270,15 +270,8 @@ class Plan:
     desired_ids: frozenset[str] = frozenset()
 
     @property
-    def steps(self) -> tuple[Step, ...]:
-        return tuple(s for dp in self.deployments for s in dp.steps)
-
-    @property
     def changes(self) -> tuple[Step, ...]:
         return tuple(s for dp in self.deployments for s in dp.changes)
-
-    def get(self, deployment_id: str) -> DeploymentPlan | None:
-        return next((dp for dp in self.deployments if dp.id == deployment_id), None)
 
     def blocked_by(
         self, dp: DeploymentPlan, records: Mapping[str, DeploymentRecord]
@@ -307,11 +300,11 @@ def plan(desired: DesiredState, current: Mapping[str, DeploymentRecord]) -> Plan
     for f in desired.failures:
         if f.deployment_id is not None and f.deployment_id not in failed_docs:
             failed_docs[f.deployment_id] = Reason.of(f.error)
-    cycles = _cycles(desired.deployments)
+    cycles = deporder.cycles(desired.deployments)
 
     removed = [i for i in current if i not in by_id and i not in failed_docs]
     plans: list[DeploymentPlan] = []
-    for dep_id in _removal_order(removed, current):
+    for dep_id in deporder.removal_order(removed, current):
         record = current[dep_id]
         if not desired.complete:
             plans.append(DeploymentPlan(dep_id, None, removal=True, held=True))
@@ -326,9 +319,7 @@ def plan(desired: DesiredState, current: Mapping[str, DeploymentRecord]) -> Plan
     for dep_id in sorted(failed_docs):
         plans.append(DeploymentPlan(dep_id, None, failure=failed_docs[dep_id]))
 
-    changing: set[str] = set()
-    planned: dict[str, DeploymentPlan] = {}
-    for d in _install_order(desired.deployments, cycles):
+    for d in deporder.install_order(desired.deployments, cycles):
         failure = None
         if d.id in cycles:
             failure = Reason("DEPENDENCY_CYCLE", f"deployments wait for each other: {cycles[d.id]}")
@@ -341,24 +332,7 @@ def plan(desired: DesiredState, current: Mapping[str, DeploymentRecord]) -> Plan
         if failure is not None:
             dp = DeploymentPlan(d.id, d, failure=failure)
         else:
-            steps = _component_steps(d, current.get(d.id))
-            dp = DeploymentPlan(d.id, d, steps)
-            if dp.changes:
-                waits = tuple(
-                    dep
-                    for dep in d.depends_on
-                    if dep not in by_id
-                    or dep in changing
-                    or (p := planned.get(dep)) is None
-                    or p.failure is not None
-                    or (rec := current.get(dep)) is None
-                    or rec.state is not State.INSTALLED
-                )
-                dp = replace(dp, waits_for=waits)
-                changing.add(d.id)
-        if dp.failure is not None:
-            changing.add(d.id)
-        planned[d.id] = dp
+            dp = DeploymentPlan(d.id, d, _component_steps(d, current.get(d.id)))
         plans.append(dp)
     return Plan(tuple(plans), frozenset(by_id))
 
@@ -390,90 +364,6 @@ def _component_steps(d: Deployment, record: DeploymentRecord | None) -> tuple[St
     return tuple(steps)
 
 
-def _cycles(deployments: Iterable[Deployment]) -> dict[str, str]:
-    """Ids in a dependency cycle -> the ids of their cycle (Tarjan's strongly connected sets)."""
-    graph = {d.id: list(d.depends_on) for d in deployments}
-    graph = {node: [dep for dep in deps if dep in graph] for node, deps in graph.items()}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: dict[str, str] = {}
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-
-    for root in graph:
-        if root in index:
-            continue
-        visit(root)
-        work = [(root, iter(graph[root]))]
-        while work:
-            node, deps = work[-1]
-            for dep in deps:
-                if dep not in index:
-                    visit(dep)
-                    work.append((dep, iter(graph[dep])))
-                    break
-                if dep in on_stack:
-                    low[node] = min(low[node], index[dep])
-            else:
-                work.pop()
-                if work:
-                    parent = work[-1][0]
-                    low[parent] = min(low[parent], low[node])
-                if low[node] == index[node]:
-                    members = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        members.append(member)
-                        if member == node:
-                            break
-                    if len(members) > 1 or node in graph[node]:
-                        text = ", ".join(sorted(members))
-                        found.update((m, text) for m in members)
-    return found
-
-
-def _install_order(
-    deployments: tuple[Deployment, ...], cycles: Mapping[str, str]
-) -> list[Deployment]:
-    """Dependencies first; otherwise the order of the files; cycle members last."""
-    ids = {d.id for d in deployments}
-    done: set[str] = set()
-    order: list[Deployment] = []
-    remaining = [d for d in deployments if d.id not in cycles]
-    while remaining:
-        ready = [
-            d
-            for d in remaining
-            if all(dep in done or dep not in ids or dep in cycles for dep in d.depends_on)
-        ]
-        if not ready:  # only behind cycle members: they go in file order
-            ready = remaining
-        for d in ready:
-            done.add(d.id)
-            order.append(d)
-        remaining = [d for d in remaining if d.id not in done]
-    order.extend(d for d in deployments if d.id in cycles)
-    return order
-
-
-def _removal_order(removed: list[str], current: Mapping[str, DeploymentRecord]) -> list[str]:
-    """Dependents before what they depend on; ids sorted otherwise."""
-    remaining = sorted(removed)
-    order: list[str] = []
-    while remaining:
-        needed = {dep for i in remaining for dep in current[i].depends_on}
-        ready = [i for i in remaining if i not in needed] or remaining
-        order.extend(ready)
-        remaining = [i for i in remaining if i not in ready]
-    return order
-
-
 # --- the state machine ---------------------------------------------------------------------
 
 
@@ -481,13 +371,13 @@ def planned_record(
     dp: DeploymentPlan,
     record: DeploymentRecord | None,
     *,
-    blockers: tuple[str, ...] | None = None,
+    blockers: tuple[str, ...] = (),
 ) -> DeploymentRecord | None:
     """The record as the plan leaves it before anything runs (None: nothing to record).
 
     A removal with nothing left to remove is Removed at once (report it, then delete it).
     Failed documents, profiles and cycles fail the deployment and leave what runs alone;
-    a deployment whose dependencies are not Installed (`blockers`, default `dp.waits_for`)
+    a deployment whose dependencies are not Installed (`blockers`, from `Plan.blocked_by`)
     is Pending with WAITING_FOR_DEPENDENCY; otherwise the state is rolled up afresh.
     """
     if dp.removal:
@@ -513,7 +403,6 @@ def planned_record(
                 for c in components
             )
         return replace(record, components=components, state=State.FAILED, error=dp.failure)
-    blockers = dp.waits_for if blockers is None else blockers
     if dp.changes and blockers:
         reason = Reason(
             "WAITING_FOR_DEPENDENCY",

@@ -1,8 +1,8 @@
 """The one place margo-lite builds urllib3 connection pools: direct, or through the site proxy.
 
-Git smart HTTP, the WOS client and onboarding, and package downloads all get their pools
-here, so every transport honours `network.*` (and the proxy environment variables) the same
-way; OCI registry pulls are to use `Pools` too when they come, and then need nothing more.
+Git smart HTTP, the WOS client and onboarding, and package downloads (OCI registry pulls
+among them) all get their pools here, so every transport honours `network.*` (and the proxy
+environment variables) the same way.
 
 `Pools` looks like the urllib3 `PoolManager` the transports used before (`request`,
 `urlopen`, `headers`, `clear`, a context manager) and picks, per URL, a direct pool manager

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -160,27 +160,48 @@ SEARCH_LIMIT = dt.timedelta(days=8)  # every daily or weekly window repeats with
 
 @dataclass(frozen=True)
 class Backoff:
-    """Consecutive failures so far; the wait after them grows from `base` up to `cap`.
+    """Consecutive failures so far, and the wait they call for: the one retry timer.
 
-    Immutable: `failed()` and `succeeded()` return new values, so a caller cannot share
-    half-updated retry state and tests check the waits without sleeping.
+    `base` is the wait before any failure; after n failures it is base * 2**n, never
+    above `cap` (nor below `base`). Immutable: `failed()` and `succeeded()` return new
+    values, so a caller cannot share half-updated retry state and tests check the waits
+    without sleeping. What each caller needs of it:
+
+    - the agent (Git polls, a failed component, capabilities): `base` is the poll interval
+      (or 5 s for retries), so the first retry comes after twice that; the caller spreads
+      the wait with `jittered`, and a success goes back to the interval;
+    - the outbox (status reports): `spread(rand)`, equal jitter between half and all of
+      the wait, so a fleet that lost its WOS does not come back all at once; base 1 s: the
+      first retry comes within 1 to 2 s;
+    - downloads: `attempts` bounds the tries of one fetch (`exhausted`), inside its deadline.
     """
 
     base: float = 60.0
     cap: float = 900.0
     failures: int = 0
+    attempts: int | None = None  # tries in all before giving up; None: the caller decides
 
     def failed(self) -> Backoff:
-        return Backoff(self.base, self.cap, self.failures + 1)
+        return replace(self, failures=self.failures + 1)
 
     def succeeded(self) -> Backoff:
-        return Backoff(self.base, self.cap, 0)
+        return replace(self, failures=0)
 
     def delay(self) -> float:
         """`base` with no failures; doubled for each one; never above `cap` (nor below base)."""
         if not self.failures:
             return self.base
         return max(self.base, min(self.cap, self.base * 2.0 ** min(self.failures, 64)))
+
+    def spread(self, rand: float) -> float:
+        """`delay()` with equal jitter: between half and all of it; `rand` in [0, 1)."""
+        full = self.delay()
+        return full / 2 + full / 2 * rand
+
+    @property
+    def exhausted(self) -> bool:
+        """Every one of `attempts` tries failed."""
+        return self.attempts is not None and self.failures >= self.attempts
 
 
 def jittered(seconds: float, jitter: float, rand: float) -> float:

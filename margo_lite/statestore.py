@@ -12,35 +12,33 @@ recorded" would make the agent remove running applications.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from margo_lite import logs
 from margo_lite.errors import StateCorruptError, StateError
+from margo_lite.fileio import (
+    DIR_MODE,
+    FILE_MODE,
+    PREV_SUFFIX,
+    SECRET_MODE,
+    fsync_dir,
+    remove_write_leftovers,
+    unlink_quietly,
+    write_file_atomic,
+)
 
 log = logs.get(__name__)
 
 MAGIC = b"#margo-lite-state v1"
-PREV_SUFFIX = ".prev"
-TMP_MARK = ".tmp."
-SECRET_MODE = 0o600
-FILE_MODE = 0o644
-DIR_MODE = 0o700
 _NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 MAX_NAME_PARTS = 2  # "record" or "folder/record": where leftovers are looked for
-# What `_write` leaves when a crash stops it: `.<record>[.prev].tmp.<pid>`.
-_LEFTOVER = re.compile(r"^\.([A-Za-z0-9_][A-Za-z0-9._-]{0,199})" + re.escape(TMP_MARK) + r"\d+$")
-
-#: The steps of a write, in order; a fault hook sees each name as the step completes.
-WRITE_STEPS = ("tmp-written", "tmp-synced", "prev-kept", "renamed", "dir-synced")
 
 
 def encode(payload: bytes) -> bytes:
@@ -62,92 +60,6 @@ def decode(data: bytes) -> bytes:
     if hashlib.sha256(payload).hexdigest().encode() != digest[7:]:
         raise ValueError("checksum mismatch")
     return payload
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(
-    path: Path, data: bytes, *, mode: int = FILE_MODE, fault: Callable[[str], None] | None = None
-) -> None:
-    """Replace `path` by `data` atomically and durably (no checksum header, no `.prev`).
-
-    For files humans read too, such as the configuration that onboarding writes.
-    """
-    _write(path, data, mode=mode, keep_prev=False, fault=fault)
-
-
-def _write(
-    path: Path, data: bytes, *, mode: int, keep_prev: bool, fault: Callable[[str], None] | None
-) -> None:
-    step = fault or (lambda name: None)
-    folder = path.parent
-    tmp = folder / f".{path.name}{TMP_MARK}{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        step("tmp-written")
-        os.fsync(fd)
-        step("tmp-synced")
-    except Exception:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    if keep_prev:
-        _keep_prev(path)
-        step("prev-kept")
-    os.replace(tmp, path)
-    step("renamed")
-    fsync_dir(folder)
-    step("dir-synced")
-
-
-def _keep_prev(path: Path) -> None:
-    """Make `<path>.prev` the current content of `path`, without a window where it is torn."""
-    prev = path.with_name(path.name + PREV_SUFFIX)
-    link_tmp = path.with_name(f".{prev.name}{TMP_MARK}{os.getpid()}")
-    _unlink_quietly(link_tmp)
-    try:
-        os.link(path, link_tmp)
-    except FileNotFoundError:
-        return
-    except OSError as exc:  # a filesystem without hard links: copy instead
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        shutil.copy2(path, link_tmp)
-        with open(link_tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(link_tmp, prev)
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def remove_write_leftovers(folder: Path) -> int:
-    """Delete what an interrupted `_write` left directly in `folder`
-    (`.<name>[.prev].tmp.<pid>`); returns how many."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    count = 0
-    for entry in entries:
-        found = _LEFTOVER.match(entry.name)
-        if found and _NAME_PART.match(found.group(1)) and entry.is_file(follow_symlinks=False):
-            _unlink_quietly(Path(entry.path))
-            count += 1
-    return count
 
 
 @contextlib.contextmanager
@@ -176,7 +88,7 @@ def exclusive(folder: str | os.PathLike[str], name: str = ".lock") -> Iterator[N
 class StateStore:
     """Named records under one folder. Names are relative paths like "deployments/abc.json".
 
-    `fault` is called with each step name of `WRITE_STEPS` as a write passes it; the
+    `fault` is called with each step name of `fileio.WRITE_STEPS` as a write passes it; the
     crash tests raise from it to stop a write at that point.
     """
 
@@ -202,7 +114,7 @@ class StateStore:
         path = self.path(name)
         try:
             self._makedirs(path.parent)
-            _write(
+            write_file_atomic(
                 path,
                 encode(payload),
                 mode=SECRET_MODE if secret else FILE_MODE,
@@ -262,8 +174,8 @@ class StateStore:
         """Remove a record and its previous copy; the copy first, so nothing old returns."""
         path = self.path(name)
         try:
-            _unlink_quietly(path.with_name(path.name + PREV_SUFFIX))
-            _unlink_quietly(path)
+            unlink_quietly(path.with_name(path.name + PREV_SUFFIX))
+            unlink_quietly(path)
             if path.parent.exists():
                 fsync_dir(path.parent)
         except OSError as exc:
@@ -289,7 +201,7 @@ class StateStore:
     def remove_leftovers(self) -> int:
         """Delete the temporary files a crash left in this store; returns how many.
 
-        Only where `_write` could have left one: the root and the record folders directly
+        Only where a write could have left one: the root and the record folders directly
         below it. Other concerns keep their own trees under the state dir (packages, the
         Git copy): their files are theirs, whatever their names."""
         count = remove_write_leftovers(self.root)

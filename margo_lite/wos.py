@@ -1,5 +1,8 @@
 """The Device API client: status reports, capabilities, OAuth2 client credentials.
 
+The documents it sends are built in `wospayload`, the HTTP exchange and its error rules
+are `woshttp`; both are re-exported here for callers of the client.
+
 One set of pools per client (`margo_lite.pools`: direct or through the site proxy;
 connections are reused), a timeout on every call, mutual TLS when `wos.client_cert` is set,
 TLS checked against `wos.ca_file` (onboarding stores the WOS root CA there) or the system
@@ -15,223 +18,45 @@ token are registered with `logs` and never appear in a message.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import SSLError as Urllib3SSLError
-
-from margo_lite import __version__, logs, proxy
+from margo_lite import logs, proxy
 from margo_lite.config import WosConfig
-from margo_lite.errors import ProxyError, WosError, WosRejectedError, WosTransientError
-from margo_lite.pools import Pools
+from margo_lite.errors import WosError, WosRejectedError, WosTransientError
 from margo_lite.signing import HEADER as SIGNATURE_HEADER
 from margo_lite.signing import Signer
 from margo_lite.statestore import StateStore
+from margo_lite.woshttp import Response, body_text, check, make_pool, request
+from margo_lite.wospayload import CASES, STATES, encode_body, spell, status_body
 
 log = logs.get(__name__)
 
-USER_AGENT = f"margo-lite/{__version__}"
-STATES = ("Pending", "Installing", "Installed", "Failed", "Removing", "Removed")
-CASES = ("capitalized", "lowercase")
-MAX_RESPONSE = 64 * 1024  # an answer larger than this is cut: we only ever log or parse its start
-MAX_MESSAGE = 1000  # longest error message in a status report
 DEFAULT_TOKEN_LIFETIME = 300.0  # when the token endpoint does not say (`expires_in` is optional)
 CAPABILITIES_RECORD = "wos/capabilities.json"
-_RETRY_STATUSES = frozenset({408, 429})
 
-
-# --- pure payloads ---------------------------------------------------------------------------
-
-
-def spell(state: str, case: str) -> str:
-    """A state in the configured spelling (contract §4, decision on spelling)."""
-    if state not in STATES:
-        raise ValueError(f"unknown deployment state {state!r} (one of {', '.join(STATES)})")
-    if case not in CASES:
-        raise ValueError(f"unknown status case {case!r}")
-    return state.lower() if case == "lowercase" else state
-
-
-def status_body(
-    deployment_id: str,
-    state: str,
-    error: tuple[str, str] | None,
-    components: Sequence[tuple[str, str]],
-    case: str,
-) -> dict:
-    """The DeploymentStatus document of contract §4, field for field.
-
-    `error` is (code, message): required for Failed, and for Pending (its reason). The
-    message is masked for registered secrets and cut to a bounded length.
-    """
-    if state in ("Failed", "Pending") and (error is None or not error[0]):
-        raise ValueError(f"a {state} report needs an error code and message")
-    code, message = error if error is not None else ("", "")
-    message = logs.redact(message)
-    if len(message) > MAX_MESSAGE:
-        message = message[: MAX_MESSAGE - 3] + "..."
-    return {
-        "apiVersion": "deployment.margo/v1",
-        "kind": "DeploymentStatus",
-        "deploymentId": deployment_id,
-        "status": {"state": spell(state, case), "error": {"code": code, "message": message}},
-        "components": [{"name": name, "state": spell(s, case)} for name, s in components],
-    }
-
-
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    """The exact bytes sent (and signed) for a JSON body."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-# --- the client ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
-    headers: Mapping[str, str]
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
+__all__ = [
+    "CASES",
+    "STATES",
+    "Response",
+    "WosClient",
+    "check",
+    "encode_body",
+    "make_pool",
+    "request",
+    "spell",
+    "status_body",
+]
 
 
 @dataclass(frozen=True)
 class _Token:
     value: str
     refresh_at: float  # on the client's clock; refreshed from then on
-
-
-def make_pool(
-    ca_file: str | None,
-    timeout: float,
-    *,
-    verify: bool = True,
-    ca_data: str | None = None,
-    proxies: proxy.Settings = proxy.DIRECT,
-    client_cert: str | None = None,
-    client_key: str | None = None,
-) -> Pools:
-    """Connection pools with margo-lite's defaults: no retries, no redirects, a timeout.
-
-    `ca_data` (PEM) trusts a CA not yet on disk (onboarding writes nothing before it ends);
-    `verify=False` only for downloading that CA, whose fingerprint is checked instead.
-    """
-    return Pools(
-        proxies,
-        ca_file=ca_file,
-        ca_data=ca_data,
-        verify=verify,
-        cert_file=client_cert,
-        key_file=client_key,
-        timeout=urllib3.Timeout(connect=timeout, read=timeout),
-        retries=False,
-        maxsize=2,
-        headers={"User-Agent": USER_AGENT},
-    )
-
-
-def request(
-    pool: Pools,
-    method: str,
-    url: str,
-    *,
-    body: bytes | None = None,
-    headers: Mapping[str, str] | None = None,
-    what: str = "",
-) -> Response:
-    """One HTTP exchange; network and TLS trouble become `WosTransientError`."""
-    shown = what or f"{method} {logs.sanitize_url(url)}"
-    try:
-        raw = pool.urlopen(
-            method,
-            url,
-            body=body,
-            headers={**pool.headers, **(headers or {})},
-            redirect=False,
-            retries=False,
-            preload_content=False,
-        )
-    except Urllib3SSLError as exc:
-        raise WosTransientError(
-            f"{shown}: TLS verification failed ({_reason(exc)})", code="WOS_TLS_FAILED"
-        ) from None
-    except (Urllib3Error, OSError) as exc:
-        raise WosTransientError(f"{shown}: {_reason(exc)}") from None
-    except ProxyError as exc:
-        raise WosTransientError(f"{shown}: {exc.message}", code=exc.code) from None
-    try:
-        data = raw.read(MAX_RESPONSE + 1)
-        complete = len(data) <= MAX_RESPONSE
-        data = data[:MAX_RESPONSE]
-    except (Urllib3Error, OSError) as exc:
-        raw.close()
-        raise WosTransientError(f"{shown}: {_reason(exc)}") from None
-    if complete:
-        raw.release_conn()
-    else:
-        raw.close()  # do not read an unbounded answer just to reuse the connection
-    log.debug("%s -> %d", shown, raw.status)
-    return Response(raw.status, data, dict(raw.headers))
-
-
-def _reason(exc: BaseException) -> str:
-    """A short, secret-free reason for a network error."""
-    reason = getattr(exc, "reason", None) or exc
-    args = getattr(reason, "args", ())
-    if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], BaseException):
-        text = f"{args[0].rstrip('.').lower()}: {args[1]}"  # ProtocolError(text, cause)
-    elif isinstance(reason, Urllib3Error):
-        text = str(reason).split(": ", 1)[-1]  # drop the connection object's repr
-    else:
-        text = str(reason)
-    return logs.redact(text) or type(exc).__name__
-
-
-def _body_text(response: Response) -> str:
-    return logs.redact(response.body[:500].decode("utf-8", errors="replace")).strip()
-
-
-def _retry_after(response: Response) -> float | None:
-    value = response.headers.get("Retry-After") or response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: the caller's own backoff applies
-
-
-def check(response: Response, what: str) -> Response:
-    """`response` when it is 2xx; otherwise the error the outbox needs to decide."""
-    status = response.status
-    if 200 <= status < 300:
-        return response
-    body = _body_text(response)
-    message = f"{what}: HTTP {status}" + (f": {body}" if body else "")
-    if status == 401:
-        raise WosTransientError(message, code="WOS_UNAUTHORIZED", status=status, body=body)
-    if status in _RETRY_STATUSES or status >= 500:
-        raise WosTransientError(
-            message,
-            code="WOS_SERVER_ERROR",
-            status=status,
-            body=body,
-            retry_after=_retry_after(response),
-        )
-    if 400 <= status < 500:
-        raise WosRejectedError(message, status=status, body=body)
-    raise WosTransientError(message, code="WOS_BAD_RESPONSE", status=status, body=body)
 
 
 class WosClient:
@@ -402,7 +227,7 @@ class WosClient:
         if response.status in (400, 401, 403):
             # Wrong or revoked credentials: a device-wide problem, so reports wait, not drop.
             raise WosTransientError(
-                f"{what}: credentials refused (HTTP {response.status}): {_body_text(response)}",
+                f"{what}: credentials refused (HTTP {response.status}): {body_text(response)}",
                 code="WOS_AUTH_FAILED",
                 status=response.status,
             )

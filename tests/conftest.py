@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from tests.support import engines, hypo
 from tests.support.gitserver import GitServer
 from tests.support.rig import Rig

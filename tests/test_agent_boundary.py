@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import agent, config, wossim
+from margo_lite import agent, config
 from margo_lite.backends import ComponentHealth, ComponentUnit, ServiceHealth
+from margo_lite.devkit import wossim
 from tests.support.gitserver import Upstream
 from tests.support.rig import APP, deployment
 

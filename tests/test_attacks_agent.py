@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from margo_lite import wossim
 from margo_lite.backends import project
+from margo_lite.devkit import wossim
 from tests.support.engines import IMAGE, free_port
 from tests.support.gitserver import GitServer
 from tests.support.pkgfixtures import make_tar

@@ -66,7 +66,7 @@ ENGINE = {
     "settle_s": "s",
 }
 
-#: The exact figures' goals (README "Proof: benchmark"): key -> (comparison, goal, source).
+#: The exact figures' goals (docs/proof.md, "Benchmark"): key -> (comparison, goal, source).
 GOALS = {
     "idle_requests": (operator.eq, 1, "issue 3: an idle poll is 1 HTTP request"),
     "idle_wire_bytes": (operator.le, 1024, "issue 3: at most 1 KiB on the wire"),

@@ -69,3 +69,13 @@ def test_check_config_prints_no_secrets(cli, config_file, tmp_path):
     assert "hunter2-secret" not in result.stdout + result.stderr
     assert "abc123xyz" not in result.stdout + result.stderr
     assert "https://git.example.com/gw.git" in result.stdout
+
+
+def test_demo_without_an_engine_says_what_is_missing_in_one_line(cli, tmp_path):
+    # No engine CLI on PATH (and perhaps no static busybox): the demo cannot run here.
+    result = cli("demo", env={"PATH": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "[DEMO_NEEDS_UNMET]" in lines[0], result.stderr
+    assert "install" in lines[0]
+    assert result.stdout == ""

@@ -34,9 +34,10 @@ from hypothesis import strategies as st
 
 from margo_lite import composedoc, desired, imageref, policy
 from margo_lite.backends import builtin, project
-from margo_lite.backends.compose import COMPOSE_FILE, DockerComposeV1, PodmanCompose
+from margo_lite.backends.compose import DockerComposeV1, PodmanCompose
 from margo_lite.backends.engine import Docker, Podman
 from margo_lite.config import PolicyConfig
+from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import MargoLiteError
 
 ALLOWED = "/srv/allowed"
@@ -189,7 +190,7 @@ def recording(engine_class: type) -> Any:
             super().__init__({"PATH": ""})
             self.calls: list[list[str]] = []
 
-        def _run(self, argv, *, what="", timeout=None):  # the one process call, recorded
+        def run(self, argv, *, what="", timeout=None):  # the one process call, recorded
             self.calls.append(list(argv))
             return subprocess.CompletedProcess([self.program, *argv], 0, "", "")
 

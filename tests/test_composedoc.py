@@ -254,7 +254,7 @@ class RecordingPodman(Podman):
         super().__init__({"PATH": ""})
         self.calls: list[list[str]] = []
 
-    def _run(self, argv, *, what="", timeout=None):
+    def run(self, argv, *, what="", timeout=None):
         self.calls.append(list(argv))
         return subprocess.CompletedProcess(argv, 0, "", "")
 

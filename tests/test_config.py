@@ -8,7 +8,7 @@ import pytest
 
 from margo_lite import config, schedule
 from margo_lite.errors import ConfigError
-from tests.conftest import ROOT, base_config
+from tests.conftest import base_config
 
 
 def test_minimal_config_takes_documented_defaults(config_file, tmp_path):
@@ -119,7 +119,10 @@ MISTAKES = {
 
 @pytest.mark.parametrize("name", sorted(MISTAKES))
 def test_config_mistake_is_one_clear_line_and_exit_2(name, config_file, cli, tmp_path):
-    build, expected = MISTAKES[name]
+    _one_clear_line_and_exit_2(*MISTAKES[name], config_file, cli, tmp_path)
+
+
+def _one_clear_line_and_exit_2(build, expected, config_file, cli, tmp_path):
     path = config_file(build(tmp_path))
     result = cli("-c", str(path), "check-config")
     assert result.returncode == 2
@@ -177,7 +180,109 @@ def test_sizes(text, expected):
     assert config.size(text, None) == expected
 
 
-def test_every_key_is_documented_in_readme():
-    readme = (ROOT / "README.md").read_text()
-    missing = [key for key, _default, _doc in config.documented_keys() if f"`{key}`" not in readme]
-    assert not missing, f"README.md lacks the configuration keys {missing}"
+def _v1(tmp_path: Path, **wos) -> dict:
+    """A Margo 1.0 configuration: mutual TLS, desired state from the WOS, no git section."""
+    data = base_config(tmp_path)
+    del data["git"]
+    data["wos"] = {"api": "v1", "url": "https://wfm.example:3003/margo", "client_cert": "svid.pem"}
+    data["wos"].update(wos)
+    return data
+
+
+def test_v1_needs_no_git_section_and_check_config_says_where_the_state_comes_from(
+    config_file, cli, tmp_path
+):
+    (tmp_path / "svid.pem").write_text("not read as a certificate yet\n")
+    path = config_file(_v1(tmp_path, server_id="spiffe://example.org/margo/wfm/wfm-1"))
+    cfg = config.load_config(path)
+    assert (cfg.wos.api, cfg.desired.source, cfg.git) == ("v1", "wos", None)
+    assert cfg.wos.server_id == "spiffe://example.org/margo/wfm/wfm-1"
+    result = cli("-c", str(path), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "desired state from the WOS (wos.api: v1)" in result.stdout
+
+
+def test_desired_source_follows_the_api_unless_set(config_file, tmp_path):
+    assert config.load_config(config_file()).desired.source == "git"
+    data = _v1(tmp_path)
+    data["git"] = base_config(tmp_path)["git"]
+    data["desired"] = {"source": "git"}
+    cfg = config.load_config(config_file(data))
+    assert (cfg.desired.source, cfg.git.url) == ("git", str(tmp_path / "repo.git"))
+
+
+def test_settle_window_is_a_duration_defaulting_to_one_second(config_file, tmp_path):
+    assert config.load_config(config_file()).runtime.settle == 1.0
+    cfg = config.load_config(config_file(_with(tmp_path, "runtime", "settle", "250ms")))
+    assert cfg.runtime.settle == 0.25
+
+
+NEW_KEY_MISTAKES = {
+    "api unknown": (lambda t: _with(t, "wos", "api", "v2"), "wos.api: expected one of draft, v1"),
+    "server id not spiffe": (
+        lambda t: _v1(t, server_id="https://wfm.example"),
+        "wos.server_id: 'https://wfm.example' is not a SPIFFE ID (it must start with spiffe://)",
+    ),
+    "server id bad segment": (
+        lambda t: _v1(t, server_id="spiffe://example.org/margo//wfm"),
+        "wos.server_id: 'spiffe://example.org/margo//wfm': bad path segment ''",
+    ),
+    "server id bad trust domain": (
+        lambda t: _v1(t, server_id="spiffe://Example.ORG/wfm"),
+        "wos.server_id: 'spiffe://Example.ORG/wfm': bad trust domain 'Example.ORG'",
+    ),
+    "server id not a string": (
+        lambda t: _v1(t, server_id=["spiffe://example.org/wfm"]),
+        "wos.server_id: expected a string",
+    ),
+    "server id with draft": (
+        lambda t: _with(t, "wos", "server_id", "spiffe://example.org/margo/wfm/w"),
+        "wos.server_id: only used with wos.api: v1",
+    ),
+    "source unknown": (
+        lambda t: {**base_config(t), "desired": {"source": "svn"}},
+        "desired.source: expected one of git, wos, got 'svn'",
+    ),
+    "git source without git section": (
+        lambda t: {k: v for k, v in base_config(t).items() if k != "git"},
+        "git: required section is missing (desired.source is git)",
+    ),
+    "v1 git source without git section": (
+        lambda t: {**_v1(t), "desired": {"source": "git"}},
+        "git: required section is missing (desired.source is git)",
+    ),
+    "wos source with draft": (
+        lambda t: {**base_config(t), "desired": {"source": "wos"}},
+        "desired.source: wos needs wos.api: v1",
+    ),
+    "v1 over http": (
+        lambda t: _v1(t, url="http://wfm.example"),
+        "wos.url: wos.api v1 needs an https:// URL",
+    ),
+    "v1 without client cert": (
+        lambda t: _v1(t, client_cert=None),
+        "wos.client_cert: required with wos.api: v1",
+    ),
+    "v1 with oauth2": (
+        lambda t: _v1(t, token_url="https://wfm.example/token"),
+        "wos.token_url: not used with wos.api: v1",
+    ),
+    "client key without cert": (
+        lambda t: _with(t, "wos", "client_key", "key.pem"),
+        "wos.client_key: set wos.client_cert too",
+    ),
+    "settle not a duration": (
+        lambda t: _with(t, "runtime", "settle", "soon"),
+        "runtime.settle: bad duration 'soon'",
+    ),
+    "settle negative": (lambda t: _with(t, "runtime", "settle", -1), "runtime.settle: duration"),
+    "settle past the health timeout": (
+        lambda t: {**base_config(t), "runtime": {"settle": "2m", "health_timeout": "1m"}},
+        "runtime.settle: must be shorter than runtime.health_timeout (60s)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_KEY_MISTAKES))
+def test_new_key_mistake_is_one_clear_line_and_exit_2(name, config_file, cli, tmp_path):
+    _one_clear_line_and_exit_2(*NEW_KEY_MISTAKES[name], config_file, cli, tmp_path)

@@ -23,6 +23,7 @@ from margo_lite.config import PolicyConfig
 from margo_lite.errors import DESIRED_STATE_CODES, MargoLiteError, PackageError, PolicyError
 from tests.corpus import corpus
 from tests.corpus.corpus import Case
+from tests.support import plans
 from tests.support.pkgfixtures import (  # noqa: F401 (fixtures)
     cache_leftovers,
     make_store,
@@ -136,14 +137,14 @@ def test_desired_state_case(case: Case, good_alone) -> None:
     current = {**installed, **running([*own, ELSEWHERE])}
     p = planner.plan(state, current)
     for dep_id in installed:
-        dp = p.get(dep_id)
+        dp = plans.find(p, dep_id)
         assert dp is not None and dp.failure is None and dp.changes == () and not dp.held
     for dep_id in own:
-        dp = p.get(dep_id)
+        dp = plans.find(p, dep_id)
         assert dp is not None and dp.failure is not None and dp.changes == ()
         assert dp.failure.code in {case.code, *case.also}
     assert state.complete == bool(case.ids)
-    elsewhere = p.get(ELSEWHERE)
+    elsewhere = plans.find(p, ELSEWHERE)
     assert elsewhere is not None and elsewhere.removal
     assert elsewhere.held == (not state.complete)
     after = run(p, current)
@@ -166,7 +167,7 @@ def test_all_desired_state_cases_at_once(good_alone):
     assert good == list(alone.deployments)
     assert not state.complete  # some cases hide their id: nothing may be removed
     p = planner.plan(state, installed)
-    assert all(p.get(i).changes == () for i in installed)  # type: ignore[union-attr]
+    assert all(plans.find(p, i).changes == () for i in installed)  # type: ignore[union-attr]
 
 
 def test_write_tree_writes_the_folder_the_agent_reads(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from tests.conftest import ROOT
 from tests.support.gitserver import Upstream
 from tests.support.wait import wait_for

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from margo_lite import desired, logs
+from margo_lite.desired.values import freeze
 from margo_lite.errors import DESIRED_STATE_CODES, DesiredStateError
 from tests.test_desired_docs import CONTRACT_COMPOSE_EXAMPLE, doc, dump, env_param, files_of
 from tests.test_yamlload import BILLION_LAUGHS
@@ -733,7 +734,7 @@ def test_apply_overlays():
     compose = yaml.safe_load(COMPOSE)
     out = desired.apply_overlays(
         compose,
-        desired._freeze(
+        freeze(
             {
                 "services.web.image": "localhost/web:2",
                 "services.web.environment.A": "1",

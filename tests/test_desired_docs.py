@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from margo_lite import desired, planner
+from tests.support import plans
 
 # ../shared/margo-contract.md §2, verbatim.
 CONTRACT_COMPOSE_EXAMPLE = b"""\
@@ -96,7 +97,7 @@ def test_contract_compose_example_parses():
     assert dict(c.overlays) == {}
     # A new compose deployment is planned for install and nothing else.
     p = planner.plan(state, {})
-    assert [(s.component, s.action) for s in p.steps] == [
+    assert [(s.component, s.action) for s in plans.steps(p)] == [
         ("digitron-orchestrator-docker", planner.Action.INSTALL)
     ]
 

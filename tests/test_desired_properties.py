@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from margo_lite import desired
+from margo_lite.desired.files import looks_like_deployment
 from margo_lite.errors import DESIRED_STATE_CODES, DesiredStateError
 from tests.support.hypo import examples
 from tests.test_desired_docs import doc, dump, env_param
@@ -108,5 +109,5 @@ def test_valid_documents_with_one_field_broken(data):
     state = desired.parse_files({"a.yaml": dump(document, doc("ok"))})
     check(state)
     assert "ok" in [d.id for d in state.deployments]
-    if document.get("kind") == desired.KIND or desired._looks_like_deployment(document):
+    if document.get("kind") == desired.KIND or looks_like_deployment(document):
         assert len(state.deployments) + len(state.failures) == 2

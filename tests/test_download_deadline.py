@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from margo_lite.download import Downloader
 from margo_lite.errors import DownloadError
 from tests.support.pkgfixtures import make_tar

@@ -1,8 +1,8 @@
-"""The README's fault table is tests/support/faults.py, and every claim in it is linked to
+"""The fault table of docs/proof.md is tests/support/faults.py, and every claim in it is linked to
 tests that exist and say they prove it.
 
 A row's claims are data; each claim names node ids (a name without a parameter stands for
-all of them), the first agent-level (tests/test_faults*.py). Checked here: the README holds
+all of them), the first agent-level (tests/test_faults*.py). Checked here: docs/proof.md holds
 exactly the rendered table; each node id named collects; each agent-level test named carries
 `@proves(that claim)`; every agent-level fault test proves a claim that names it.
 """
@@ -41,11 +41,11 @@ def claims_of(function) -> set[str]:
             for c in mark.args}  # fmt: skip
 
 
-def test_the_readme_holds_the_rendered_table():
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("## Proof: what margo-lite does when things fail")
-    section = readme[start : readme.index("\n## ", start + 1)]
-    assert faults.render() in section, "README's fault table differs: paste faults.render()"
+def test_the_proof_page_holds_the_rendered_table():
+    page = (ROOT / "docs" / "proof.md").read_text()
+    start = page.index("## What margo-lite does when things fail")
+    section = page[start : page.index("\n## ", start + 1)]
+    assert faults.render() in section, "docs/proof.md's fault table differs: paste faults.render()"
     rows = [line for line in section.splitlines() if line.startswith("| ")]
     assert len(rows) == len(faults.ROWS) + 2  # header, rule, the rows: nothing else
 

@@ -3,7 +3,7 @@ fails. Each test drives `margo-lite once` or `margo-lite run` on real parts (C g
 http-backend, the WOS simulator, podman or a private dockerd) and checks what a user
 would: the app still answers, its container was not touched, what the WOS heard.
 
-The README's table "Proof: what margo-lite does when things fail" is rendered from
+The table "What margo-lite does when things fail" in docs/proof.md is rendered from
 tests/support/faults.py, which links each of its claims to the tests here that carry
 `@proves(claim)` (checked by tests/test_fault_table.py).
 Most tests share one device (module scope) with one installed app, and leave it as found.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from margo_lite.errors import MargoLiteError
 from margo_lite.statestore import StateStore
 from margo_lite.statusview import POLL_RECORD

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import backends, config, wossim
+from margo_lite import backends, config
 from margo_lite.agent import Agent, Parts
+from margo_lite.devkit import wossim
 from tests.conftest import run_cli
 from tests.support import engines
 from tests.support.faults import proves

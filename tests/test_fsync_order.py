@@ -77,7 +77,8 @@ def test_state_store_writes_are_durable(tmp_path):
     script = textwrap.dedent(
         f"""\
         from pathlib import Path
-        from margo_lite.statestore import StateStore, write_file_atomic
+        from margo_lite.fileio import write_file_atomic
+        from margo_lite.statestore import StateStore
         store = StateStore(Path({str(state)!r}))
         for i in range(3):
             store.write_json("agent", {{"n": i}})

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from margo_lite import archive, desired, planner
 from margo_lite.errors import DESIRED_STATE_CODES, DesiredStateError, PackageError
 from tests.corpus import corpus
+from tests.support import plans
 from tests.support.hypo import examples
 from tests.test_planner import run
 
@@ -71,7 +72,7 @@ def check_beside_good(path: str, data: bytes) -> desired.DesiredState:
     assert good == list(GOOD_STATE.deployments)
     p = planner.plan(state, INSTALLED)
     for dep_id in INSTALLED:
-        dp = p.get(dep_id)
+        dp = plans.find(p, dep_id)
         assert dp is not None and dp.failure is None and dp.changes == () and not dp.held
     return state
 

@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from margo_lite.config import WosConfig
-from margo_lite.outbox import MAX_REJECTIONS, Backoff, Outbox
+from margo_lite.outbox import BACKOFF, MAX_REJECTIONS, Outbox
 from margo_lite.statestore import StateStore
 from margo_lite.wos import WosClient, status_body
 from tests.conftest import ROOT
@@ -63,15 +64,14 @@ def drain(box: Outbox, client: WosClient, start: float = 1e6) -> None:
 
 
 def test_backoff_is_exponential_with_jitter_and_cap():
-    b = Backoff(base=2, cap=60)
-    assert b.delay(0.5) == 0
+    b = replace(BACKOFF, cap=60)
     delays = []
     for _ in range(8):
         b = b.failed()
-        delays.append((b.delay(0.0), b.delay(0.999999)))
+        delays.append((b.spread(0.0), b.spread(0.999999)))
     assert [low for low, _ in delays] == [1, 2, 4, 8, 16, 30, 30, 30]
     assert [round(high) for _, high in delays] == [2, 4, 8, 16, 32, 60, 60, 60]
-    assert Backoff(failures=10_000).delay(1.0) == 300  # no overflow, capped
+    assert replace(BACKOFF, failures=10_000).spread(1.0) == 300  # no overflow, capped
 
 
 # --- durability and order --------------------------------------------------------------------

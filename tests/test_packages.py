@@ -10,11 +10,12 @@ what it sends.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
 from margo_lite import archive, packages
-from margo_lite.download import Backoff
+from margo_lite.download import BACKOFF
 from margo_lite.errors import DownloadError, PackageError, PackageTransientError
 from tests.support.pkgfixtures import (  # noqa: F401 (fixtures)
     cache_leftovers,
@@ -127,7 +128,7 @@ def test_a_body_cut_short_is_retried(server, make_store):
 
 def test_retries_are_bounded(server, make_store):
     server.fail_first["/app/compose.yaml"] = [503] * 10
-    store = make_store(backoff=Backoff(attempts=4))
+    store = make_store(backoff=replace(BACKOFF, attempts=4))
     with pytest.raises(DownloadError) as caught:
         store.prepare(server.put("/app/compose.yaml", COMPOSE), None, EMPTY)
     assert caught.value.code == "PACKAGE_DOWNLOAD_FAILED"
@@ -137,8 +138,12 @@ def test_retries_are_bounded(server, make_store):
 
 
 def test_backoff_delays_grow_and_are_capped():
-    backoff = Backoff(attempts=10, base=1.0, cap=5.0)
-    assert [backoff.delay(n) for n in range(6)] == [0.0, 1.0, 2.0, 4.0, 5.0, 5.0]
+    backoff = replace(BACKOFF, attempts=5, cap=5.0)
+    waits = []
+    while not backoff.exhausted:
+        backoff = backoff.failed()
+        waits.append(backoff.delay())
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
 def test_missing_package_is_a_download_failure_without_retries(server, make_store):
@@ -179,7 +184,7 @@ def test_body_without_content_length_within_the_limit_is_fine(server, make_store
 
 def test_silent_server_times_out(server, make_store):
     server.hold.add("/slow/compose.yaml")
-    store = make_store(timeout=0.3, backoff=Backoff(attempts=2))
+    store = make_store(timeout=0.3, backoff=replace(BACKOFF, attempts=2))
     with pytest.raises(DownloadError) as caught:
         store.prepare(server.put("/slow/compose.yaml", COMPOSE), None, EMPTY)
     assert "timed out" in str(caught.value).lower()

@@ -7,6 +7,7 @@ import pytest
 from margo_lite import desired, planner
 from margo_lite.errors import StateCorruptError
 from margo_lite.planner import Action, ComponentRecord, DeploymentRecord, Reason, State
+from tests.support import plans
 from tests.test_desired_docs import doc, env_param, files_of
 
 Records = dict[str, DeploymentRecord]
@@ -57,7 +58,7 @@ def run(
 
 
 def actions(p: planner.Plan) -> list[tuple[str, str, str]]:
-    return [(s.deployment_id, s.component, s.action.value) for s in p.steps]
+    return [(s.deployment_id, s.component, s.action.value) for s in plans.steps(p)]
 
 
 def test_install_then_nothing_to_do():
@@ -68,7 +69,7 @@ def test_install_then_nothing_to_do():
     assert records["a"].state is State.INSTALLED
     assert [c.data["project"] for c in records["a"].components] == ["a-db", "a-web"]
     again = planner.plan(state, records)
-    assert {s.action for s in again.steps} == {Action.KEEP}
+    assert {s.action for s in plans.steps(again)} == {Action.KEEP}
     assert again.changes == ()
 
 
@@ -94,7 +95,7 @@ def test_removed_deployment_is_removed_in_reverse_order_and_reports_removing_the
     records = run(planner.plan(parse(doc("a", ("db", "web")), doc("b")), {}), {})
     p = planner.plan(parse(doc("b")), records)
     assert actions(p) == [("a", "web", "remove"), ("a", "db", "remove"), ("b", "web", "keep")]
-    assert p.get("a").removal
+    assert plans.find(p, "a").removal
     events: list[planner.StatusEvent] = []
     records = run(p, records, events=events)
     assert "a" not in records
@@ -112,7 +113,7 @@ def test_removals_wait_while_a_document_is_unreadable():
     state = desired.parse_files({**files_of(doc("b")), "apps/a.yaml": b"metadata: [broken\n"})
     assert not state.complete
     p = planner.plan(state, records)
-    dp = p.get("a")
+    dp = plans.find(p, "a")
     assert dp.held and dp.steps == ()
     assert planner.planned_record(dp, records["a"]) == records["a"]
     assert run(p, records) == records
@@ -152,8 +153,9 @@ def test_dependency_order_and_waiting():
     state = parse(doc("app", depends_on="db"), doc("db"))
     p = planner.plan(state, {})
     assert [dp.id for dp in p.deployments] == ["db", "app"]
-    assert p.get("app").waits_for == ("db",)
-    record = planner.planned_record(p.get("app"), None)
+    app = plans.find(p, "app")
+    assert p.blocked_by(app, {}) == ("db",)
+    record = planner.planned_record(app, None, blockers=p.blocked_by(app, {}))
     assert record.state is State.PENDING
     assert record.error.code == "WAITING_FOR_DEPENDENCY"
     assert record.error.message == "waits for deployment db to be Installed"
@@ -172,14 +174,14 @@ def test_dependent_stays_pending_when_its_dependency_fails():
     assert records["app"].error.code == "WAITING_FOR_DEPENDENCY"
     # next round: the failed spec is retried (flagged), the dependent still waits for it
     p = planner.plan(state, records)
-    (step,) = p.get("db").changes
+    (step,) = plans.find(p, "db").changes
     assert step.action is Action.INSTALL and step.retry
-    assert p.get("app").waits_for == ("db",)
+    assert p.blocked_by(plans.find(p, "app"), records) == ("db",)
 
 
 def test_dependency_not_in_the_desired_state():
     p = planner.plan(parse(doc("app", depends_on="ghost")), {})
-    assert p.get("app").waits_for == ("ghost",)
+    assert p.blocked_by(plans.find(p, "app"), {}) == ("ghost",)
     records = run(p, {})
     assert records["app"].state is State.PENDING
     assert "ghost" in records["app"].error.message
@@ -188,7 +190,7 @@ def test_dependency_not_in_the_desired_state():
 def test_installed_deployment_does_not_wait_when_nothing_changes():
     records = run(planner.plan(parse(doc("app")), {}), {})
     p = planner.plan(parse(doc("app", depends_on="ghost")), records)
-    assert p.get("app").changes == ()
+    assert plans.find(p, "app").changes == ()
     assert run(p, records)["app"].state is State.INSTALLED
 
 
@@ -262,7 +264,7 @@ def test_a_removed_record_desired_again_is_installed():
 def test_a_removed_record_not_desired_has_nothing_left_to_do():
     records = {"a": DeploymentRecord("a", State.REMOVED, (ComponentRecord("web", State.REMOVED),))}
     p = planner.plan(desired.DesiredState(), records)
-    assert p.changes == () and p.get("a").removal
+    assert p.changes == () and plans.find(p, "a").removal
     assert run(p, records) == {}
 
 
@@ -340,7 +342,7 @@ def test_status_events_only_on_real_changes():
 
 def test_keep_steps_change_nothing():
     records = run(planner.plan(parse(doc("a")), {}), {})
-    (step,) = planner.plan(parse(doc("a")), records).steps
+    (step,) = plans.steps(planner.plan(parse(doc("a")), records))
     r = records["a"]
     assert planner.started(r, step) is r
     assert planner.succeeded(r, step) is r

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from margo_lite import desired, planner
 from margo_lite.planner import Action, DeploymentRecord, State
+from tests.support import plans
 from tests.support.hypo import examples
 from tests.test_desired_docs import doc, env_param, files_of
 from tests.test_planner import run
@@ -63,7 +64,7 @@ def test_applying_a_plan_then_planning_again_keeps_everything(history):
     after = run(planner.plan(state, records), records)
     again = planner.plan(state, after)
     assert again.changes == ()
-    assert {s.action for s in again.steps} <= {Action.KEEP}
+    assert {s.action for s in plans.steps(again)} <= {Action.KEEP}
     assert set(after) == {d.id for d in state.deployments}
     assert {r.state for r in after.values()} <= {State.INSTALLED}
     for d in state.deployments:
@@ -97,7 +98,7 @@ def test_a_deployment_missing_from_the_desired_set_is_removed(history, data):
     gone = data.draw(st.sampled_from(sorted(records)))
     kept = desired.DesiredState(tuple(d for d in state.deployments if d.id != gone))
     p = planner.plan(kept, records)
-    dp = p.get(gone)
+    dp = plans.find(p, gone)
     assert dp is not None and dp.removal and not dp.held
     assert [(s.component, s.action) for s in dp.steps] == [
         (c.name, Action.REMOVE)

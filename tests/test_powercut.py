@@ -10,7 +10,7 @@ the guest had not synced to its disk is gone. tests/support/powercut.py says how
     MARGO_LITE_POWERCUT_CUTS=200 MARGO_LITE_POWERCUT_SEED=1 \\
         .venv-debian/bin/python -m pytest -p no:cacheprovider -s tests/test_powercut.py
 
-is the long run (the README's figure). The guest image is built on first use into
+is the long run (the figure in docs/proof.md). The guest image is built on first use into
 `.cache/guest` (tools/build-guest, a few minutes) and reused.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from tests.support.engines import free_port
 from tests.support.gitserver import Upstream
 from tests.support.powercut import (

@@ -18,8 +18,9 @@ import pytest
 import urllib3
 import yaml
 
-from margo_lite import capabilities, config, onboarding, pools, proxy, wossim
+from margo_lite import capabilities, config, onboarding, pools, proxy
 from margo_lite.config import CapabilitiesConfig, GitConfig, WosConfig
+from margo_lite.devkit import wossim
 from margo_lite.download import Downloader
 from margo_lite.errors import DownloadError, GitError, WosError
 from margo_lite.gitsource import GitSource

@@ -13,7 +13,7 @@ import stat
 
 import pytest
 
-from margo_lite import statestore
+from margo_lite import fileio, statestore
 from margo_lite.errors import StateCorruptError, StateError
 from margo_lite.statestore import StateStore
 
@@ -35,14 +35,11 @@ def crash_at(step_name):
 
 def tmp_files(root):
     return [
-        os.path.join(d, f)
-        for d, _, files in os.walk(root)
-        for f in files
-        if statestore.TMP_MARK in f
+        os.path.join(d, f) for d, _, files in os.walk(root) for f in files if fileio.TMP_MARK in f
     ]
 
 
-@pytest.mark.parametrize("step", statestore.WRITE_STEPS)
+@pytest.mark.parametrize("step", fileio.WRITE_STEPS)
 @pytest.mark.parametrize("lose_unsynced", [False, True])
 def test_crash_at_every_step_leaves_old_or_new(tmp_path, step, lose_unsynced):
     StateStore(tmp_path).write_json("agent.json", OLD)
@@ -55,11 +52,7 @@ def test_crash_at_every_step_leaves_old_or_new(tmp_path, step, lose_unsynced):
                 os.truncate(leftover, 7)
     after = StateStore(tmp_path)
     value = after.read_json("agent.json")
-    expected = (
-        NEW
-        if statestore.WRITE_STEPS.index(step) >= statestore.WRITE_STEPS.index("renamed")
-        else OLD
-    )
+    expected = NEW if fileio.WRITE_STEPS.index(step) >= fileio.WRITE_STEPS.index("renamed") else OLD
     assert value == expected
     after.remove_leftovers()
     assert tmp_files(tmp_path) == []
@@ -78,7 +71,7 @@ def test_crash_on_first_write_reads_as_never_written(tmp_path):
 def test_truncated_temp_file_is_ignored_and_cleaned(tmp_path):
     store = StateStore(tmp_path)
     store.write_json("agent.json", OLD)
-    leftover = tmp_path / f".agent.json{statestore.TMP_MARK}99999"
+    leftover = tmp_path / f".agent.json{fileio.TMP_MARK}99999"
     leftover.write_bytes(statestore.encode(b'{"half": ')[:20])
     assert store.read_json("agent.json") == OLD
     assert store.remove_leftovers() == 1
@@ -154,9 +147,9 @@ def test_write_file_atomic_replaces_plain_file(tmp_path):
     target = tmp_path / "config.yaml"
     target.write_text("old: 1\n")
     with pytest.raises(Crash):
-        statestore.write_file_atomic(target, b"new: 2\n", fault=crash_at("tmp-synced"))
+        fileio.write_file_atomic(target, b"new: 2\n", fault=crash_at("tmp-synced"))
     assert target.read_text() == "old: 1\n"
-    statestore.write_file_atomic(target, b"new: 2\n", mode=0o600)
+    fileio.write_file_atomic(target, b"new: 2\n", mode=0o600)
     assert target.read_text() == "new: 2\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
@@ -167,17 +160,17 @@ def test_leftover_sweep_touches_only_what_its_writes_leave(tmp_path):
     store = StateStore(tmp_path)
     store.write_json("deployments/a.json", OLD)
     mine = [
-        tmp_path / f".agent.json{statestore.TMP_MARK}4242",
-        tmp_path / "deployments" / f".a.json{statestore.TMP_MARK}4242",
-        tmp_path / "deployments" / f".a.json.prev{statestore.TMP_MARK}4242",
+        tmp_path / f".agent.json{fileio.TMP_MARK}4242",
+        tmp_path / "deployments" / f".a.json{fileio.TMP_MARK}4242",
+        tmp_path / "deployments" / f".a.json.prev{fileio.TMP_MARK}4242",
     ]
     package = tmp_path / "packages" / "pkgs" / ("ab" * 32)
     package.mkdir(parents=True)
     theirs = [
-        package / f".compose.yaml{statestore.TMP_MARK}4242",  # a file in a package
-        package / f".data{statestore.TMP_MARK}1",
-        tmp_path / "deployments" / f".a.json{statestore.TMP_MARK}not-a-pid",
-        tmp_path / f"agent.json{statestore.TMP_MARK}4242",  # not hidden: not ours
+        package / f".compose.yaml{fileio.TMP_MARK}4242",  # a file in a package
+        package / f".data{fileio.TMP_MARK}1",
+        tmp_path / "deployments" / f".a.json{fileio.TMP_MARK}not-a-pid",
+        tmp_path / f"agent.json{fileio.TMP_MARK}4242",  # not hidden: not ours
     ]
     for path in mine + theirs:
         path.write_bytes(b"x")

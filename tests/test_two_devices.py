@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import wossim
 from margo_lite.backends import DockerComposeV1, PodmanCompose
 from margo_lite.backends.engine import Docker, Podman
+from margo_lite.devkit import wossim
 from tests.support.engines import IMAGE, free_port, http_get
 from tests.support.rig import Rig, deployment, wait_state
 from tests.support.wait import wait_for

@@ -355,7 +355,9 @@ def test_simulator_runs_standalone(tmp_path):
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with out.open("w") as stdout:
-        sim = subprocess.Popen([sys.executable, "-m", "margo_lite.wossim"], stdout=stdout, env=env)
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "margo_lite.devkit.wossim"], stdout=stdout, env=env
+        )
     try:
         first = wait_for(lambda: out.read_text().splitlines(), what="the simulator's address")
         url = json.loads(first[0])["listening"]
@@ -372,7 +374,8 @@ def test_agent_modules_do_not_load_the_simulator():
     code = (
         "import sys, margo_lite.wos, margo_lite.outbox, margo_lite.capabilities, "
         "margo_lite.onboarding, margo_lite.signing\n"
-        "assert 'margo_lite.wossim' not in sys.modules and 'http.server' not in sys.modules"
+        "assert not [m for m in sys.modules if m.startswith('margo_lite.devkit')]\n"
+        "assert 'http.server' not in sys.modules"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)

@@ -175,7 +175,7 @@ class BuiltinDriver(Driver):
             if keep:
                 continue
             log.info("%s: starting service %s", name, service)
-            self.engine._run(
+            self.engine.run(
                 ["run", "-d", f"--label={project.CONFIG_HASH}={wanted}", *argv],
                 what=f"start service {service} of {name}",
             )

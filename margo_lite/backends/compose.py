@@ -11,9 +11,7 @@ through the tools: the backend removes by label, which works even when the file 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,13 +19,11 @@ from typing import Any
 
 from margo_lite import composedoc, logs
 from margo_lite.backends import project
-from margo_lite.backends.engine import Engine, engine_error
-from margo_lite.errors import EngineError, EngineTransientError
-from margo_lite.statestore import write_file_atomic
+from margo_lite.backends.engine import Engine, answers, run_tool
+from margo_lite.constants import COMPOSE_FILE
+from margo_lite.fileio import write_file_atomic
 
 log = logs.get(__name__)
-
-COMPOSE_FILE = "compose.yaml"
 
 
 class Driver:
@@ -60,13 +56,11 @@ class ExternalDriver(Driver):
     extra_up: tuple[str, ...] = ()
 
     def available(self) -> bool:
-        if not shutil.which(self.command[0], path=self.engine.environ.get("PATH", os.defpath)):
-            return False
-        try:
-            self._run(["version"], what=f"{self.name} version", cwd=None, timeout=60)
-        except EngineError:
-            return False
-        return True
+        return answers(
+            lambda: self._run(["version"], what=f"{self.name} version", cwd=None, timeout=60),
+            self.command[0],
+            self.engine.environ,
+        )
 
     def _global(self, name: str, file: Path) -> list[str]:
         return ["-p", name, "-f", str(file)]
@@ -85,25 +79,13 @@ class ExternalDriver(Driver):
     def _run(
         self, argv: Sequence[str], *, what: str, cwd: Path | None, timeout: float | None = None
     ) -> subprocess.CompletedProcess:
-        full = [*self.command, *argv]
-        try:
-            result = subprocess.run(
-                full,
-                capture_output=True,
-                text=True,
-                env=self.engine.environ,
-                cwd=cwd,
-                timeout=timeout or self.timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise EngineTransientError(f"{what}: {full[0]} is not installed") from None
-        except subprocess.TimeoutExpired as exc:
-            raise EngineTransientError(f"{what}: no answer within {exc.timeout:.0f}s") from None
-        if result.returncode != 0:
-            raise engine_error(what, full, result.returncode, result.stderr or result.stdout)
-        return result
+        return run_tool(
+            [*self.command, *argv],
+            what=what,
+            environ=self.engine.environ,
+            timeout=timeout or self.timeout,
+            cwd=cwd,
+        )
 
 
 class DockerComposePlugin(ExternalDriver):

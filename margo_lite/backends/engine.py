@@ -1,10 +1,10 @@
 """The podman and docker command lines, behind one `Engine` class.
 
 Everything the backends do to containers, networks, volumes and images goes through
-`Engine._run(argv)`, which turns a failed command into an `EngineError` whose code says
-what went wrong (daemon unreachable, port taken, name taken, image missing) and keeps
-the engine's own message. Podman and Docker differ only in a few details, kept in the
-two subclasses.
+`Engine.run(argv)`; it and the compose tools' drivers share `run_tool`, which turns a
+failed command into an `EngineError` whose code says what went wrong (daemon unreachable,
+port taken, name taken, image missing) and keeps the tool's own message. Podman and Docker
+differ only in a few details, kept in the two subclasses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,54 @@ def masked_argv(argv: Sequence[str]) -> tuple[str, ...]:
     return tuple(masked)
 
 
+def run_tool(
+    argv: Sequence[str],
+    *,
+    what: str,
+    environ: Mapping[str, str],
+    timeout: float,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run an engine or compose command line; a failure is a coded `EngineError`.
+
+    A missing program or no answer in time is transient (ENGINE_UNAVAILABLE): it may be
+    installed or come back; a failed command keeps the tool's own message, masked.
+    """
+    try:
+        result = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            env=dict(environ),
+            cwd=cwd,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise EngineTransientError(
+            f"{what}: {argv[0]} is not installed", argv=masked_argv(argv)
+        ) from None
+    except subprocess.TimeoutExpired as exc:
+        raise EngineTransientError(
+            f"{what}: no answer within {exc.timeout:.0f}s", argv=masked_argv(argv)
+        ) from None
+    if result.returncode != 0:
+        raise engine_error(what, argv, result.returncode, result.stderr or result.stdout)
+    return result
+
+
+def answers(probe: Callable[[], object], program: str, environ: Mapping[str, str]) -> bool:
+    """Whether `program` is on the PATH of `environ` and `probe` (its version) succeeds."""
+    if not shutil.which(program, path=environ.get("PATH", os.defpath)):
+        return False
+    try:
+        probe()
+    except EngineError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Container:
     """What the backends need to know of one container, read from `inspect`."""
@@ -124,46 +172,20 @@ class Engine:
 
     # --- running commands ------------------------------------------------------------------
 
-    def _run(
+    def run(
         self, argv: Sequence[str], *, what: str = "", timeout: float | None = None
     ) -> subprocess.CompletedProcess:
         """Run the engine with `argv`; raise a coded EngineError when it fails."""
-        full = [self.program, *argv]
-        what = what or f"{self.name} {argv[0]}"
-        try:
-            result = subprocess.run(
-                full,
-                capture_output=True,
-                text=True,
-                env=self.environ,
-                timeout=timeout or self.timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise EngineTransientError(
-                f"{what}: {self.program} is not installed", argv=masked_argv(full)
-            ) from None
-        except subprocess.TimeoutExpired as exc:
-            raise EngineTransientError(
-                f"{what}: no answer within {exc.timeout:.0f}s", argv=masked_argv(full)
-            ) from None
-        if result.returncode != 0:
-            raise engine_error(what, full, result.returncode, result.stderr or result.stdout)
-        return result
+        return run_tool(
+            [self.program, *argv],
+            what=what or f"{self.name} {argv[0]}",
+            environ=self.environ,
+            timeout=timeout or self.timeout,
+        )
 
     def available(self) -> bool:
         """The program exists and its engine answers."""
-        if not shutil.which(self.program, path=self.environ.get("PATH", os.defpath)):
-            return False
-        try:
-            self._run(["version"], timeout=30)
-        except EngineError:
-            return False
-        return True
-
-    def version(self) -> str:
-        return self._run(["version", "--format", "{{.Client.Version}}"]).stdout.strip()
+        return answers(lambda: self.run(["version"], timeout=30), self.program, self.environ)
 
     # --- containers ------------------------------------------------------------------------
 
@@ -172,7 +194,7 @@ class Engine:
         argv = ["ps", "-a", "-q", "--no-trunc"]
         for key, value in labels.items():
             argv += ["--filter", f"label={key}={value}"]
-        ids = self._run(argv).stdout.split()
+        ids = self.run(argv).stdout.split()
         if not ids:
             return []
         found = []
@@ -197,14 +219,14 @@ class Engine:
         if not ids:
             return []
         try:  # one command for all, the common case
-            return list(json.loads(self._run([kind, "inspect", *ids]).stdout or "[]"))
+            return list(json.loads(self.run([kind, "inspect", *ids]).stdout or "[]"))
         except EngineError as exc:
             if not re.search(r"no such|not found|not known", exc.stderr, re.I):
                 raise
         found = []
         for one in ids:
             try:
-                out = self._run([kind, "inspect", one]).stdout
+                out = self.run([kind, "inspect", one]).stdout
             except EngineError as exc:
                 if re.search(r"no such|not found|not known", exc.stderr, re.I):
                     continue
@@ -230,19 +252,10 @@ class Engine:
     def remove_container(self, ref: str) -> None:
         """Stop (within the container's own stop timeout) and remove; gone already is fine."""
         try:
-            self._run(["rm", "-f", ref], what=f"remove container {ref}")
+            self.run(["rm", "-f", ref], what=f"remove container {ref}")
         except EngineError as exc:
             if not re.search(r"no such container|no container with", exc.stderr, re.I):
                 raise
-
-    def stop(self, ref: str, *, timeout: int = 10) -> None:
-        self._run(["stop", "-t", str(timeout), ref], what=f"stop container {ref}")
-
-    def start(self, ref: str) -> None:
-        self._run(["start", ref], what=f"start container {ref}")
-
-    def rename(self, ref: str, new_name: str) -> None:
-        self._run(["rename", ref, new_name], what=f"rename container {ref}")
 
     def run_health_check(self, ref: str) -> None:
         """Make the engine run a container's health check now (podman without systemd)."""
@@ -259,7 +272,7 @@ class Engine:
         argv = [kind, "ls", "-q"]
         for key, value in labels.items():
             argv += ["--filter", f"label={key}={value}"]
-        names = self._run(argv).stdout.split()
+        names = self.run(argv).stdout.split()
         found = []
         for item in self._inspect(kind, names):
             # podman spells a network's keys in lower case
@@ -278,24 +291,24 @@ class Engine:
         argv = ["network", "create"]
         for key, value in labels.items():
             argv.append(f"--label={key}={value}")
-        self._run([*argv, _object_name(name)], what=f"create network {name}")
+        self.run([*argv, _object_name(name)], what=f"create network {name}")
 
     def create_volume(self, name: str, labels: Mapping[str, str]) -> None:
         argv = ["volume", "create"]
         for key, value in labels.items():
             argv.append(f"--label={key}={value}")
-        self._run([*argv, _object_name(name)], what=f"create volume {name}")
+        self.run([*argv, _object_name(name)], what=f"create volume {name}")
 
     def remove_network(self, name: str) -> None:
         try:
-            self._run(["network", "rm", name], what=f"remove network {name}")
+            self.run(["network", "rm", name], what=f"remove network {name}")
         except EngineError as exc:
             if not re.search(r"not found|no such network|unable to find", exc.stderr, re.I):
                 raise
 
     def remove_volume(self, name: str) -> None:
         try:
-            self._run(["volume", "rm", name], what=f"remove volume {name}")
+            self.run(["volume", "rm", name], what=f"remove volume {name}")
         except EngineError as exc:
             if not re.search(r"no such volume|not found", exc.stderr, re.I):
                 raise
@@ -305,7 +318,7 @@ class Engine:
     def has_image(self, image: str) -> bool:
         imageref.check(image, "image")
         try:
-            self._run(["image", "inspect", image], what=f"inspect image {image}")
+            self.run(["image", "inspect", image], what=f"inspect image {image}")
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
@@ -321,7 +334,7 @@ class Engine:
             return
         log.info("image %s is not on this device: pulling it", image)
         try:
-            self._run(["pull", image], what=f"pull image {image}")
+            self.run(["pull", image], what=f"pull image {image}")
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
@@ -344,7 +357,7 @@ class Podman(Engine):
         # timers); running one here keeps the recorded health current. Its failure is the
         # state we read next, not an error.
         try:
-            self._run(["healthcheck", "run", ref], what=f"health check of {ref}", timeout=120)
+            self.run(["healthcheck", "run", ref], what=f"health check of {ref}", timeout=120)
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
@@ -356,7 +369,7 @@ class Podman(Engine):
         for key, value in labels.items():
             argv += ["--filter", f"label={key}={value}"]
         try:
-            items = json.loads(self._run(argv).stdout or "[]")
+            items = json.loads(self.run(argv).stdout or "[]")
         except ValueError:
             return self.containers(labels)
         found = []
@@ -390,8 +403,8 @@ class Podman(Engine):
         # (their bundle lies under its graph root) and of this project's container names
         # (per device: the project name hashes the device id) with an id podman does not
         # know are ended: another store's or another device's are never touched.
-        known = set(self._run(["ps", "-a", "-q", "--no-trunc"]).stdout.split())
-        store = self._run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
+        known = set(self.run(["ps", "-a", "-q", "--no-trunc"]).stdout.split())
+        store = self.run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
         reaped = 0
         for pid, argv in _processes():
             if os.path.basename(argv[0]) != "conmon":
@@ -445,9 +458,6 @@ def _option(argv: Sequence[str], flag: str) -> str:
 class Docker(Engine):
     name = "docker"
     program = "docker"
-
-    def version(self) -> str:
-        return self._run(["version", "--format", "{{.Server.Version}}"]).stdout.strip()
 
 
 ENGINES: dict[str, type[Engine]] = {"podman": Podman, "docker": Docker}

@@ -23,6 +23,7 @@ from typing import Any
 from margo_lite import logs
 from margo_lite.backends import project
 from margo_lite.backends.engine import Container, Engine
+from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import StateError
 from margo_lite.statestore import StateStore
 
@@ -111,7 +112,7 @@ def retire(
         for network in engine.networks(old):
             if _theirs(network["Labels"], str(network["Name"]), prefix):
                 engine.remove_network(network["Name"])
-        (workdir / "compose.yaml").unlink(missing_ok=True)
+        (workdir / COMPOSE_FILE).unlink(missing_ok=True)
     for volume in engine.volumes(old):
         if not _theirs(volume["Labels"], str(volume["Name"]), prefix):
             continue

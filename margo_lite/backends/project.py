@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 
 from margo_lite import yamlload
+from margo_lite.constants import COMPOSE_FILE_NAMES
 from margo_lite.errors import ComposeError, MargoLiteError
 
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 MAX_FILE_BYTES = 1 << 20
 
 MANAGED_BY = "io.margo.managed-by"
@@ -41,11 +41,13 @@ _SLUG = re.compile(r"[^a-z0-9]+")
 
 
 def find_compose_file(package_dir: Path) -> Path:
-    for name in COMPOSE_FILES:
+    for name in COMPOSE_FILE_NAMES:
         candidate = package_dir / name
         if candidate.is_file():
             return candidate
-    raise ComposeError(f"{package_dir}: no compose file ({', '.join(COMPOSE_FILES)}) at its root")
+    raise ComposeError(
+        f"{package_dir}: no compose file ({', '.join(COMPOSE_FILE_NAMES)}) at its root"
+    )
 
 
 def load_project(

@@ -43,11 +43,7 @@ def verify_commit_signature(raw: bytes, key_files: tuple[str, ...]) -> str:
     if signature is None:
         raise GitError("the commit is not signed", code="GIT_SIGNATURE_INVALID")
     try:
-        keyring = b"".join(
-            pgp.dearmor(Path(k).read_bytes(), source=f"git.trusted_keys {k}") for k in key_files
-        )
-    except OSError as exc:
-        raise _refusal(f"cannot read git.trusted_keys: {exc.strerror or exc}") from None
+        keyring = pgp.keyring_from_files(key_files, setting="git.trusted_keys", refuse=_refusal)
     except MargoLiteError as exc:
         raise _refusal(exc.message) from None
     with tempfile.TemporaryDirectory(prefix="margo-lite-commit.") as tmp:

@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterator, Mapping
 
 import urllib3
 
-from margo_lite import __version__, logs, proxy
+from margo_lite import logs, proxy
+from margo_lite.constants import USER_AGENT
 from margo_lite.errors import GitError, GitTransientError, ProxyError
 from margo_lite.pools import Pools
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
 MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything near this is wrong)
 MAX_ADVERTISEMENT_BYTES = 16 << 20  # a protocol v0 server names every ref of the repository
-AGENT = f"margo-lite/{__version__}"
 
 log = logs.get(__name__)
 
@@ -127,7 +127,7 @@ class HttpRemote:
         if self._version == 0:
             asked = [c for c in _V0_CAPABILITIES if c in caps]
             if b"agent" in caps:
-                asked.append(b"agent=" + AGENT.encode())
+                asked.append(b"agent=" + USER_AGENT.encode())
             body = b"".join(
                 map(
                     _pkt,
@@ -197,7 +197,7 @@ class HttpRemote:
     def _command(name: bytes, caps: Mapping[bytes, bytes], args: list[bytes]) -> bytes:
         head = [b"command=%s\n" % name]
         if b"agent" in caps:
-            head.append(b"agent=%s\n" % AGENT.encode())
+            head.append(b"agent=%s\n" % USER_AGENT.encode())
         return b"".join(map(_pkt, head)) + _DELIM + b"".join(map(_pkt, args)) + _FLUSH
 
     def _post(self, body: bytes) -> contextlib.AbstractContextManager[urllib3.HTTPResponse]:
@@ -211,7 +211,7 @@ class HttpRemote:
     def _request(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str]
     ) -> Iterator[urllib3.HTTPResponse]:
-        headers = {**headers, "User-Agent": AGENT}
+        headers = {**headers, "User-Agent": USER_AGENT}
         if self._version == 2 or method == "GET":
             headers["Git-Protocol"] = "version=2"
         if self._authorization:

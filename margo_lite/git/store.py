@@ -31,10 +31,10 @@ from dulwich.repo import Repo
 
 from margo_lite import logs
 from margo_lite.errors import GitError, GitTransientError
+from margo_lite.fileio import fsync_dir, fsync_file, remove_write_leftovers, write_file_atomic
 from margo_lite.git.localrepo import LocalRemote
 from margo_lite.git.objects import typed
 from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
-from margo_lite.statestore import fsync_dir, remove_write_leftovers, write_file_atomic
 
 log = logs.get(__name__)
 
@@ -272,11 +272,7 @@ def _fsync_new(repo: Path, before: set[str]) -> None:
     pack_dir = repo / "objects" / "pack"
     for name in _pack_files(repo) - before:
         for suffix in (".pack", ".idx"):
-            fd = os.open(pack_dir / (name + suffix), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(pack_dir / (name + suffix))
     fsync_dir(pack_dir)
 
 

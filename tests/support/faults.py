@@ -1,6 +1,6 @@
-"""The README's fault table as data: each row's claims, each claim linked to the test that
-proves it. `tests/test_faults.py::test_the_readme_fault_table_is_this_table` renders the
-table from here, checks the README holds exactly that, and checks every link both ways:
+"""The fault table of docs/proof.md as data: each row's claims, each claim linked to the test that
+proves it. `tests/test_fault_table.py` renders the
+table from here, checks docs/proof.md holds exactly that, and checks every link both ways:
 the named test exists (its node id collects) and carries `@proves(claim id)`.
 """
 
@@ -20,14 +20,14 @@ def proves(*claims: str) -> Callable:
 @dataclass(frozen=True)
 class Claim:
     id: str
-    text: str  # what the README's row says, in a few words
+    text: str  # what the table's row says, in a few words
     tests: tuple[str, ...]  # node ids, "file.py::name[param]"; the first is agent-level
 
 
 @dataclass(frozen=True)
 class Row:
     fault: str
-    does: str  # the README's "What margo-lite does"
+    does: str  # the table's "What margo-lite does"
     claims: tuple[Claim, ...]
 
 
@@ -368,7 +368,7 @@ ROWS: tuple[Row, ...] = (
 
 
 def render() -> str:
-    """The README's table, from ROWS."""
+    """The table of docs/proof.md, from ROWS."""
     lines = ["| Fault | What margo-lite does | Proved by |", "| --- | --- | --- |"]
     for row in ROWS:
         proofs = "; ".join(

@@ -66,7 +66,7 @@ def install_doc_as_older_version(
         engine.create_volume(builtin.volume_name(name, doc, volume), definition["labels"])
     for service in project.service_order(doc):
         argv = builtin.BuiltinDriver.run_argv(None, name, doc, service)  # type: ignore[arg-type]
-        engine._run(["run", "-d", "--label", f"{project.CONFIG_HASH}=older", *argv])
+        engine.run(["run", "-d", "--label", f"{project.CONFIG_HASH}=older", *argv])
     return name
 
 

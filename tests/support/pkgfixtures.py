@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from margo_lite.config import PackagesConfig
-from margo_lite.download import Backoff, Downloader
+from margo_lite.download import BACKOFF, Downloader
 from margo_lite.packages import PackageStore
+from margo_lite.schedule import Backoff
 from tests.support.pgpkeys import Keys
 from tests.support.pkgserver import PackageServer
 from tests.support.testca import TestCA, make_ca
@@ -59,7 +60,7 @@ def make_store(tmp_path: Path, test_ca: TestCA) -> Callable[..., PackageStore]:
             timeout=cfg.timeout,
             deadline=cfg.deadline,
             ca_file=cfg.ca_file,
-            backoff=backoff or Backoff(),
+            backoff=backoff or BACKOFF,
             sleep=sleeps.append,
         )
         store = PackageStore(cfg, tmp_path / "cache", downloader=downloader)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from tests.support.engines import IMAGE
 from tests.support.gitserver import GitServer, Upstream
 from tests.support.wait import wait_for

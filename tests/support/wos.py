@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from margo_lite import logs
-from margo_lite.wossim import WosSimulator
+from margo_lite.devkit.wossim import WosSimulator
 
 CLIENT_ID = "gw-test-client"
 CLIENT_SECRET = "test-client-secret-5f3a9c1e"

@@ -24,18 +24,25 @@ from pathlib import Path
 
 import yaml
 
-from margo_lite import wossim
+from margo_lite.devkit import wossim
 from margo_lite.errors import MargoLiteError
 
 IMAGE = "localhost/margo-lite-demo-web:1"
 DEPLOYMENT_ID = "demo-web-0001"
 DEVICE_ID = "demo-gateway"
+BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 BUSYBOX_APPLETS = ("sh", "echo", "mkdir", "cat", "sleep", "httpd", "wget", "true")
 STEP_TIMEOUT = 180.0
 
 
 class DemoError(MargoLiteError):
     code = "DEMO_FAILED"
+
+
+class DemoNeedsError(MargoLiteError):
+    """Something the demo needs is not on this machine: one line and exit 2, not a failure."""
+
+    code = "DEMO_NEEDS_UNMET"
 
 
 def say(text: str) -> None:
@@ -53,15 +60,17 @@ def find_engine(environ: dict[str, str]) -> str:
         result = subprocess.run([name, "info"], capture_output=True, env=environ, timeout=60)
         if result.returncode == 0:
             return name
-    raise DemoError("no container engine answers: install podman (or docker.io and start dockerd)")
+    raise DemoNeedsError(
+        "no container engine answers: install podman (or docker.io and start dockerd)"
+    )
 
 
 def find_static_busybox() -> Path:
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+    for candidate in BUSYBOX_PATHS:
         path = Path(candidate)
         if path.is_file() and b"ld-linux" not in path.read_bytes()[:8192]:
             return path
-    raise DemoError(
+    raise DemoNeedsError(
         "a static busybox is needed to build the demo image: apt-get install busybox-static"
     )
 
@@ -81,8 +90,10 @@ def busybox_rootfs_tar(busybox: Path, target: Path) -> Path:
     return target
 
 
-def build_image(engine: str, tag: str, workdir: Path, environ: dict[str, str]) -> None:
-    tar = busybox_rootfs_tar(find_static_busybox(), workdir / "rootfs.tar")
+def build_image(
+    engine: str, busybox: Path, tag: str, workdir: Path, environ: dict[str, str]
+) -> None:
+    tar = busybox_rootfs_tar(busybox, workdir / "rootfs.tar")
     result = subprocess.run(
         [engine, "import", str(tar), tag], capture_output=True, text=True, env=environ, timeout=120
     )
@@ -262,13 +273,17 @@ def _remove_leftovers(engine: str, environ: dict[str, str]) -> None:
 
 def run(keep: bool = False) -> int:
     environ = dict(os.environ)
-    workdir = Path(tempfile.mkdtemp(prefix="margo-lite-demo-"))
-    engine = None
     try:
+        busybox = find_static_busybox()
         engine = find_engine(environ)
+    except DemoNeedsError as exc:
+        print(f"margo-lite demo: {exc}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="margo-lite-demo-"))
+    try:
         say(f"Using the container engine '{engine}'.")
         say(f"Building the demo image {IMAGE} from this machine's busybox (no registry needed).")
-        build_image(engine, IMAGE, workdir, environ)
+        build_image(engine, busybox, IMAGE, workdir, environ)
         port = free_port()
         with wossim.WosSimulator() as sim:
             say(f"Started a WOS simulator at {sim.url}.")
@@ -363,8 +378,7 @@ def run(keep: bool = False) -> int:
             )
         return 1
     finally:
-        if engine:
-            _remove_leftovers(engine, environ)
+        _remove_leftovers(engine, environ)
         if keep:
             say(f"Kept the demo files in {workdir}.")
         else:

@@ -8,7 +8,7 @@ can be told to fail: `fault` = "down" (connections are closed unanswered), "slow
 after `slow_seconds`) or an HTTP status such as "500" or "401" (every answer).
 
 The agent never imports this module; only tests, `margo-lite demo` and
-`python -m margo_lite.wossim` do.
+`python -m margo_lite.devkit.wossim` do.
 
 Onboarding answer (margo-lite's decision, the specification leaves it open)::
 
@@ -352,7 +352,7 @@ def _check_status(document: Any, deployment_id: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator in the foreground; one JSON line per request on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m margo_lite.wossim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m margo_lite.devkit.wossim", description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--client-id")
     parser.add_argument("--client-secret-file")

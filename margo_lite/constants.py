@@ -1,0 +1,17 @@
+"""Names margo-lite shares with the outside world, defined once.
+
+The user agent every HTTP request and Git negotiation sends (WOS, Git, downloads,
+onboarding), and the compose file names a package may ship (the order compose tools look
+for them in) and the one name margo-lite writes the rendered document under.
+"""
+
+from __future__ import annotations
+
+from margo_lite import __version__
+
+USER_AGENT = f"margo-lite/{__version__}"
+
+#: The names a compose tool looks for, in its order of preference.
+COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+#: The name margo-lite writes a rendered compose document under.
+COMPOSE_FILE = COMPOSE_FILE_NAMES[0]
