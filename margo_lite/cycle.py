@@ -121,6 +121,9 @@ class Context:
     desired: desired.DesiredState | None = None  # what its documents ask for
     applied_revision: str | None = None  # the revision applied in full (`AGENT_RECORD`)
     tidy_needed: bool = True  # sweep orphans and prune the cache at the next reconcile
+    #: (desired, records generation) of the last plan that had nothing to do: until either
+    #: moves, a reconcile has nothing to do either (`act.reconcile` skips planning)
+    idle_plan: tuple[object, int] | None = None
     _backend: backends.Backend | None = field(default=None, init=False, repr=False)
 
     @property
