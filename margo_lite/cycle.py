@@ -122,6 +122,9 @@ class Context:
     applied_revision: str | None = None  # the revision applied in full (`AGENT_RECORD`)
     refused: tuple[str, str] | None = None  # a revision refused as stalled, and why
     tidy_needed: bool = True  # sweep orphans and prune the cache at the next reconcile
+    #: (desired, records generation) of the last plan that had nothing to do: until either
+    #: moves, a reconcile has nothing to do either (`act.reconcile` skips planning)
+    idle_plan: tuple[object, int] | None = None
     _backend: backends.Backend | None = field(default=None, init=False, repr=False)
 
     @property
