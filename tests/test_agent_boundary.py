@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import agent, config
+from margo_lite import agent, config, desired, planner
 from margo_lite.devkit import wossim
 from tests.support.gitserver import Upstream
 from tests.support.rig import APP, deployment
@@ -162,8 +162,7 @@ def test_a_surprise_fails_that_deployment_alone(tmp_path, sim, caplog, point):
 def test_the_test_hook_raises_only_where_it_is_told(tmp_path, sim):
     """MARGO_LITE_TEST_RAISE_AT, which the running-agent test uses, names one point of one
     deployment; the others are untouched."""
-    device, _ = _device(tmp_path, sim)
-    device._raise_at = f"apply:{BAD}"
+    device, _ = _device(tmp_path, sim, raise_at=f"apply:{BAD}")
     device.start()
     _cycle(device)
     assert _last(sim, BAD)["error"]["code"] == "INTERNAL_ERROR"
@@ -182,7 +181,7 @@ def test_a_surprise_with_the_whole_desired_state_keeps_what_runs(tmp_path, sim, 
     reports = len(sim.statuses())
     upstream = Upstream(tmp_path / "repo.git")
     upstream.commit({f"{GOOD}.yaml": deployment(GOOD, greeting="new", port=18080)})
-    target = (agent.desired, "parse_files") if where == "reading" else (agent.planner, "plan")
+    target = (desired, "parse_files") if where == "reading" else (planner, "plan")
 
     def surprise(*args, **kwargs):
         raise AttributeError("'int' object has no attribute 'lower'")
