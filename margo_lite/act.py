@@ -9,7 +9,9 @@ transient one is retried with backoff (`retry_later`), a stalled one waits for a
 revision or a configuration change (`wait_for_change`); a new revision that changes the
 component tries at once. After a cycle that changed something, `remove_orphans` removes
 labelled objects no record accounts for and `prune_packages` drops cache entries no record
-uses. Once everything is settled, the applied revision is recorded.
+uses, once the reports are out (Installed does not wait for the sweep). Once everything is
+settled, the applied revision is recorded. A plan that had nothing to do holds until the
+desired state or a record changes (`Context.idle_plan`): an idle tick plans nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def reconcile(ctx: Context, report: Callable[[], None]) -> None:
     if ctx.desired is None or ctx.snapshot is None:
         return
     records = ctx.book.by_id
+    idle = ctx.idle_plan
+    if idle is not None and idle[0] is ctx.desired and idle[1] == ctx.book.generation:
+        return  # nothing changed since a plan that had nothing to do: no plan, no write
+    ctx.idle_plan = None
+    generation = ctx.book.generation
     try:
         plan = planner.plan(ctx.desired, records)
     except MargoLiteError:
@@ -56,6 +63,8 @@ def reconcile(ctx: Context, report: Callable[[], None]) -> None:
         with boundary(ctx, dp.id):
             if not _reconcile_one(ctx, report, plan, dp):
                 return
+    if plan.changes:
+        report()  # Installed goes out now, not after the sweep below
     if plan.changes or ctx.tidy_needed:
         # Only after a change or a start: an idle cycle costs no engine call, no write.
         swept = remove_orphans(ctx, plan.desired_ids) if ctx.desired.complete else True
@@ -69,6 +78,8 @@ def reconcile(ctx: Context, report: Callable[[], None]) -> None:
     ):
         ctx.applied_revision = revision
         ctx.parts.store.write_json(AGENT_RECORD, {AGENT_REVISION_KEY: revision})
+    if not plan.changes and not ctx.tidy_needed and ctx.book.generation == generation:
+        ctx.idle_plan = (ctx.desired, generation)
 
 
 def _reconcile_one(

@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from margo_lite import backends, config, desired, logs, pools, schedule, wos
+from margo_lite import backends, config, desired, logs, pools, schedule, wfmclient, wos
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
@@ -39,7 +39,7 @@ class Parts:
     source: DesiredSource
     packages: PackageStore
     outbox: Outbox
-    client: wos.WosClient
+    client: wos.WosClient | wfmclient.WfmClient
     backend_factory: Callable[[], backends.Backend]
 
     @classmethod
@@ -54,7 +54,7 @@ class Parts:
             source=GitSource(cfg.git, state_dir, proxies=proxies),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies),
+            client=wfmclient.make_client(cfg, proxies),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
@@ -122,6 +122,9 @@ class Context:
     applied_revision: str | None = None  # the revision applied in full (`AGENT_RECORD`)
     refused: tuple[str, str] | None = None  # a revision refused as stalled, and why
     tidy_needed: bool = True  # sweep orphans and prune the cache at the next reconcile
+    #: (desired, records generation) of the last plan that had nothing to do: until either
+    #: moves, a reconcile has nothing to do either (`act.reconcile` skips planning)
+    idle_plan: tuple[object, int] | None = None
     _backend: backends.Backend | None = field(default=None, init=False, repr=False)
 
     @property

@@ -201,6 +201,58 @@ class GitTransientError(SourceError, TransientError):
     }
 
 
+# --- desired state source (the WFM's State Manifest, Margo 1.0) -----------------------------
+
+
+class WfmError(SourceError, StalledError):
+    """The WFM's desired state cannot be accepted; nothing of that manifest is applied and
+    what runs keeps running. Polls go on at `poll.max_backoff`."""
+
+    code = "WFM_ERROR"
+    codes = {
+        "WFM_ERROR": "fix what the message names",
+        "WFM_MANIFEST_INVALID": "the WFM served something that is not a State Manifest (or a "
+        "digest of another algorithm than sha256): check the WFM",
+        "WFM_DIGEST_MISMATCH": "the WFM served a document or bundle whose sha256 is not the "
+        "manifest's: check the WFM and what sits between",
+        "WFM_BUNDLE_INVALID": "the bundle is not a tar+gzip of exactly the manifest's "
+        "documents: check the WFM",
+        "WFM_ROLLBACK_REFUSED": "the WFM went back to an older manifestVersion: publish a newer "
+        "one (a replay or rollback is never applied)",
+        "WFM_URL_REFUSED": "the manifest named an absolute url or one outside /api/v1/: check "
+        "the WFM",
+        "WFM_TOO_LARGE": "make the deployments smaller (or raise the limit the message names)",
+        "WFM_NOT_FOUND": "fix `wos.url`: no desired-state API there (HTTP 404)",
+        "WFM_NOT_ACCEPTABLE": "the WFM does not serve the v1 manifest (HTTP 406): check "
+        "`wos.api` and the WFM's version",
+        "WFM_REDIRECTED": "set `wos.url` to where the WFM redirects",
+        "WFM_TLS_FAILED": "fix `wos.ca_file` or the WFM's certificate",
+        "WFM_STORE_FAILED": "free disk space or fix the permissions of the state folder",
+        "WFM_REFUSED": "check the WFM: it answered an HTTP status the API does not name (the "
+        "message says which)",
+    }
+
+
+class WfmTransientError(SourceError, TransientError):
+    """Worth retrying with backoff: the next poll tries again."""
+
+    code = "WFM_UNREACHABLE"
+    codes = {
+        "WFM_UNREACHABLE": "check the network and the WFM (refused, DNS, reset)",
+        "WFM_TIMEOUT": "check the network and the WFM; `wos.timeout`",
+        "WFM_SERVER_ERROR": "check the WFM (5xx, 429)",
+        "WFM_PROTOCOL_ERROR": "check the WFM or a proxy between (a cut answer, a 304 to an "
+        "unconditional request)",
+        "WFM_DOCUMENT_MISSING": "none: a newer manifest came while fetching; the next poll "
+        "reads it",
+        "WFM_CACHE_CORRUPT": "none: the cached document is fetched again",
+        "WFM_NOT_HELD": "none: the manifest is fetched again at the next poll",
+        "WFM_FORBIDDEN": "the WFM refused this device's identity (HTTP 401/403): check its "
+        "client certificate (a rotated one is read without a restart) and the WFM's records",
+        **ProxyError.codes,
+    }
+
+
 # --- desired state documents ----------------------------------------------------------------
 
 
@@ -227,6 +279,8 @@ class DesiredStateError(StalledError):
         "MISSING_PACKAGE": "commit the package (or key) the location names",
         "COMPOSE_INVALID": "make the parameter value plain JSON (no dates, string keys)",
         "DEPENDENCY_CYCLE": "break the cycle in `dependsOn`",
+        "WRONG_DEVICE": "the document's `metadata.deviceId` names another device: fix it, or "
+        "move the document to that device's desired state",
     }
 
     def __init__(
@@ -317,14 +371,17 @@ class OciError(PackageError):
 
     code = "OCI_MANIFEST_INVALID"
     codes = {
-        "OCI_MANIFEST_INVALID": "push a manifest or artifact margo-lite reads (no hostile "
-        "file names)",
-        "OCI_REFERENCE_INVALID": "fix the oci:// packageLocation",
-        "OCI_NOT_FOUND": "push the repository, tag or blob the location names",
-        "OCI_DIGEST_MISMATCH": "push the artifact again: its bytes are not what their digest says",
-        "OCI_DIGEST_UNSUPPORTED": "use sha256 digests",
-        "OCI_AUTH_FAILED": "fix the registry credentials, or the registry's access rules",
-        "OCI_REFUSED": "check the registry: it refused the request (4xx)",
+        "OCI_REFERENCE_INVALID": "fix the component's oci:// repository or its revision",
+        "OCI_NOT_FOUND": "push the artifact, or fix the repository or revision",
+        "OCI_DIGEST_MISMATCH": "the registry served bytes other than their digest says: "
+        "check the registry and what sits between",
+        "OCI_DIGEST_UNSUPPORTED": "publish the artifact with sha256 digests",
+        "OCI_AUTH_FAILED": "fix the credentials in the oci:// location or the registry's "
+        "access rules",
+        "OCI_MANIFEST_INVALID": "publish a Compose OCI artifact, or one tar+gzip layer, with "
+        "plain file names",
+        "OCI_REFUSED": "check the registry: it refused the request (the message names the "
+        "HTTP status)",
     }
 
 
@@ -332,7 +389,7 @@ class OciTransientError(PackageTransientError):
     """The registry or its token service cannot be reached or fails (5xx); retried later."""
 
     code = "OCI_UNREACHABLE"
-    codes = {"OCI_UNREACHABLE": "check the network and the registry (5xx, no answer)"}
+    codes = {"OCI_UNREACHABLE": "check the network and the registry; retried"}
 
 
 # --- container engines and compose drivers --------------------------------------------------
@@ -435,6 +492,11 @@ class WosTransientError(WosError):
         "WOS_UNAUTHORIZED": "none if it passes: a new token is fetched once; else the credentials",
         "WOS_AUTH_FAILED": "fix the `wos.*` client credentials",
         "WOS_TLS_FAILED": "fix `wos.ca_file` or the WOS's certificate",
+        "WFM_RETRY_LATER": "none: the WFM asked (problem+json `retryable`) to send it again later",
+        "WFM_BAD_RESPONSE": "check the WFM: its answer is not what the API says",
+        "WFM_SERVER_ERROR": "check the WFM (5xx, 408, 429)",
+        "WFM_FORBIDDEN": "the WFM refused this device's identity (HTTP 401/403): check its "
+        "client certificate and the WFM's records; reports wait meanwhile",
         **ProxyError.codes,
     }
 
@@ -444,7 +506,11 @@ class WosRejectedError(WosError):
     that deployment's report waits, and is dropped after three rejections."""
 
     code = "WOS_REJECTED"
-    codes = {"WOS_REJECTED": "check the WOS's log: it refuses the report (see `body`)"}
+    codes = {
+        "WOS_REJECTED": "check the WOS's log: it refuses the report (see `body`)",
+        "WFM_REJECTED": "check the WFM's log: it refuses the report (problem+json logged)",
+        "WFM_REPORT_INVALID": "a bug: the report does not fit the v1 schema; report it",
+    }
 
 
 class OnboardingError(StalledError):

@@ -83,6 +83,7 @@ def load(ctx: Context, revision: str) -> None:
     for failure in state.failures:
         log.error("desired state: %s", failure.error)
     ctx.snapshot, ctx.desired = snapshot, state
+    ctx.book.revision = snapshot.revision  # what the reports from now on are about
     ctx.tidy_needed = True
 
 

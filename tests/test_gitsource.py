@@ -112,6 +112,48 @@ def test_idle_poll_is_one_small_request_and_writes_nothing(make_source, upstream
     assert disk_state(tmp_path / "state") == before
 
 
+def test_a_new_process_polls_with_one_request_and_the_cache_is_written_once(
+    make_source, upstream, server, tmp_path
+):
+    make_source().poll()  # the first process ever asks for the capabilities
+    noted = tmp_path / "state" / "git" / gitsource.PROTOCOL_FILE
+    assert noted.exists()
+    before = disk_state(tmp_path / "state")
+    for _ in range(2):  # later processes (a timer's `margo-lite once`)
+        server.reset_counters()
+        assert make_source().poll() == gitsource.PollResult(upstream.tip(), changed=False)
+        assert server.requests == 1, server.log
+    assert disk_state(tmp_path / "state") == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{not json", b"[]", b'{"url": 1}', b'{"url": "x", "capabilities": {}}', b"\xff" * 99],
+)
+def test_a_damaged_or_foreign_capability_cache_is_asked_again(
+    make_source, upstream, server, tmp_path, content
+):
+    make_source().poll()
+    noted = tmp_path / "state" / "git" / gitsource.PROTOCOL_FILE
+    noted.write_bytes(content)
+    server.reset_counters()
+    assert make_source().poll() == gitsource.PollResult(upstream.tip(), changed=False)
+    assert server.requests == 2  # the capabilities again, then ls-refs
+    assert b"ls-refs" in noted.read_bytes()
+
+
+def test_capabilities_the_server_lost_are_asked_again_within_the_poll(
+    make_source, upstream, server, tmp_path
+):
+    make_source().poll()
+    server.protocol_v2 = False  # the server now speaks only v0: a v2 request is refused
+    try:
+        source = make_source()
+        assert source.poll() == gitsource.PollResult(upstream.tip(), changed=False)
+    finally:
+        server.protocol_v2 = True
+
+
 @pytest.mark.parametrize("protocol", ["v0"], indirect=True)
 def test_a_server_speaking_only_protocol_v0_costs_one_request_per_idle_poll(
     make_source, upstream, server, tmp_path

@@ -95,6 +95,11 @@ class Engine:
                 found.append(container)
         return found
 
+    def glance(self, labels: Mapping[str, str]) -> list[Container]:
+        """Like `containers`, for polling while a start settles: the engine may save a
+        command here; `restart_count` may then read 0 and `started_at` be coarser."""
+        return self.containers(labels)
+
     def container(self, ref: str) -> Container | None:
         """One container by id or name; None when there is none."""
         found = self._inspect("container", [ref])
@@ -245,6 +250,40 @@ class Podman(Engine):
         except EngineError as exc:
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
+
+    def glance(self, labels: Mapping[str, str]) -> list[Container]:
+        # One `ps --format json` names state, exit code, labels and health (in Status),
+        # where `ps -q` + `inspect` take two commands; it has no restart count.
+        argv = ["ps", "-a", "--no-trunc", "--format", "json"]
+        for key, value in labels.items():
+            argv += ["--filter", f"label={key}={value}"]
+        try:
+            items = json.loads(self.run(argv).stdout or "[]")
+        except ValueError:
+            return self.containers(labels)
+        found = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict) or not isinstance(item.get("Labels") or {}, dict):
+                continue
+            item_labels = item.get("Labels") or {}
+            if not all(item_labels.get(k) == v for k, v in labels.items()):
+                continue
+            names = item.get("Names") or [""]
+            health = re.search(r"\((starting|healthy|unhealthy)\)", str(item.get("Status", "")))
+            found.append(
+                Container(
+                    id=str(item.get("Id", "")),
+                    name=str(names[0] if isinstance(names, list) and names else names),
+                    labels=item_labels,
+                    status=str(item.get("State", "")).lower(),
+                    exit_code=int(item.get("ExitCode") or 0),
+                    health=health.group(1) if health else "",
+                    restart_count=0,
+                    started_at=str(item.get("StartedAt", "")),
+                    raw=item,
+                )
+            )
+        return found
 
     def reap_orphans(self, project: str) -> int:
         # podman 4.3 hazard: when `podman run -d -p` is killed mid-way (an agent crash, a

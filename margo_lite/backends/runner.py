@@ -64,8 +64,7 @@ def classify(stderr: str) -> str:
 def engine_error(
     what: str, argv: Sequence[str], returncode: int | None, stderr: str, code: str | None = None
 ) -> EngineError:
-    """An EngineFailedError (EngineTransientError when the engine is unreachable) with the
-    engine's message."""
+    """An EngineError (transient when the engine is unreachable) with the engine's message."""
     tail = logs.redact(stderr.strip()[-STDERR_TAIL:])
     code = code or classify(tail)
     last = tail.splitlines()[-1] if tail else f"exit status {returncode}"
@@ -75,11 +74,9 @@ def engine_error(
     )
 
 
-def reworded(
-    cause: EngineError, message: str, code: str, cls: type[EngineError] = EngineFailedError
-) -> EngineError:
-    """The engine's failure told in the caller's words, keeping the command and its output;
-    `cls` keeps a family other than EngineFailedError's (transient)."""
+def reworded(cause: EngineError, message: str, code: str) -> EngineError:
+    """The engine's failure told in the caller's words, keeping the command and its output."""
+    cls = EngineTransientError if isinstance(cause, EngineTransientError) else EngineFailedError
     return cls(
         message, code=code, argv=cause.argv, returncode=cause.returncode, stderr=cause.stderr
     )
