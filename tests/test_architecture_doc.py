@@ -33,7 +33,8 @@ def config_keys() -> set[str]:
     keys = set()
     for section in dataclasses.fields(config.Config):
         kind = section.type if isinstance(section.type, type) else None
-        kind = kind or getattr(config, str(section.type).split(".")[-1], None)
+        name = str(section.type).split(" | ")[0].split(".")[-1]  # "GitConfig | None": GitConfig
+        kind = kind or getattr(config, name, None)
         if dataclasses.is_dataclass(kind):
             keys |= {f"{section.name}.{f.name}" for f in dataclasses.fields(kind)}
     return keys

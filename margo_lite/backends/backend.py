@@ -271,7 +271,7 @@ class Backend:
                     full = self._containers(deployment_id, component)
                     problem, waiting = self._readiness(doc, full)
                     if problem:
-                        raise EngineError(problem, code="HEALTHCHECK_FAILED")
+                        raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
                     if not waiting:
                         return
                     settled = None
