@@ -627,7 +627,7 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
                 assert len(parts.outbox) == queued, "a no-change reconcile queued a report"
                 ticks, whole = [], []
                 for _ in range(counts.reconciles):  # the daemon's tick: poll due, nothing new
-                    agent.timers.next_observe = time.monotonic() + 3600  # heal not due
+                    agent.ctx.timers.next_heal = time.monotonic() + 3600  # heal not due
                     source.cpu = 0.0
                     cpu = time.thread_time()
                     agent.tick(poll_now=True)

@@ -9,7 +9,6 @@ import dataclasses
 import importlib
 import pkgutil
 import re
-import typing
 from pathlib import Path
 
 import margo_lite
@@ -32,11 +31,12 @@ def modules() -> dict[str, object]:
 
 def config_keys() -> set[str]:
     keys = set()
-    for name, hint in typing.get_type_hints(config.Config).items():
-        for kind in (hint, *typing.get_args(hint)):  # a section may be optional
-            if not dataclasses.is_dataclass(kind):
-                continue
-            keys |= {f"{name}.{f.name}" for f in dataclasses.fields(kind)}
+    for section in dataclasses.fields(config.Config):
+        kind = section.type if isinstance(section.type, type) else None
+        name = str(section.type).split(" | ")[0].split(".")[-1]  # "GitConfig | None": GitConfig
+        kind = kind or getattr(config, name, None)
+        if dataclasses.is_dataclass(kind):
+            keys |= {f"{section.name}.{f.name}" for f in dataclasses.fields(kind)}
     return keys
 
 

@@ -85,7 +85,7 @@ class HttpRemote:
     def tip(self, branch: str) -> str | None:
         try:
             found = self._tip(branch)
-        except GitError as exc:
+        except (GitError, GitTransientError) as exc:
             if not self._unconfirmed or exc.code not in _STALE_CAPABILITIES:
                 raise
             log.info("%s answers differently than before (%s); asking again", self._shown, exc)
