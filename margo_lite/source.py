@@ -1,0 +1,50 @@
+"""The desired-state source: where the agent reads what should run on the device.
+
+A source hands out revisions (a Git commit id, a WFM manifest version such as
+"manifest-17") and the files of a revision it holds. The agent depends only on this
+protocol: `poll()` asks the remote side for its current revision and fetches it when it
+changed; `held_revision()` and `snapshot()` read what is held locally, without the network,
+so a device that restarts offline applies what it held. Every failure of a source is a
+`SourceError` (`GitError` for Git), which the agent catches to keep the last desired state
+in force. `gitsource.GitSource` is the Git implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The desired-state files of one revision."""
+
+    revision: str  # a Git commit id, or a source's own version name
+    files: Mapping[str, bytes]  # every regular file of the desired state; posix relative path
+
+
+@dataclass(frozen=True)
+class PollResult:
+    revision: str  # the remote side's current revision, now held locally
+    changed: bool  # differs from the revision held before this poll
+
+
+class DesiredSource(Protocol):
+    """What the agent asks of a desired-state source; every failure is a `SourceError`."""
+
+    def poll(self) -> PollResult:
+        """Ask the remote side for its revision; fetch and hold it when it changed."""
+        ...
+
+    def held_revision(self) -> str | None:
+        """The revision held locally (no network), or None before the first fetch."""
+        ...
+
+    def snapshot(self, revision: str) -> Snapshot:
+        """The files of a held revision (no network)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the source may be polled again afterwards."""
+        ...
