@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from margo_lite import agent as agent_module
 from margo_lite.errors import EngineError, GitError, GitTransientError, StateCorruptError
 from tests.support.rig import APP
 from tests.support.twindevice import WEB, Device, app, settings, two_components
@@ -355,3 +356,12 @@ def test_a_stop_request_ends_the_pass_between_components(device):
     device.backend.apply = original
     assert device.started().once().converged
     assert sorted(device.backend.running) == [("stack-1", "db"), ("stack-1", "web")]
+
+
+def test_an_agent_built_from_the_configuration_alone_keeps_its_state_in_the_state_dir(tmp_path):
+    """Without twins the agent builds its real parts; building them touches no network."""
+    cfg = settings(tmp_path)
+    built = agent_module.Agent(cfg)
+    assert Path(built.parts.store.root) == Path(cfg.state_dir)
+    assert Path(built.parts.runtime.root) == Path(cfg.device.runtime_dir)
+    built.stop()

@@ -16,6 +16,7 @@ from margo_lite.errors import (
     EngineError,
     EngineTransientError,
     PolicyError,
+    StateCorruptError,
     StateError,
 )
 from tests.support.twindevice import Device, app, settings
@@ -188,3 +189,54 @@ def test_each_family_of_error_from_the_engine_is_reported_with_its_code(device, 
     assert (last["state"], last["error"]["code"]) == ("Failed", code)
     assert device.record("web-1")["error"]["code"] == code
     assert device.sender.last("web-2")["state"] == "Installed"
+
+
+GOOD_RECORD = {
+    "id": "web-1",
+    "state": "Installed",
+    "error": None,
+    "components": [
+        {"name": "web", "state": "Installed", "digest": "d", "target": "d", "error": None}
+    ],
+    "digest": "d",
+    "depends_on": [],
+    "last_change": None,
+}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: ["not", "an", "object"],
+        lambda r: {**r, "state": "Sleeping"},
+        lambda r: {**r, "id": 7},
+        lambda r: {**r, "components": "web"},
+        lambda r: {**r, "components": ["web"]},
+        lambda r: {**r, "components": [{**r["components"][0], "data": {"package": 1}}]},
+        lambda r: {**r, "depends_on": "base-1"},
+        lambda r: {**r, "error": "broken"},
+    ],
+    ids=[
+        "not-an-object",
+        "unknown-state",
+        "id-not-a-string",
+        "components-not-a-list",
+        "component-not-an-object",
+        "data-not-strings",
+        "depends-on-not-a-list",
+        "error-not-code-and-message",
+    ],
+)
+def test_a_record_of_the_wrong_shape_stops_the_agent_and_removes_nothing(device, damage):
+    """A record that reads but makes no sense is as corrupt as one that does not read:
+    never "no deployment", which would remove what runs."""
+    device.source.commit(app("web-1"))
+    device.started().once()
+    device.store.write_json("deployments/web-1.json", GOOD_RECORD)
+    assert device.started().records["web-1"].state.value == "Installed"  # the shape reads
+    device.store.write_json("deployments/web-1.json", damage(GOOD_RECORD))
+
+    with pytest.raises(StateCorruptError):
+        device.agent().start()
+    assert device.backend.calls_of("remove") == []
+    assert ("web-1", "web") in device.backend.running

@@ -10,7 +10,7 @@ twins add speed and reach, not trust. The package store, the outbox and the poli
 - `MemoryStateStore`: a `StateStore` whose records live in a dict; `crash_on` stops the
   process (a `Crash`) just before or just after a chosen write.
 - `RecordingBackend`: an engine in memory; outcomes scripted per call; a call log.
-- `ScriptedSource`: the desired-state repository as a list of revisions; poll errors on demand.
+- `ScriptedSource`: a `source.DesiredSource` made of a list of revisions; poll errors on demand.
 - `RecordingSender`: the WOS as the outbox and the agent call it; records what it receives;
   can be down or reject one deployment's reports.
 - `Clock`: monotonic and wall time that move only when the test says.
@@ -36,12 +36,8 @@ from margo_lite.errors import (
     WosRejectedError,
     WosTransientError,
 )
+from margo_lite.source import PollResult, Snapshot
 from margo_lite.statestore import StateStore
-
-try:  # the desired-state source's values, wherever the source protocol keeps them
-    from margo_lite.source import PollResult, Snapshot  # type: ignore[import-not-found]
-except ImportError:  # before the source protocol moved out of gitsource
-    from margo_lite.gitsource import PollResult, Snapshot
 
 
 class Crash(BaseException):
@@ -267,8 +263,6 @@ class RecordingBackend:
             return ComponentHealth({"web": ServiceHealth("missing")})
         state = ServiceHealth("exited", 137) if key in self.stopped else ServiceHealth("running")
         return ComponentHealth({service: state for service in unit.document["services"]})
-
-    observe = health  # the name before the agent's split
 
     def managed(self) -> set[tuple[str, str]]:
         self._call("managed", "", "", None)
