@@ -42,11 +42,11 @@ import yaml  # noqa: E402
 from bench import gitsource as gitbench  # noqa: E402
 from bench import plan as planbench  # noqa: E402
 from margo_lite import backends, config, desired, gitsource, logs, planner  # noqa: E402
-from margo_lite.agent import Agent, Parts, load_records  # noqa: E402
+from margo_lite.agent import Agent, Parts  # noqa: E402
 from margo_lite.backends import builtin, project  # noqa: E402
 from margo_lite.devkit import wossim  # noqa: E402
+from margo_lite.records import DEPLOYMENTS, POLL_RECORD, load  # noqa: E402
 from margo_lite.statestore import StateStore  # noqa: E402
-from margo_lite.statusview import DEPLOYMENTS, POLL_RECORD  # noqa: E402
 from tests.support import engines  # noqa: E402
 from tests.support.gitserver import GitServer, Request, Upstream  # noqa: E402
 from tests.support.proxyserver import ForwardProxy  # noqa: E402
@@ -505,7 +505,7 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
     for record in planbench.converge(desired.parse_files(files)).values():
         assert record.state is planner.State.INSTALLED
         store.write_json(f"{DEPLOYMENTS}/{record.id}.json", record.to_json())
-    stored = fleet_containers(env, list(load_records(store).values()), DEVICE)
+    stored = fleet_containers(env, list(load(store).values()), DEVICE)
     run = volatile_dir("margo-bench-run-")
     try:
         with wossim.WosSimulator() as sim, GitServer(tmp / "srv") as server:

@@ -69,10 +69,17 @@ class StateCorruptError(StateError):
     code = "STATE_CORRUPT"
 
 
-# --- desired state source (Git) -------------------------------------------------------------
+# --- desired state source (Git, or another `source.DesiredSource`) ----------------------------
 
 
-class GitError(MargoLiteError):
+class SourceError(MargoLiteError):
+    """The desired-state source failed; the agent keeps the last desired state in force.
+    Each source raises its own subclass (`GitError`)."""
+
+    code = "SOURCE_ERROR"
+
+
+class GitError(SourceError):
     """The repository cannot be used as configured; a human (or the WOS) has to act.
 
     Codes: GIT_AUTH_FAILED (HTTP 401/403), GIT_NOT_FOUND (404, no repository),
@@ -97,12 +104,6 @@ class GitTransientError(GitError, TransientError):
 
 
 # --- desired state source (the WFM's State Manifest, Margo 1.0) -----------------------------
-
-
-class SourceError(MargoLiteError):
-    """A desired-state source cannot give a new snapshot; what runs keeps running."""
-
-    code = "SOURCE_ERROR"
 
 
 class WfmError(SourceError):

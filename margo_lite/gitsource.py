@@ -18,8 +18,6 @@ import base64
 import re
 import types
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from dulwich.object_store import BaseObjectStore
@@ -31,9 +29,11 @@ from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError
 from margo_lite.git.localrepo import LocalRemote
 from margo_lite.git.objects import typed
+from margo_lite.git.remote import Remote
 from margo_lite.git.signature import verify_commit_signature
 from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
 from margo_lite.git.store import CORRUPT, Store, read_files
+from margo_lite.source import PollResult, Snapshot
 
 log = logs.get(__name__)
 
@@ -41,22 +41,9 @@ MAX_TOKEN_BYTES = 16 << 10
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """The desired-state files of one commit."""
-
-    commit: str  # hex sha of the commit
-    files: Mapping[str, bytes]  # every regular file below git.path; posix path relative to it
-
-
-@dataclass(frozen=True)
-class PollResult:
-    commit: str  # remote tip (hex)
-    changed: bool  # differs from the commit held locally before this poll
-
-
 class GitSource:
-    """The configured branch of the desired-state repository, held in `state_dir/git`."""
+    """The configured branch of the desired-state repository, held in `state_dir/git`; a
+    `source.DesiredSource` whose revisions are commit ids."""
 
     def __init__(
         self, cfg: GitConfig, state_dir: Path, *, proxies: proxy.Settings = proxy.DIRECT
@@ -65,12 +52,11 @@ class GitSource:
         self._branch = _check_branch(cfg.branch)
         self._path = _check_path(cfg.path)
         self._store = Store(Path(state_dir) / "git")
-        self._remote: HttpRemote | LocalRemote = _remote_for(cfg, proxies)
+        self._remote: Remote = _remote_for(cfg, proxies)
 
     def poll(self) -> PollResult:
         """Ask for the branch tip (one request); fetch it (one more) only when it changed."""
-        if isinstance(self._remote, HttpRemote):
-            self._remote.authorize(_auth_header(self._cfg))
+        self._remote.authorize(_auth_header(self._cfg))
         try:
             tip = self._remote.tip(self._branch)
             if tip is None:
@@ -79,7 +65,7 @@ class GitSource:
                     f"{logs.sanitize_url(self._cfg.url)}; keeping the last desired state",
                     code="GIT_BRANCH_MISSING",
                 )
-            held = self.held_commit()
+            held = self.held_revision()
             if tip == held:
                 return PollResult(tip, changed=False)
             log.info("branch %s moved to %s; fetching", self._branch, tip)
@@ -88,9 +74,13 @@ class GitSource:
         finally:
             self._remote.close()
 
-    def held_commit(self) -> str | None:
+    def held_revision(self) -> str | None:
         """The tip held locally (no network), or None before the first fetch."""
         return self._store.tip()
+
+    def close(self) -> None:
+        """Each poll closes its connections when it ends: nothing is left open here."""
+        self._remote.close()
 
     def snapshot(self, commit: str) -> Snapshot:
         """Every regular file below `git.path` at `commit`, from the local repository (no
@@ -133,7 +123,7 @@ def _check_path(path: str) -> tuple[bytes, ...]:
     return tuple(p.encode() for p in parts)
 
 
-def _remote_for(cfg: GitConfig, proxies: proxy.Settings) -> HttpRemote | LocalRemote:
+def _remote_for(cfg: GitConfig, proxies: proxy.Settings) -> Remote:
     url = cfg.url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):

@@ -1,10 +1,11 @@
-"""From desired state and recorded state to an ordered plan, states and status events.
+"""From desired state and recorded state to an ordered plan and the records' states.
 
-Pure: `plan()` compares component digests with the records the agent keeps and returns the
-steps to take, in order. The record helpers (`planned_record`, `started`, `succeeded`,
-`failed`) are the state machine: each returns a new record whose overall state is rolled
-up from its components per the contract, and `status_event()` says whether the WOS must
-hear about a change. The agent's loop, for each `DeploymentPlan` in order:
+Pure: `plan()` compares component digests with the records the agent keeps (the types are
+in `records`) and returns the steps to take, in order. The record helpers
+(`planned_record`, `started`, `succeeded`, `failed`) are the state machine: each returns a
+new record whose overall state is rolled up from its components per the contract
+(`records.status_event()` says whether the WOS must hear about a change). The agent's
+loop, for each `DeploymentPlan` in order:
 
     blockers = p.blocked_by(dp, records)
     record = planned_record(dp, records.get(dp.id), blockers=blockers)  # save; report
@@ -12,8 +13,8 @@ hear about a change. The agent's loop, for each `DeploymentPlan` in order:
         record = started(record, step)           # save; report
         ... run the step ...
         record = succeeded(record, step, facts)  # or failed(record, step, reason); stop
-    # each save: report `status_event(old, new)` when not None; a Removed record is
-    # reported, then deleted
+    # each save (`records.RecordBook.save`): report `status_event(old, new)` when not
+    # None; a Removed record is reported, then deleted
 
 A component is kept only when its record is Installed at the digest desired now, so
 nothing unchanged is touched and anything Failed is tried again (`Step.retry` tells the
@@ -23,26 +24,16 @@ agent it is the same spec that failed, so it can back off).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 from margo_lite import deporder
 from margo_lite.desired import COMPOSE, Component, Deployment, DesiredState
-from margo_lite.errors import MargoLiteError, StateCorruptError
+from margo_lite.records import ComponentRecord, DeploymentRecord, Reason, State
 
 SUPPORTED_PROFILES = (COMPOSE,)
-_EMPTY: Mapping[str, str] = MappingProxyType({})
-
-
-class State(StrEnum):
-    PENDING = "Pending"
-    INSTALLING = "Installing"
-    INSTALLED = "Installed"
-    FAILED = "Failed"
-    REMOVING = "Removing"
-    REMOVED = "Removed"
 
 
 class Action(StrEnum):
@@ -50,149 +41,6 @@ class Action(StrEnum):
     UPDATE = "update"
     REMOVE = "remove"
     KEEP = "keep"
-
-
-@dataclass(frozen=True)
-class Reason:
-    """The code and message of a Failed state, or the reason of a Pending one."""
-
-    code: str
-    message: str
-
-    @classmethod
-    def of(cls, error: MargoLiteError) -> Reason:
-        return cls(error.code, error.message)
-
-
-# --- records -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ComponentRecord:
-    """What the agent knows about one component on the device."""
-
-    name: str
-    state: State
-    digest: str | None = None  # the spec installed and running; None: nothing installed
-    target: str | None = None  # the spec it is meant to run; None: it is to be removed
-    error: Reason | None = None  # Failed: the error; Pending: the reason
-    data: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # backend facts
-
-    def __hash__(self) -> int:  # `data` is not hashable
-        return hash((self.name, self.state, self.digest, self.target, self.error))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state.value,
-            "digest": self.digest,
-            "target": self.target,
-            "error": _reason_json(self.error),
-            "data": dict(self.data),
-        }
-
-    @classmethod
-    def from_json(cls, value: Any) -> ComponentRecord:
-        if not isinstance(value, dict):
-            raise _corrupt("a component is not an object")
-        data = value.get("data") or {}
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-        ):
-            raise _corrupt("component data is not a mapping of strings")
-        return cls(
-            name=_str(value, "name"),
-            state=_state(value.get("state")),
-            digest=_opt_str(value, "digest"),
-            target=_opt_str(value, "target"),
-            error=_reason_from(value.get("error")),
-            data=MappingProxyType(dict(data)),
-        )
-
-
-@dataclass(frozen=True)
-class DeploymentRecord:
-    """A deployment as last recorded; what `margo-lite status` shows and reports derive from."""
-
-    id: str
-    state: State
-    components: tuple[ComponentRecord, ...] = ()
-    error: Reason | None = None
-    digest: str | None = None  # the desired deployment digest this record follows
-    depends_on: tuple[str, ...] = ()
-    last_change: str | None = None  # set by the agent; not part of the state
-
-    def component(self, name: str) -> ComponentRecord | None:
-        return next((c for c in self.components if c.name == name), None)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state.value,
-            "error": _reason_json(self.error),
-            "components": [c.to_json() for c in self.components],
-            "digest": self.digest,
-            "depends_on": list(self.depends_on),
-            "last_change": self.last_change,
-        }
-
-    @classmethod
-    def from_json(cls, value: Any) -> DeploymentRecord:
-        """The record, or `StateCorruptError`: a bad record must never read as "nothing"."""
-        if not isinstance(value, dict):
-            raise _corrupt("a deployment record is not an object")
-        components = value.get("components")
-        depends_on = value.get("depends_on") or []
-        if not isinstance(components, list):
-            raise _corrupt("components is not a list")
-        if not isinstance(depends_on, list) or not all(isinstance(d, str) for d in depends_on):
-            raise _corrupt("depends_on is not a list of ids")
-        return cls(
-            id=_str(value, "id"),
-            state=_state(value.get("state")),
-            components=tuple(ComponentRecord.from_json(c) for c in components),
-            error=_reason_from(value.get("error")),
-            digest=_opt_str(value, "digest"),
-            depends_on=tuple(depends_on),
-            last_change=_opt_str(value, "last_change"),
-        )
-
-
-def _reason_json(reason: Reason | None) -> dict[str, str] | None:
-    return None if reason is None else {"code": reason.code, "message": reason.message}
-
-
-def _reason_from(value: Any) -> Reason | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, dict)
-        or not isinstance(value.get("code"), str)
-        or not isinstance(value.get("message"), str)
-    ):
-        raise _corrupt("error is not {code, message}")
-    return Reason(value["code"], value["message"])
-
-
-def _state(value: Any) -> State:
-    try:
-        return State(value)
-    except ValueError:
-        raise _corrupt(f"unknown state {value!r}") from None
-
-
-def _str(value: dict, key: str) -> str:
-    if not isinstance(value.get(key), str):
-        raise _corrupt(f"{key} is not a string")
-    return value[key]
-
-
-def _opt_str(value: dict, key: str) -> str | None:
-    return None if value.get(key) is None else _str(value, key)
-
-
-def _corrupt(message: str) -> StateCorruptError:
-    return StateCorruptError(f"deployment record: {message}")
 
 
 # --- rollup --------------------------------------------------------------------------------
@@ -526,48 +374,3 @@ def _set(
     if not found:
         components.append(replace(ComponentRecord(name, state), **changes))
     return _rolled(record, tuple(components), removal=step.removal)
-
-
-# --- status events -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StatusEvent:
-    """One deployment status the WOS must hear (contract §4), as data; wos.py makes the body."""
-
-    deployment_id: str
-    state: State
-    error: Reason | None
-    components: tuple[tuple[str, State], ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "deployment_id": self.deployment_id,
-            "state": self.state.value,
-            "error": _reason_json(self.error),
-            "components": [{"name": n, "state": s.value} for n, s in self.components],
-        }
-
-    @classmethod
-    def of(cls, record: DeploymentRecord) -> StatusEvent:
-        return cls(
-            record.id,
-            record.state,
-            record.error,
-            tuple((c.name, c.state) for c in record.components),
-        )
-
-
-def status_event(old: DeploymentRecord | None, new: DeploymentRecord | None) -> StatusEvent | None:
-    """The event to report for `old` -> `new`, or None when nothing the WOS sees changed."""
-    if new is None:
-        return None
-    event = StatusEvent.of(new)
-    if old is not None and _news(StatusEvent.of(old)) == _news(event):
-        return None
-    return event
-
-
-def _news(event: StatusEvent) -> tuple:
-    """What the WOS sees; the order of the components is not news."""
-    return event.state, event.error, sorted(event.components)

@@ -97,12 +97,9 @@ def _declared_external(
     ):
         definitions = compose.get(section)
         for key, definition in (definitions if isinstance(definitions, Mapping) else {}).items():
-            if not (isinstance(definition, Mapping) and _on(definition.get("external"))):
+            real = _external_name(definition, key)
+            if real is None:
                 continue
-            external = definition.get("external")
-            real = definition.get("name", key)
-            if isinstance(external, Mapping):
-                real = external.get("name", real)
             if section == "networks" and _is_host(real):
                 if not policy.allow_host_network:
                     yield "policy.allow_host_network", f"network {key!r} is the host network"
@@ -148,6 +145,18 @@ def _service_problems(
         if not _path_allowed(source, allowed, realpath):
             yield "policy.allowed_bind_paths", f"{how} of host path {source!r}"
     yield from _external(service, compose, policy)
+
+
+def _external_name(definition: Any, key: str) -> Any:
+    """The engine's name of an external volume or network (`name`, or the older
+    `external.name`, else its key); None when the definition is not external."""
+    if not (isinstance(definition, Mapping) and _on(definition.get("external"))):
+        return None
+    external = definition.get("external")
+    real = definition.get("name", key)
+    if isinstance(external, Mapping):
+        real = external.get("name", real)
+    return real
 
 
 def _on(value: Any) -> bool:
@@ -274,13 +283,9 @@ def _external(
     networks = service.get("networks")
     names = list(networks) if isinstance(networks, Mapping) else _as_list(networks)
     for name in names or ["default"]:
-        definition = definitions.get(name)
-        if not (isinstance(definition, Mapping) and _on(definition.get("external"))):
+        real = _external_name(definitions.get(name), name)
+        if real is None:
             continue
-        external = definition.get("external")
-        real = definition.get("name", name)
-        if isinstance(external, Mapping):
-            real = external.get("name", real)
         if not _is_host(real) and str(real) not in policy.allowed_external_networks:
             yield "policy.allowed_external_networks", f"external network {real!r}"
 

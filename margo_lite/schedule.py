@@ -20,7 +20,6 @@ _DATETIME = r"(\d{4}-\d{2}-\d{2})[t ](\d{2}:\d{2})"
 _DATED = re.compile(rf"^{_DATETIME}\s*(?:-|/|\.\.)\s*{_DATETIME}$")
 
 MINUTES_PER_DAY = 24 * 60
-MINUTES_PER_WEEK = 7 * MINUTES_PER_DAY
 
 
 def parse_duration(value: object) -> float:

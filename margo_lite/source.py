@@ -1,7 +1,12 @@
-"""What the agent asks of a desired-state source, whichever it is (Git or the WFM).
+"""The desired-state source: where the agent reads what should run on the device.
 
-A poll says whether the source moved; a snapshot is every document file of one revision,
-read from what the source holds locally (no network). Errors are `SourceError`s.
+A source hands out revisions (a Git commit id, a WFM manifest version such as "17") and
+the files of a revision it holds. The agent depends only on this protocol: `poll()` asks
+the remote side for its current revision and fetches it when it changed; `held_revision()`
+and `snapshot()` read what is held locally, without the network, so a device that restarts
+offline applies what it held. Every failure of a source is a `SourceError` (`GitError` for
+Git, `WfmError` for the WFM), which the agent catches to keep the last desired state in
+force. `gitsource.GitSource` is the Git implementation, `wfmsource.WfmSource` the WFM's.
 """
 
 from __future__ import annotations
@@ -13,23 +18,33 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The desired-state files of one revision (a commit id, or a manifest version)."""
+    """The desired-state files of one revision."""
 
-    revision: str
-    files: Mapping[str, bytes]
+    revision: str  # a Git commit id, or a source's own version name
+    files: Mapping[str, bytes]  # every regular file of the desired state; posix relative path
 
 
 @dataclass(frozen=True)
 class PollResult:
-    revision: str  # the source's current revision
+    revision: str  # the remote side's current revision, now held locally
     changed: bool  # differs from the revision held before this poll
 
 
 class DesiredSource(Protocol):
-    def poll(self) -> PollResult: ...
+    """What the agent asks of a desired-state source; every failure is a `SourceError`."""
 
-    def held_revision(self) -> str | None: ...
+    def poll(self) -> PollResult:
+        """Ask the remote side for its revision; fetch and hold it when it changed."""
+        ...
 
-    def snapshot(self, revision: str) -> Snapshot: ...
+    def held_revision(self) -> str | None:
+        """The revision held locally (no network), or None before the first fetch."""
+        ...
 
-    def close(self) -> None: ...
+    def snapshot(self, revision: str) -> Snapshot:
+        """The files of a held revision (no network)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the source may be polled again afterwards."""
+        ...

@@ -9,12 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from margo_lite.config import Config
+from margo_lite.outbox import FOLDER as OUTBOX
+from margo_lite.records import AGENT_RECORD, AGENT_REVISION_KEY, DEPLOYMENTS, POLL_RECORD
 from margo_lite.statestore import StateStore
-
-AGENT_RECORD = "agent.json"  # durable, in state_dir: the commit applied
-POLL_RECORD = "poll.json"  # volatile, in runtime_dir: last poll, its result, next poll
-DEPLOYMENTS = "deployments"
-OUTBOX = "outbox"
 
 
 def collect(cfg: Config) -> dict[str, Any]:
@@ -30,7 +27,7 @@ def collect(cfg: Config) -> dict[str, Any]:
         "device": cfg.device.id,
         "state_dir": str(cfg.state_dir),
         "agent": {
-            "commit": agent.get("commit"),
+            "commit": agent.get(AGENT_REVISION_KEY),
             "last_poll": agent.get("last_poll"),
             "last_poll_result": agent.get("last_poll_result"),
             "next_poll": agent.get("next_poll"),

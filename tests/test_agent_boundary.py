@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import agent, config
+from margo_lite import agent, config, desired, planner
 from margo_lite.backends import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.devkit import wossim
 from tests.support.gitserver import Upstream
@@ -46,8 +46,8 @@ class TwinBackend:
     def remove(self, deployment_id: str, component: str) -> None:
         self.running.pop((deployment_id, component), None)
 
-    def observe(self, deployment_id: str, component: str) -> ComponentHealth:
-        self._fault("observe", deployment_id)
+    def health(self, deployment_id: str, component: str) -> ComponentHealth:
+        self._fault("health", deployment_id)
         state = "running" if (deployment_id, component) in self.running else "missing"
         return ComponentHealth({"web": ServiceHealth(state)})
 
@@ -106,6 +106,7 @@ def _device(
     *,
     bad_files: dict[str, str] | None = None,
     overrides: dict[str, dict] | None = None,
+    raise_at: str | None = None,
 ) -> tuple[agent.Agent, TwinBackend]:
     """An agent on the twin engine with two deployments, GOOD and BAD (or `bad_files`)."""
     upstream = Upstream(tmp_path / "repo.git")
@@ -136,7 +137,7 @@ def _device(
     cfg = config.parse_config(data)
     twin = TwinBackend()
     parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
-    return agent.Agent(cfg, parts=parts), twin
+    return agent.Agent(cfg, parts=parts, raise_at=raise_at), twin
 
 
 def _cycle(device: agent.Agent) -> None:
@@ -164,7 +165,7 @@ def test_a_surprise_fails_that_deployment_alone(tmp_path, sim, caplog, point):
     _cycle(device)
     if point == "heal":  # installed first; then observing it raises
         assert _last(sim, BAD)["state"] == "Installed"
-        twin.faults[("observe", BAD)] = KeyError("State")
+        twin.faults[("health", BAD)] = KeyError("State")
         _cycle(device)
 
     bad = _last(sim, BAD)
@@ -194,8 +195,7 @@ def test_a_surprise_fails_that_deployment_alone(tmp_path, sim, caplog, point):
 def test_the_test_hook_raises_only_where_it_is_told(tmp_path, sim):
     """MARGO_LITE_TEST_RAISE_AT, which the running-agent test uses, names one point of one
     deployment; the others are untouched."""
-    device, _ = _device(tmp_path, sim)
-    device._raise_at = f"apply:{BAD}"
+    device, _ = _device(tmp_path, sim, raise_at=f"apply:{BAD}")
     device.start()
     _cycle(device)
     assert _last(sim, BAD)["error"]["code"] == "INTERNAL_ERROR"
@@ -214,7 +214,7 @@ def test_a_surprise_with_the_whole_desired_state_keeps_what_runs(tmp_path, sim, 
     reports = len(sim.statuses())
     upstream = Upstream(tmp_path / "repo.git")
     upstream.commit({f"{GOOD}.yaml": deployment(GOOD, greeting="new", port=18080)})
-    target = (agent.desired, "parse_files") if where == "reading" else (agent.planner, "plan")
+    target = (desired, "parse_files") if where == "reading" else (planner, "plan")
 
     def surprise(*args, **kwargs):
         raise AttributeError("'int' object has no attribute 'lower'")

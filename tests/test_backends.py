@@ -18,7 +18,7 @@ from margo_lite.backends import (
     project,
     project_name,
 )
-from margo_lite.backends.engine import classify, engine_error
+from margo_lite.backends.runner import classify, engine_error
 from margo_lite.errors import ComposeError, EngineTransientError
 
 

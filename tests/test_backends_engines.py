@@ -106,7 +106,7 @@ def test_application_life(
     v1 = write_app(tmp_path / "v1", "${WEB_PORT}")
     backend.apply(unit(v1, dep, "d1", WEB_PORT=str(port)))
     assert wait_for(lambda: http_get(port) == "hello\n", what="the web service")
-    health = backend.observe(dep, "app")
+    health = backend.health(dep, "app")
     assert health.ok, health.problems()
     assert set(health.services) == {"web", "worker"}
     assert (dep, "app") in backend.managed()
@@ -141,7 +141,7 @@ def test_application_life(
     assert failed.value.code == "ROLLED_BACK", failed.value
     assert "exit" in failed.value.message
     assert wait_for(lambda: http_get(port2) == "bonjour\n", what="the restored version")
-    assert backend.observe(dep, "app").ok
+    assert backend.health(dep, "app").ok
     # the restored version counts as applied: applying it again touches nothing
     web_id = web_container(backend, dep).id
     backend.apply(unit(v2, dep, "d3", GREETING="bonjour"))
@@ -165,7 +165,7 @@ def test_application_life(
     assert backend.engine.networks(owned) == []
     assert [v["Name"] for v in backend.engine.volumes(owned)]
     assert (dep, "app") not in backend.managed()
-    assert backend.observe(dep, "app").services == {}
+    assert backend.health(dep, "app").services == {}
     purge = Backend(
         backend.engine, backend.driver, tmp_path / "state", device=DEVICE, purge_volumes=True
     )
@@ -247,7 +247,7 @@ def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Pat
     assert web_container(backend, dep).status in ("created", "configured")
     backend.apply(unit(package, dep, "c1"))
     assert wait_for(lambda: http_get(port) == "busybox\n", what="the finished component")
-    assert backend.observe(dep, "app").ok
+    assert backend.health(dep, "app").ok
 
     # an update whose health check fails is rolled back too
     sick = (

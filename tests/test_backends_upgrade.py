@@ -72,7 +72,7 @@ def test_upgrade_replaces_this_devices_older_objects_only(
         # before the first apply: this device's older component is known, and not healthy
         assert (dep, "app") in backend.managed()
         assert (theirs, "app") not in backend.managed()
-        health = backend.observe(dep, "app")
+        health = backend.health(dep, "app")
         assert not health.ok and "older margo-lite" in "".join(health.problems())
 
         # the next apply replaces it: same port (so the old container is gone), new names
@@ -86,7 +86,7 @@ def test_upgrade_replaces_this_devices_older_objects_only(
         # the older volume is kept (its data is not carried over), and logged
         assert _named(eng.volumes({proj.DEPLOYMENT: dep}), old_name) == {f"{old_name}_data"}
         assert legacy.record(backend.store, "backends", dep, "app")["retired"] is True
-        assert backend.observe(dep, "app").ok
+        assert backend.health(dep, "app").ok
         assert http_get(port, "/starts.txt") == "start\n"  # a fresh volume
 
         # an update after that touches nothing old; a removal with purge_volumes takes the

@@ -87,27 +87,27 @@ def agent(tmp_path):
 
 
 def test_sigterm_stops_cleanly_with_exit_0(agent):
-    agent.wait_log("desired state is at commit")
+    agent.wait_log("desired state is at revision")
     assert agent.stop() == 0
     assert "margo-lite stopped" in agent.text()
 
 
 def test_sigint_stops_cleanly_with_exit_0(agent):
-    agent.wait_log("desired state is at commit")
+    agent.wait_log("desired state is at revision")
     agent.proc.send_signal(signal.SIGINT)
     assert agent.proc.wait(timeout=60) == 0
 
 
 def test_sigusr1_polls_now(agent):
-    agent.wait_log("desired state is at commit")
+    agent.wait_log("desired state is at revision")
     new = agent.upstream.commit({"README.md": README + "changed\n"})
     agent.proc.send_signal(signal.SIGUSR1)  # the interval is an hour: only the signal polls
-    agent.wait_log(f"desired state is at commit {new[:12]}")
+    agent.wait_log(f"desired state is at revision {new[:12]}")
     assert agent.stop() == 0
 
 
 def test_sighup_refuses_a_bad_configuration_and_keeps_running(agent):
-    agent.wait_log("desired state is at commit")
+    agent.wait_log("desired state is at revision")
     data = yaml.safe_load(agent.config.read_text())
     data["poll"]["interval"] = "never"
     agent.config.write_text(yaml.safe_dump(data))
@@ -117,19 +117,19 @@ def test_sighup_refuses_a_bad_configuration_and_keeps_running(agent):
     # it still works: a poll-now still polls
     new = agent.upstream.commit({"README.md": README + "after a bad reload\n"})
     agent.proc.send_signal(signal.SIGUSR1)
-    agent.wait_log(f"desired state is at commit {new[:12]}")
+    agent.wait_log(f"desired state is at revision {new[:12]}")
     assert agent.stop() == 0
 
 
 def test_sighup_applies_a_good_configuration(agent):
-    agent.wait_log("desired state is at commit")
+    agent.wait_log("desired state is at revision")
     wos_url = yaml.safe_load(agent.config.read_text())["wos"]["url"]
     agent.write_config(interval="1s", wos_url=wos_url)
     agent.proc.send_signal(signal.SIGHUP)
     agent.wait_log("configuration reloaded")
     # with a 1 s interval the agent now finds a new commit by itself
     new = agent.upstream.commit({"README.md": README + "found by polling\n"})
-    agent.wait_log(f"desired state is at commit {new[:12]}")
+    agent.wait_log(f"desired state is at revision {new[:12]}")
     assert agent.stop() == 0
 
 
@@ -137,7 +137,7 @@ def test_idle_polls_write_nothing_to_the_state_dir(tmp_path):
     with wossim.WosSimulator() as sim:
         process = Process(tmp_path, sim.url, interval="0.2s")
         try:
-            process.wait_log("desired state is at commit")
+            process.wait_log("desired state is at revision")
             poll_file = tmp_path / "run" / "poll.json"
             wait_for(poll_file.exists, what="the volatile poll status")
 
@@ -174,13 +174,13 @@ def test_a_commit_that_cannot_be_read_does_not_stop_a_restart(tmp_path, cli):
             process.wait_log("is not applied")
             fixed = upstream.commit({"desired": None, "desired/README.md": README})
             process.proc.send_signal(signal.SIGUSR1)
-            process.wait_log(f"desired state is at commit {fixed[:12]}")
+            process.wait_log(f"desired state is at revision {fixed[:12]}")
         finally:
             assert process.stop() == 0
 
 
 def test_a_second_agent_on_the_same_state_dir_is_refused(agent, cli):
-    agent.wait_log("desired state is at commit")
+    agent.wait_log("desired state is at revision")
     result = cli("-c", str(agent.config), "once")
     assert result.returncode == 1
     assert "STATE_BUSY" in result.stderr and "Traceback" not in result.stderr

@@ -20,8 +20,8 @@ import pytest
 
 from margo_lite.devkit import wossim
 from margo_lite.errors import MargoLiteError
+from margo_lite.records import POLL_RECORD
 from margo_lite.statestore import StateStore
-from margo_lite.statusview import POLL_RECORD
 from tests.conftest import run_cli
 from tests.support import engines
 from tests.support.engines import IMAGE, Dockerd, free_port, http_get, run

@@ -2,7 +2,7 @@
 must fsync a file's data before its rename and its folder after (tests/support/fsyncorder.py).
 
 A crash test that SIGKILLs a process cannot see a missing fsync (the page cache survives);
-the order of the calls can. Removing either fsync from `margo_lite/statestore.py` fails both
+the order of the calls can. Removing either fsync from `margo_lite/fileio.py` fails both
 the store test and the agent run.
 """
 

@@ -88,12 +88,12 @@ def state_bytes(folder: Path) -> int:
 def test_first_poll_fetches_and_snapshot_reads_the_folder(make_source, upstream):
     upstream.commit({"apps/sub/b.yml": "b: 1\n", "elsewhere.yaml": "x: 1\n"})
     source = make_source(path="apps")
-    assert source.held_commit() is None
+    assert source.held_revision() is None
     result = source.poll()
     assert result == gitsource.PollResult(upstream.tip(), changed=True)
-    assert source.held_commit() == upstream.tip()
-    snap = source.snapshot(result.commit)
-    assert snap.commit == upstream.tip()
+    assert source.held_revision() == upstream.tip()
+    snap = source.snapshot(result.revision)
+    assert snap.revision == upstream.tip()
     assert dict(snap.files) == {"a.yaml": DEPLOYMENT.format(n=1).encode(), "sub/b.yml": b"b: 1\n"}
 
 
@@ -211,25 +211,25 @@ def test_force_push_and_orphan_history(make_source, upstream):
 @BOTH_PROTOCOLS
 def test_deleted_branch_keeps_the_last_state(make_source, upstream):
     source = make_source()
-    tip = source.poll().commit
+    tip = source.poll().revision
     upstream.delete_branch()
     with pytest.raises(GitError) as err:
         source.poll()
     assert err.value.code == "GIT_BRANCH_MISSING"
     assert not isinstance(err.value, GitTransientError)
-    assert source.held_commit() == tip
+    assert source.held_revision() == tip
     assert "apps/a.yaml" in source.snapshot(tip).files
 
 
 def test_deleted_repository_is_not_found(make_source, upstream):
     source = make_source()
-    tip = source.poll().commit
+    tip = source.poll().revision
     upstream.path.rename(upstream.path.with_name("gone.git"))
     try:
         with pytest.raises(GitError) as err:
             source.poll()
         assert err.value.code == "GIT_NOT_FOUND"
-        assert source.held_commit() == tip
+        assert source.held_revision() == tip
     finally:
         upstream.path.with_name("gone.git").rename(upstream.path)
 
@@ -312,14 +312,14 @@ def test_http_faults_on_poll(make_source, server, fault, code, transient):
 @pytest.mark.parametrize("fault", [Fault.TRUNCATE, Fault.CORRUPT, Fault.STALL])
 def test_broken_fetch_keeps_the_held_commit(make_source, upstream, server, fault):
     source = make_source(timeout=0.5)
-    held = source.poll().commit
+    held = source.poll().revision
     upstream.commit({"big.txt": os.urandom(20000).hex()})
     server.fault, server.fault_skip = fault, 1  # ls-refs passes, the fetch breaks
     with pytest.raises(GitTransientError) as err:
         source.poll()
     assert err.value.code == {Fault.STALL: "GIT_TIMEOUT"}.get(fault, "GIT_PACK_INVALID")
     server.release_stalled()
-    assert source.held_commit() == held
+    assert source.held_revision() == held
     server.fault = None
     assert source.poll().changed
     assert source.snapshot(upstream.tip()).files["big.txt"]
@@ -435,7 +435,7 @@ def test_snapshot_size_bound(make_source, upstream, monkeypatch):
 
 def test_missing_folder_is_empty_and_a_file_is_an_error(make_source, upstream):
     source = make_source(path="not/there")
-    tip = source.poll().commit
+    tip = source.poll().revision
     assert dict(source.snapshot(tip).files) == {}
     with pytest.raises(GitError) as err:
         make_source(path="README").snapshot(tip)
@@ -456,9 +456,9 @@ def test_damaged_local_repository_is_fetched_again(make_source, upstream, tmp_pa
     ref = tmp_path / "state" / "git" / "repo" / "refs" / "heads" / "desired"
     ref.write_bytes(b"\x00garbage")
     (tmp_path / "state" / "git" / "repo.new").mkdir()  # a creation cut short
-    assert source.held_commit() is None
+    assert source.held_revision() is None
     assert source.poll().changed
-    assert source.held_commit() == upstream.tip()
+    assert source.held_revision() == upstream.tip()
 
 
 @pytest.mark.parametrize(
@@ -482,7 +482,7 @@ def test_configuration_mistakes(options, key, tmp_path):
 def test_damaged_pack_is_discarded_and_fetched_again(make_source, upstream, tmp_path):
     upstream.commit({"apps/big.yaml": os.urandom(3000).hex()})
     source = make_source()
-    tip = source.poll().commit
+    tip = source.poll().revision
     for pack in (tmp_path / "state").rglob("*.pack"):
         data = bytearray(pack.read_bytes())
         for i in range(12, len(data) - 20, 7):  # past the header, before the checksum
@@ -492,14 +492,14 @@ def test_damaged_pack_is_discarded_and_fetched_again(make_source, upstream, tmp_
     with pytest.raises(GitTransientError) as err:
         source.snapshot(tip)
     assert err.value.code == "GIT_STORE_CORRUPT"
-    assert source.held_commit() is None
+    assert source.held_revision() is None
     assert source.poll() == gitsource.PollResult(tip, changed=True)
     assert source.snapshot(tip).files["apps/big.yaml"]
 
 
 def test_recorded_tip_missing_from_the_store_is_damage(make_source, upstream, tmp_path):
     source = make_source()
-    tip = source.poll().commit
+    tip = source.poll().revision
     for pack in (tmp_path / "state").rglob("pack-*"):
         pack.unlink()
     with pytest.raises(GitTransientError) as err:
@@ -536,7 +536,7 @@ def test_a_second_process_holding_the_repository_makes_a_fetch_wait(
     make_source, upstream, tmp_path, monkeypatch
 ):
     source = make_source()
-    tip = source.poll().commit
+    tip = source.poll().revision
     upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=11)})
     monkeypatch.setattr(store, "LOCK_WAIT", 0.3)
     fd = os.open(tmp_path / "state" / "git" / "lock", os.O_RDONLY)
@@ -546,7 +546,7 @@ def test_a_second_process_holding_the_repository_makes_a_fetch_wait(
             with pytest.raises(GitTransientError) as err:
                 step()
             assert err.value.code == "GIT_STORE_BUSY"
-        assert source.held_commit() == tip
+        assert source.held_revision() == tip
     finally:
         os.close(fd)
     assert source.poll().changed

@@ -94,18 +94,18 @@ def test_an_object_of_the_wrong_type_is_a_coded_error(server, tmp_path, transpor
     good = up.commit({"apps/a.yaml": DEPLOYMENT.format(n=1)}, "good")
     url = server.url(up.path.name) if transport == "http" else str(up.path)
     source = GitSource(GitConfig(url=url, path="apps", timeout=5.0), tmp_path / "state")
-    assert source.poll().commit == good
+    assert source.poll().revision == good
     craft(up, case)
 
     with pytest.raises(GitError) as caught:
-        source.snapshot(source.poll().commit)
+        source.snapshot(source.poll().revision)
     if transport == "http" and case in C_GIT_REFUSES:
         assert caught.value.code == "GIT_SERVER_ERROR"
     else:
         assert caught.value.code == "GIT_OBJECT_INVALID"
         assert "object where a" in caught.value.message
     # The last good commit stays held and readable, the local copy is not discarded.
-    held = source.held_commit()
+    held = source.held_revision()
     assert held == good or case == "file-entry-names-a-tree"  # its commit is a commit
     assert dict(source.snapshot(good).files) == {"a.yaml": DEPLOYMENT.format(n=1).encode()}
     assert Path(tmp_path / "state" / "git" / "repo" / "HEAD").exists()

@@ -62,7 +62,7 @@ def test_commit_signed_by_a_trusted_key_is_accepted(tmp_path, keys, suffix):
     upstream = Upstream(tmp_path / "up.git")
     sha = signed_commit(upstream, keys, "trusted", {"a.yaml": "a: 1\n"})
     source = source_for(upstream, tmp_path / "state", keys["out"] / f"trusted{suffix}")
-    assert source.poll().commit == sha
+    assert source.poll().revision == sha
     assert source.snapshot(sha).files == {"a.yaml": b"a: 1\n"}
 
 
@@ -83,7 +83,7 @@ def test_commit_without_a_trusted_signature_is_refused(tmp_path, keys, case):
         upstream.set_branch(sha)
     trusted = keys["out"] / "trusted.asc"
     source = source_for(upstream, tmp_path / "state", trusted)
-    assert source.poll().commit == sha
+    assert source.poll().revision == sha
     with pytest.raises(GitError) as err:
         source.snapshot(sha)
     assert err.value.code == "GIT_SIGNATURE_INVALID"

@@ -571,6 +571,24 @@ def test_a_blob_larger_than_its_descriptor_says_is_cut_there(registry, pusher, n
     assert caught.value.code == "PACKAGE_TOO_LARGE"
 
 
+def test_a_failing_token_service_is_retried_then_transient(
+    token_registry, test_ca, name, make_store
+):
+    registry, tokens = token_registry
+    Pusher(registry.host, test_ca.ca_file, user="alice", password="wonder-land-42").tar_package(
+        name, "1.0.0", make_tar([("compose.yaml", compose(name))])
+    )
+    location = _with_user(registry.location(name, "1.0.0"), "alice", "wonder-land-42")
+    tokens.fail_next = [503]
+    store = make_store()
+    assert store.prepare(location, None, EMPTY).compose_file.read_bytes() == compose(name)
+    assert store.sleeps == [1.0]
+    tokens.fail_next = [503, 502, 500]
+    with pytest.raises(OciTransientError) as caught:
+        make_store().prepare(location, None, EMPTY)
+    assert caught.value.code == "OCI_UNREACHABLE" and "HTTP 500" in caught.value.message
+
+
 def test_a_token_is_reused_until_it_expires(token_registry, test_ca, name, make_store):
     registry, tokens = token_registry
     Pusher(registry.host, test_ca.ca_file, user="alice", password="wonder-land-42").tar_package(

@@ -97,7 +97,7 @@ def test_commit_path(tmp_path: Path, keys: Keys, case: str) -> None:
     source = GitSource(
         GitConfig(url=str(up.path), trusted_keys=(str(key_file),)), tmp_path / "state"
     )
-    assert source.poll().commit == sha
+    assert source.poll().revision == sha
     if case == "good":
         assert dict(source.snapshot(sha).files) == {"a.yaml": b"a: 1\n"}
         return

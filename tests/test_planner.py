@@ -7,6 +7,7 @@ import pytest
 from margo_lite import desired, planner
 from margo_lite.errors import StateCorruptError
 from margo_lite.planner import Action, ComponentRecord, DeploymentRecord, Reason, State
+from margo_lite.records import StatusEvent, status_event
 from tests.support import plans
 from tests.test_desired_docs import doc, env_param, files_of
 
@@ -24,13 +25,13 @@ def run(
     records: Records,
     *,
     fail: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
-    events: list[planner.StatusEvent] | None = None,
+    events: list[StatusEvent] | None = None,
 ) -> Records:
     """Carry a plan out the way the agent does, every step succeeding unless listed in `fail`."""
     records = dict(records)
 
     def save(dep_id: str, record: DeploymentRecord | None) -> None:
-        event = planner.status_event(records.get(dep_id), record)
+        event = status_event(records.get(dep_id), record)
         if event is not None and events is not None:
             events.append(event)
         if record is not None:
@@ -83,7 +84,7 @@ def test_update_only_the_changed_component_and_remove_dropped_ones_first_in_reve
         ("a", "db", "keep"),
         ("a", "web", "update"),
     ]
-    events: list[planner.StatusEvent] = []
+    events: list[StatusEvent] = []
     records = run(p, records, events=events)
     assert [c.name for c in records["a"].components] == ["db", "web"]
     assert records["a"].state is State.INSTALLED
@@ -96,7 +97,7 @@ def test_removed_deployment_is_removed_in_reverse_order_and_reports_removing_the
     p = planner.plan(parse(doc("b")), records)
     assert actions(p) == [("a", "web", "remove"), ("a", "db", "remove"), ("b", "web", "keep")]
     assert plans.find(p, "a").removal
-    events: list[planner.StatusEvent] = []
+    events: list[StatusEvent] = []
     records = run(p, records, events=events)
     assert "a" not in records
     assert [(e.state, tuple(s for _, s in e.components)) for e in events] == [
@@ -136,7 +137,7 @@ def test_failed_document_fails_its_deployment_and_leaves_it_running():
     # the fix, unchanged in content, needs no action and reports Installed again
     fixed = planner.plan(parse(doc("a")), after)
     assert fixed.changes == ()
-    events: list[planner.StatusEvent] = []
+    events: list[StatusEvent] = []
     assert run(fixed, after, events=events)["a"].state is State.INSTALLED
     assert [e.state for e in events] == [State.INSTALLED]
 
@@ -166,7 +167,7 @@ def test_dependency_order_and_waiting():
 
 def test_dependent_stays_pending_when_its_dependency_fails():
     state = parse(doc("app", depends_on="db"), doc("db"))
-    events: list[planner.StatusEvent] = []
+    events: list[StatusEvent] = []
     records = run(planner.plan(state, {}), {}, fail={("db", "web")}, events=events)
     assert records["db"].state is State.FAILED
     assert records["db"].error == Reason("ENGINE_FAILED", "web: boom")
@@ -314,8 +315,8 @@ def test_rollup(states, removal, overall):
 
 def test_status_events_only_on_real_changes():
     a = DeploymentRecord("a", D, (ComponentRecord("web", D, digest="1", target="1"),))
-    assert planner.status_event(None, a) == planner.StatusEvent("a", D, None, (("web", D),))
-    assert planner.status_event(a, a) is None
+    assert status_event(None, a) == StatusEvent("a", D, None, (("web", D),))
+    assert status_event(a, a) is None
     # digests, targets, backend data and timestamps are not news for the WOS
     quiet = DeploymentRecord(
         "a",
@@ -324,20 +325,15 @@ def test_status_events_only_on_real_changes():
         digest="z",
         last_change="2026-01-01T00:00:00Z",
     )
-    assert planner.status_event(a, quiet) is None
+    assert status_event(a, quiet) is None
     failed = DeploymentRecord("a", F, a.components, error=Reason("E", "m"))
-    assert planner.status_event(a, failed).error == Reason("E", "m")
+    assert status_event(a, failed).error == Reason("E", "m")
     other_error = DeploymentRecord("a", F, a.components, error=Reason("E2", "m"))
-    assert planner.status_event(failed, other_error) is not None
-    assert planner.status_event(a, None) is None
+    assert status_event(failed, other_error) is not None
+    assert status_event(a, None) is None
     installing = DeploymentRecord("a", D, (ComponentRecord("web", ING),))
-    assert planner.status_event(a, installing) is not None
-    assert planner.StatusEvent.of(failed).to_json() == {
-        "deployment_id": "a",
-        "state": "Failed",
-        "error": {"code": "E", "message": "m"},
-        "components": [{"name": "web", "state": "Installed"}],
-    }
+    assert status_event(a, installing) is not None
+    assert StatusEvent.of(failed) == StatusEvent("a", F, Reason("E", "m"), (("web", D),))
 
 
 def test_keep_steps_change_nothing():

@@ -11,11 +11,13 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
-from margo_lite import desired, pools, wfmmanifest, wfmsource
+from margo_lite import config, cycle, desired, pools, proxy, wfmmanifest, wfmsource
 from margo_lite.errors import TransientError, WfmError
 from margo_lite.statestore import StateStore
 from margo_lite.wfmsource import WfmSource
+from tests.conftest import base_config
 from tests.support.testca import make_ca
 from tests.support.wfmserver import WfmServer, digest, make_bundle
 
@@ -393,3 +395,30 @@ def test_a_crash_while_recording_leaves_the_previous_manifest_accepted(
     mark = len(server.requests())
     assert again.poll().revision == "2"
     assert paths(server, mark) == ["/api/v1/deployments"]  # its documents were already cached
+
+
+def test_desired_source_wos_polls_the_wfm_with_the_configured_certificates(server, ca, tmp_path):
+    data = base_config(tmp_path)
+    del data["git"]
+    data["wos"] = {
+        "url": server.url,
+        "api": "v1",
+        "ca_file": str(ca.ca_file),
+        "client_cert": str(ca.cert_file),
+        "client_key": str(ca.key_file),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = config.load_config(path)
+    src = cycle.desired_source(cfg, proxy.DIRECT)
+    assert isinstance(src, WfmSource)
+    server.publish({"d-1": doc("d-1")}, 4)
+    assert src.poll().revision == "4"
+    assert cfg.state_dir.joinpath("wfm", "accepted.json").exists()
+
+
+def test_desired_source_git_is_the_draft_default(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    cfg = config.load_config(path)
+    assert type(cycle.desired_source(cfg, proxy.DIRECT)).__name__ == "GitSource"

@@ -1,7 +1,7 @@
 """Container backends: which engine and compose driver this device uses.
 
 `select` picks them from the `runtime` configuration; the `Backend` that drives them
-(apply, remove, observe, roll back) is in `backends.backend`, the values it takes and gives
+(apply, remove, check health, roll back) is in `backends.backend`, the values it takes and gives
 in `backends.unit`, the engines in `backends.engine`, the compose drivers in
 `backends.compose` and `backends.builtin`. Callers import all of these from here.
 """

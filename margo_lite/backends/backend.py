@@ -1,4 +1,4 @@
-"""Container backends: apply, remove and observe a deployment's components on an engine.
+"""Container backends: apply, remove and check the health of a deployment's components on an engine.
 
 A `Backend` is one engine (podman or docker CLI) plus one compose driver (built-in,
 podman-compose, docker-compose v1, docker compose v2). What it creates carries the
@@ -26,6 +26,7 @@ from margo_lite.backends import legacy, project
 from margo_lite.backends.compose import Driver
 from margo_lite.backends.engine import Container, Engine
 from margo_lite.backends.project import project_name
+from margo_lite.backends.runner import reworded
 from margo_lite.backends.unit import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import ComposeError, EngineError, EngineTransientError
@@ -39,7 +40,7 @@ POLL_SECONDS = 0.5
 
 
 class Backend:
-    """Apply, remove and observe components on one engine through one compose driver."""
+    """Apply, remove and check components on one engine through one compose driver."""
 
     def __init__(
         self,
@@ -136,7 +137,7 @@ class Backend:
             return None
         return ComponentUnit(deployment_id, component, doc, record["digest"])
 
-    def observe(self, deployment_id: str, component: str) -> ComponentHealth:
+    def health(self, deployment_id: str, component: str) -> ComponentHealth:
         """Per service: running, exited (code), restarting, created, unhealthy or missing.
 
         A component an older margo-lite installed counts as missing (to be replaced)."""
@@ -215,13 +216,11 @@ class Backend:
             self._up(name, unit, previous["doc"])
             self._wait_ready(unit.deployment_id, unit.component, previous["doc"])
         except EngineError as again:
-            raise EngineError(
+            raise reworded(
+                again,
                 f"update failed ({cause.message}) and restoring the previous version failed "
                 f"too: {again.message}",
-                code=cause.code,
-                argv=again.argv,
-                returncode=again.returncode,
-                stderr=again.stderr,
+                cause.code,
             ) from cause
         self._write_record(
             name,
@@ -231,12 +230,10 @@ class Backend:
             None,
             digest=previous["digest"],
         )
-        raise EngineError(
+        raise reworded(
+            cause,
             f"update failed and the previous version was restored: {cause.message} [{cause.code}]",
-            code="ROLLED_BACK",
-            argv=cause.argv,
-            returncode=cause.returncode,
-            stderr=cause.stderr,
+            "ROLLED_BACK",
         ) from cause
 
     def _wait_ready(self, deployment_id: str, component: str, doc: Mapping[str, Any]) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 
 from margo_lite import composedoc, logs
 from margo_lite.backends import project
-from margo_lite.backends.engine import Engine, answers, run_tool
+from margo_lite.backends.engine import Engine
+from margo_lite.backends.runner import answers, run_tool
 from margo_lite.constants import COMPOSE_FILE
 from margo_lite.fileio import write_file_atomic
 

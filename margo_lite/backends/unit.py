@@ -2,7 +2,7 @@
 
 `ComponentUnit` is the canonical compose document of one component (the one the policy
 gate checked, names derived and ownership labels set); `ComponentHealth` is what
-`Backend.observe` sees of its services. Plain values, so the agent and its tests can build
+`Backend.health` sees of its services. Plain values, so the agent and its tests can build
 and compare them without an engine.
 """
 

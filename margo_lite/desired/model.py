@@ -111,6 +111,3 @@ class DesiredState:
         its absence as "remove it".
         """
         return all(f.deployment_id is not None for f in self.failures)
-
-    def failed_ids(self) -> frozenset[str]:
-        return frozenset(f.deployment_id for f in self.failures if f.deployment_id)

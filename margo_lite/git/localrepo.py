@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
+from dulwich.object_store import PackBasedObjectStore
 from dulwich.objects import S_ISGITLINK, Commit, ShaFile, Tree
 from dulwich.repo import Repo
 
@@ -23,8 +24,23 @@ class LocalRemote:
     def __init__(self, path: Path) -> None:
         self._path = path
 
+    def authorize(self, header: str | None) -> None:
+        pass  # no requests
+
     def close(self) -> None:
         pass
+
+    def fetch_into(
+        self,
+        store: PackBasedObjectStore,
+        want: str,
+        held: str | None,
+        shallow: set[str],
+        spool: Path,
+    ) -> None:
+        """`Remote.fetch_into`: the missing objects are copied, no pack is sent."""
+        objects = self.objects(want, lambda sha: sha in store)
+        store.add_objects([(obj, None) for obj in objects])
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[Repo]:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import urllib3
+from dulwich.object_store import PackBasedObjectStore
 
 from margo_lite import logs, proxy
 from margo_lite.constants import USER_AGENT
@@ -22,6 +25,7 @@ from margo_lite.errors import GitError, GitTransientError, ProxyError
 from margo_lite.pools import Pools
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
+SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file in `spool`
 MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything near this is wrong)
 MAX_ADVERTISEMENT_BYTES = 16 << 20  # a protocol v0 server names every ref of the repository
 
@@ -86,6 +90,31 @@ class HttpRemote:
                 if rest.split(b" ")[0] == ref and HEX40.match(oid):
                     found = oid.decode()
             raise _protocol_error(self._shown, "ls-refs answer ends early")
+
+    def fetch_into(
+        self,
+        store: PackBasedObjectStore,
+        want: str,
+        held: str | None,
+        shallow: set[str],
+        spool: Path,
+    ) -> None:
+        """`Remote.fetch_into`: the pack is spooled (in memory, or in `spool` when large),
+        then added to `store` as a thin pack."""
+        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=spool) as data:
+            self.fetch(want, held, shallow, data.write)
+            if not data.tell():
+                return
+            data.seek(0)
+            try:
+                store.add_thin_pack(data.read, None)
+            except OSError:
+                raise
+            except Exception as exc:  # dulwich raises many types for a broken pack
+                raise GitTransientError(
+                    f"the pack for {want} is invalid: {type(exc).__name__}: {short_reason(exc)}",
+                    code="GIT_PACK_INVALID",
+                ) from exc
 
     def fetch(
         self, want: str, have: str | None, shallow: set[str], write: Callable[[bytes], None]

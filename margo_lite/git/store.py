@@ -16,7 +16,6 @@ import fcntl
 import os
 import shutil
 import stat
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -30,9 +29,9 @@ from dulwich.repo import Repo
 from margo_lite import logs
 from margo_lite.errors import GitError, GitTransientError
 from margo_lite.fileio import fsync_dir, fsync_file, remove_write_leftovers, write_file_atomic
-from margo_lite.git.localrepo import LocalRemote
 from margo_lite.git.objects import typed
-from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
+from margo_lite.git.remote import Remote
+from margo_lite.git.smarthttp import HEX40
 
 log = logs.get(__name__)
 
@@ -41,7 +40,6 @@ MAX_SNAPSHOT_FILES = 10_000
 COMPACT_AFTER_PACKS = 16
 LOCK_WAIT = 60.0  # seconds another process may hold the local repository
 LOCAL_REF = "refs/heads/desired"  # under refs/heads so that git tools see it as a branch
-SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file under state_dir
 # What reading a damaged local repository raises (a missing object, a bad zlib stream, ...).
 CORRUPT = (KeyError, OSError, ValueError, zlib.error, ChecksumMismatch, ObjectFormatException)
 
@@ -148,12 +146,12 @@ class Store:
         os.rename(building, self._repo)
         fsync_dir(self._folder)
 
-    def fetch(self, remote: HttpRemote | LocalRemote, want: str, held: str | None) -> None:
+    def fetch(self, remote: Remote, want: str, held: str | None) -> None:
         """Get `want`'s objects, make them durable, then record it as the tip."""
         with self._lock(fcntl.LOCK_EX):
             self._fetch(remote, want, held)
 
-    def _fetch(self, remote: HttpRemote | LocalRemote, want: str, held: str | None) -> None:
+    def _fetch(self, remote: Remote, want: str, held: str | None) -> None:
         try:
             self._create()
             doomed: set[str] = set()
@@ -162,11 +160,9 @@ class Store:
                 before = _pack_files(self._repo)
                 if want.encode() in store:
                     log.info("commit %s is already held", want)
-                elif isinstance(remote, LocalRemote):
-                    objects = remote.objects(want, lambda sha: sha in store)
-                    store.add_objects([(obj, None) for obj in objects])
                 else:
-                    self._fetch_pack(remote, store, want, held)
+                    self._tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    remote.fetch_into(store, want, held, self.shallow(), self._tmp)
                 commit = _check_complete(store, want)
                 _fsync_new(self._repo, before)
                 shallow = self.shallow() | ({want} if commit.parents else set())
@@ -178,25 +174,6 @@ class Store:
             raise GitError(
                 f"cannot write the local repository: {exc}", code="GIT_STORE_FAILED"
             ) from exc
-
-    def _fetch_pack(
-        self, remote: HttpRemote, store: PackBasedObjectStore, want: str, held: str | None
-    ) -> None:
-        self._tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=self._tmp) as spool:
-            remote.fetch(want, held, self.shallow(), spool.write)
-            if not spool.tell():
-                return
-            spool.seek(0)
-            try:
-                store.add_thin_pack(spool.read, None)
-            except OSError:
-                raise
-            except Exception as exc:  # dulwich raises many types for a broken pack
-                raise GitTransientError(
-                    f"the pack for {want} is invalid: {type(exc).__name__}: {short_reason(exc)}",
-                    code="GIT_PACK_INVALID",
-                ) from exc
 
     def _compact(self, store: PackBasedObjectStore, commit: Commit) -> tuple[set[str], set[str]]:
         """Write the tip's objects to one new pack; return the new shallow list and the

@@ -51,6 +51,7 @@ class TokenServer:
         self.anonymous = anonymous
         self.requests: list[tuple[str | None, str]] = []
         self.answers: collections.Counter[int] = collections.Counter()
+        self.fail_next: list[int] = []  # statuses to answer first, one per request
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def registry_config(self) -> dict:
@@ -112,6 +113,8 @@ class TokenServer:
             self._server.server_close()
 
     def _answer(self, path: str, authorization: str | None) -> tuple[int, dict]:
+        if self.fail_next:
+            return self.fail_next.pop(0), {"errors": [{"code": "UNAVAILABLE"}]}
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
         scopes = query.get("scope", [])
         user = None

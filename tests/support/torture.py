@@ -45,7 +45,7 @@ from tests.support.rig import Rig
 #: too, not only in the slow podman calls a uniform instant mostly hits.
 MARKERS = {
     "fetch": ("branch main moved to",),
-    "plan": ("desired state is at commit",),
+    "plan": ("desired state is at revision",),
     "package": (" is Pending (", " ready: sha256:"),
     "record+report": (" is Installing", " is Removing"),
     "after-engine": ("/web done",),
@@ -62,7 +62,7 @@ UNIFORM = "uniform instant"
 PHASES = (
     ("margo_lite.gitsource", "fetch"),
     ("margo_lite.desired", "plan"),
-    ("desired state is at commit", "plan"),
+    ("desired state is at revision", "plan"),
     ("margo_lite.packages", "package preparation"),
     ("is Pending", "package preparation"),
     (" is Installing", "status queued + record write, before the engine"),

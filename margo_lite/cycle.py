@@ -1,0 +1,178 @@
+"""What the agent's steps share: the parts they drive, the clocks, timers and test hooks.
+
+`agent.Agent` builds one `Context` and hands it to each step (`poll`, `act`, `heal`,
+`report`); the steps keep no state of their own. `Parts` are the pieces built from the
+configuration (the state stores, the desired-state source, the package store, the outbox,
+the WOS client, the backend), each replaceable by a twin in tests. The clocks are injected
+(`clock` monotonic, `wall` for polling hours and report stamps, `rand` for jitter) so the
+timers run on a test's clock. The error boundary's coding of surprises (`coded`,
+`internal_error`) is here because every step uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import urllib3
+
+from margo_lite import backends, config, desired, logs, pools, proxy, schedule, wos
+from margo_lite.errors import EngineError, MargoLiteError
+from margo_lite.gitsource import GitSource
+from margo_lite.outbox import Outbox
+from margo_lite.packages import PackageStore
+from margo_lite.records import RecordBook
+from margo_lite.source import DesiredSource, Snapshot
+from margo_lite.statestore import StateStore
+from margo_lite.wfmsource import WfmSource
+
+log = logs.get(__name__)
+
+
+@dataclass
+class Parts:
+    """What the agent drives; built from the configuration, replaceable in tests."""
+
+    store: StateStore
+    runtime: StateStore
+    source: DesiredSource
+    packages: PackageStore
+    outbox: Outbox
+    client: wos.WosClient
+    backend_factory: Callable[[], backends.Backend]
+
+    @classmethod
+    def build(cls, cfg: config.Config) -> Parts:
+        state_dir = cfg.state_dir
+        store = StateStore(state_dir)
+        proxies = pools.settings_from(cfg.network, os.environ, source=cfg.source)
+        log.info("network: %s", proxies.describe())
+        return cls(
+            store=store,
+            runtime=StateStore(cfg.device.runtime_dir),
+            source=desired_source(cfg, proxies),
+            packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
+            outbox=Outbox(store, cfg.wos.outbox_limit),
+            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies),
+            backend_factory=lambda: backends.select(
+                cfg.runtime, state_dir, os.environ, device=cfg.device.id
+            ),
+        )
+
+
+def desired_source(cfg: config.Config, proxies: proxy.Settings) -> DesiredSource:
+    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`)."""
+    if cfg.desired.source == "wos":
+        return WfmSource(cfg.wos.url, cfg.state_dir, wfm_pool(cfg, proxies))
+    assert cfg.git is not None  # the configuration requires it with desired.source: git
+    return GitSource(cfg.git, cfg.state_dir, proxies=proxies)
+
+
+def wfm_pool(cfg: config.Config, proxies: proxy.Settings) -> pools.Pools:
+    """Mutual TLS to the WFM with the device's certificate, verified against wos.ca_file.
+    (The WFM's SPIFFE identity check comes with the v1 transport's own pool.)"""
+    return pools.Pools(
+        proxies,
+        ca_file=cfg.wos.ca_file,
+        cert_file=cfg.wos.client_cert,
+        key_file=cfg.wos.client_key,
+        timeout=urllib3.Timeout(connect=cfg.wos.timeout, read=cfg.wos.timeout),
+        retries=False,
+        maxsize=2,
+    )
+
+
+@dataclass
+class Timers:
+    """When each step is due next, on the monotonic clock, and the backoffs behind that."""
+
+    next_poll: float = 0.0
+    next_heal: float = 0.0  # every runtime.observe_interval
+    next_retry: float | None = None  # the earliest retry of a failed component
+    poll_backoff: schedule.Backoff = field(default_factory=schedule.Backoff)
+    retry_backoff: dict[tuple[str, str], schedule.Backoff] = field(default_factory=dict)
+    retry_due: dict[tuple[str, str], float] = field(default_factory=dict)
+    capabilities_due: float | None = None  # capabilities not sent yet: try again then
+    capabilities_backoff: schedule.Backoff = field(default_factory=schedule.Backoff)
+
+    def retry_at(self, due: float) -> None:
+        """Wake the loop for a component retry at `due` (or earlier, if one is sooner)."""
+        self.next_retry = due if self.next_retry is None else min(self.next_retry, due)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The test hooks (`agent.KILL_AT_ENV`, `agent.RAISE_AT_ENV`); None in production."""
+
+    kill_at: str | None = None
+    raise_at: str | None = None
+
+    def checkpoint(self, name: str) -> None:
+        """Crash tests: SIGKILL this process at a named point."""
+        if self.kill_at == name:
+            log.warning("test hook: killing the agent at %s", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def raise_if_asked(self, point: str, deployment_id: str) -> None:
+        """Robustness tests: an unexpected exception at a named point of one deployment."""
+        if self.raise_at == f"{point}:{deployment_id}":
+            raise RuntimeError(f"test hook: raised at {point} of {deployment_id}")
+
+
+def _noop() -> None:
+    pass
+
+
+@dataclass
+class Context:
+    """One agent's shared state: configuration, parts, records, what is desired, timers."""
+
+    cfg: config.Config
+    parts: Parts
+    book: RecordBook
+    clock: Callable[[], float]
+    wall: Callable[[], dt.datetime]
+    rand: Callable[[], float]
+    heartbeat: Callable[[], None] = _noop
+    long_step: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
+    should_stop: Callable[[], bool] = lambda: False
+    hooks: Hooks = field(default_factory=Hooks)
+    timers: Timers = field(default_factory=Timers)
+    snapshot: Snapshot | None = None  # the revision loaded; its files
+    desired: desired.DesiredState | None = None  # what its documents ask for
+    applied_revision: str | None = None  # the revision applied in full (`AGENT_RECORD`)
+    tidy_needed: bool = True  # sweep orphans and prune the cache at the next reconcile
+    _backend: backends.Backend | None = field(default=None, init=False, repr=False)
+
+    @property
+    def backend(self) -> backends.Backend:
+        """Built at first use: a device with nothing to run never asks for an engine."""
+        if self._backend is None:
+            self._backend = self.parts.backend_factory()
+        return self._backend
+
+    def in_downtime(self) -> bool:
+        return schedule.in_any(self.cfg.poll.downtime, self.wall())
+
+
+def coded(exc: Exception) -> MargoLiteError:
+    """Any exception from a step as a coded error for its report: an OSError (a full or
+    read-only disk) is LOCAL_IO_ERROR, anything unexpected INTERNAL_ERROR."""
+    if isinstance(exc, MargoLiteError):
+        return exc
+    if isinstance(exc, OSError):
+        return EngineError(f"{exc.strerror or exc}", code="LOCAL_IO_ERROR")
+    return internal_error(exc)
+
+
+def internal_error(exc: Exception) -> MargoLiteError:
+    """An exception no code was written for, as INTERNAL_ERROR: its class and message for
+    the report (secrets masked), the traceback in the log at debug level only."""
+    log.debug("unexpected %s", type(exc).__name__, exc_info=exc)
+    text = logs.redact(str(exc))
+    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return MargoLiteError(f"unexpected error: {message[:400]}", code="INTERNAL_ERROR")
