@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 
 import pytest
+import urllib3
 import yaml
 
 from margo_lite import config, cycle, desired, pools, proxy, wfmmanifest, wfmsource
@@ -422,3 +424,47 @@ def test_desired_source_git_is_the_draft_default(tmp_path):
     path.write_text(yaml.safe_dump(base_config(tmp_path)))
     cfg = config.load_config(path)
     assert type(cycle.desired_source(cfg, proxy.DIRECT)).__name__ == "GitSource"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "transient"),
+    [
+        (403, "WFM_FORBIDDEN", False),
+        (406, "WFM_NOT_ACCEPTABLE", False),
+        (404, "WFM_NOT_FOUND", False),
+        (503, "WFM_SERVER_ERROR", True),
+        (429, "WFM_SERVER_ERROR", True),
+    ],
+)
+def test_a_problem_answer_is_coded_and_its_title_and_detail_are_told(
+    server, state, pool, status, code, transient
+):
+    problem = {"type": "https://docs.margo.org/x", "title": "No", "status": status, "detail": "why"}
+    server.refuse = (status, problem)
+    with pytest.raises(WfmError) as err:
+        source(server, state, pool).poll()
+    assert err.value.code == code
+    assert isinstance(err.value, TransientError) is transient
+    assert ": No: why" in err.value.message
+
+
+class IdentityRefused(ssl.SSLError):
+    """What the mTLS pool raises in the handshake when the WFM is not the expected SPIFFE ID."""
+
+    code = "WFM_SERVER_ID_MISMATCH"
+
+
+class RefusingPool:
+    """A twin of the mTLS pool whose identity check fails before any request is sent."""
+
+    def request(self, method, url, **kw):
+        refused = IdentityRefused("the WFM certificate names spiffe://example.org/margo/wfm/other")
+        raise urllib3.exceptions.MaxRetryError(None, url, urllib3.exceptions.SSLError(refused))
+
+
+def test_a_wfm_with_the_wrong_identity_is_refused_with_the_pools_code(state):
+    with pytest.raises(WfmError) as err:
+        WfmSource("https://wfm.example/margo", state, RefusingPool()).poll()
+    assert err.value.code == "WFM_SERVER_ID_MISMATCH"
+    assert "spiffe://example.org/margo/wfm/other" in err.value.message
+    assert not state.exists()  # nothing written either
