@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from margo_lite import backends, config, desired, logs, pools, schedule, wfmclient, wos
+from margo_lite import backends, config, desired, logs, mtls, pools, proxy, schedule, wfmclient, wos
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
@@ -26,6 +26,7 @@ from margo_lite.packages import PackageStore
 from margo_lite.records import RecordBook
 from margo_lite.source import DesiredSource, Snapshot
 from margo_lite.statestore import StateStore
+from margo_lite.wfmsource import WfmSource
 
 log = logs.get(__name__)
 
@@ -48,17 +49,36 @@ class Parts:
         store = StateStore(state_dir)
         proxies = pools.settings_from(cfg.network, os.environ, source=cfg.source)
         log.info("network: %s", proxies.describe())
+        # One set of identity-checked pools for every WFM call: reports and desired state
+        # share its connections (one TLS handshake while the agent runs).
+        wfm = (
+            wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+            if cfg.wos.api == "v1"
+            else None
+        )
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
-            source=GitSource(cfg.git, state_dir, proxies=proxies),
+            source=desired_source(cfg, proxies, wfm),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wfmclient.make_client(cfg, proxies),
+            client=wfmclient.make_client(cfg, proxies, pools=wfm),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
         )
+
+
+def desired_source(
+    cfg: config.Config, proxies: proxy.Settings, wfm: mtls.WfmPools | None = None
+) -> DesiredSource:
+    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`),
+    polled through the pools that check the WFM's SPIFFE identity before any request."""
+    if cfg.desired.source == "wos":
+        pools_ = wfm or wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+        return WfmSource(cfg.wos.url, cfg.state_dir, pools_)
+    assert cfg.git is not None  # the configuration requires it with desired.source: git
+    return GitSource(cfg.git, cfg.state_dir, proxies=proxies)
 
 
 @dataclass

@@ -62,10 +62,15 @@ def make_pools(
     )
 
 
-def make_client(cfg: Config, proxies: proxy.Settings = proxy.DIRECT) -> Any:
-    """The report client of the configured profile (`wos.api`)."""
-    if getattr(cfg.wos, "api", "draft") == "v1":
-        return WfmClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies, source=cfg.source)
+def make_client(
+    cfg: Config, proxies: proxy.Settings = proxy.DIRECT, *, pools: mtls.WfmPools | None = None
+) -> Any:
+    """The report client of the configured profile (`wos.api`); `pools`, when given, are
+    shared with the desired-state source."""
+    if cfg.wos.api == "v1":
+        return WfmClient(
+            cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies, pools=pools, source=cfg.source
+        )
     return wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies)
 
 
