@@ -258,10 +258,12 @@ class RecordBook:
         #: The desired revision loaded: each queued report carries it (Margo 1.0 reports
         #: name the manifest version they are about).
         self.revision: str | None = None
+        self.generation = 0  # counts changes to the records: a plan holds until it moves
 
     def load(self) -> None:
         """Read every record; a corrupt one raises (never read as "absent")."""
         self.by_id = load(self._places.store)
+        self.generation += 1
 
     def save(self, new: DeploymentRecord) -> DeploymentRecord:
         """Queue the status report the WOS must hear (if any), then write the record.
@@ -292,12 +294,14 @@ class RecordBook:
             )
         self._places.store.write_json(_name(new.id), new.to_json())
         self.by_id[new.id] = new
+        self.generation += 1
         return new
 
     def forget(self, record: DeploymentRecord) -> None:
         """Delete a record once its Removed state is reported and recorded."""
         self._places.store.delete(_name(record.id))
         self.by_id.pop(record.id, None)
+        self.generation += 1
 
 
 def load(store: StateStore) -> dict[str, DeploymentRecord]:
