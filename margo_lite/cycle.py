@@ -18,7 +18,18 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from margo_lite import backends, config, desired, logs, pools, schedule, wfmclient, wos
+from margo_lite import (
+    backends,
+    config,
+    desired,
+    logs,
+    mtls,
+    pools,
+    proxy,
+    schedule,
+    wfmclient,
+    wos,
+)
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
@@ -48,17 +59,35 @@ class Parts:
         store = StateStore(state_dir)
         proxies = pools.settings_from(cfg.network, os.environ, source=cfg.source)
         log.info("network: %s", proxies.describe())
+        # Margo 1.0: one set of mTLS pools (the device's SVID, the WFM's identity checked,
+        # connections reused) for the desired state and the reports alike
+        wfm_pools = None
+        if cfg.wos.api == "v1":
+            wfm_pools = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
-            source=GitSource(cfg.git, state_dir, proxies=proxies),
+            source=desired_source(cfg, proxies, wfm_pools),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wfmclient.make_client(cfg, proxies),
+            client=wfmclient.make_client(cfg, proxies, pools=wfm_pools),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
         )
+
+
+def desired_source(
+    cfg: config.Config, proxies: proxy.Settings, wfm_pools: mtls.WfmPools | None
+) -> DesiredSource:
+    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`)."""
+    if cfg.desired.source == "wos":
+        from margo_lite.wfmsource import WfmSource
+
+        pools_ = wfm_pools or wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+        return WfmSource(cfg.wos.url, cfg.state_dir, pools_)
+    assert cfg.git is not None  # the configuration requires it with desired.source: git
+    return GitSource(cfg.git, cfg.state_dir, proxies=proxies)
 
 
 @dataclass
