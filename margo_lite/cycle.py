@@ -18,7 +18,18 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from margo_lite import backends, config, desired, logs, mtls, pools, proxy, schedule, wfmclient, wos
+from margo_lite import (
+    backends,
+    config,
+    desired,
+    logs,
+    mtls,
+    pools,
+    proxy,
+    schedule,
+    wfmclient,
+    wos,
+)
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
@@ -26,7 +37,6 @@ from margo_lite.packages import PackageStore
 from margo_lite.records import RecordBook
 from margo_lite.source import DesiredSource, Snapshot
 from margo_lite.statestore import StateStore
-from margo_lite.wfmsource import WfmSource
 
 log = logs.get(__name__)
 
@@ -49,20 +59,18 @@ class Parts:
         store = StateStore(state_dir)
         proxies = pools.settings_from(cfg.network, os.environ, source=cfg.source)
         log.info("network: %s", proxies.describe())
-        # One set of identity-checked pools for every WFM call: reports and desired state
-        # share its connections (one TLS handshake while the agent runs).
-        wfm = (
-            wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
-            if cfg.wos.api == "v1"
-            else None
-        )
+        # Margo 1.0: one set of mTLS pools (the device's SVID, the WFM's identity checked,
+        # connections reused) for the desired state and the reports alike
+        wfm_pools = None
+        if cfg.wos.api == "v1":
+            wfm_pools = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
-            source=desired_source(cfg, proxies, wfm),
+            source=desired_source(cfg, proxies, wfm_pools),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wfmclient.make_client(cfg, proxies, pools=wfm),
+            client=wfmclient.make_client(cfg, proxies, pools=wfm_pools),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
@@ -70,12 +78,13 @@ class Parts:
 
 
 def desired_source(
-    cfg: config.Config, proxies: proxy.Settings, wfm: mtls.WfmPools | None = None
+    cfg: config.Config, proxies: proxy.Settings, wfm_pools: mtls.WfmPools | None
 ) -> DesiredSource:
-    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`),
-    polled through the pools that check the WFM's SPIFFE identity before any request."""
+    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`)."""
     if cfg.desired.source == "wos":
-        pools_ = wfm or wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+        from margo_lite.wfmsource import WfmSource
+
+        pools_ = wfm_pools or wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
         return WfmSource(cfg.wos.url, cfg.state_dir, pools_)
     assert cfg.git is not None  # the configuration requires it with desired.source: git
     return GitSource(cfg.git, cfg.state_dir, proxies=proxies)

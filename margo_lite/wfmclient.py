@@ -65,9 +65,9 @@ def make_pools(
 def make_client(
     cfg: Config, proxies: proxy.Settings = proxy.DIRECT, *, pools: mtls.WfmPools | None = None
 ) -> Any:
-    """The report client of the configured profile (`wos.api`); `pools`, when given, are
-    shared with the desired-state source."""
-    if cfg.wos.api == "v1":
+    """The report client of the configured profile (`wos.api`); in v1 it may share `pools`
+    with the desired-state source (one identity, connections reused by both)."""
+    if getattr(cfg.wos, "api", "draft") == "v1":
         return WfmClient(
             cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies, pools=pools, source=cfg.source
         )
