@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -17,17 +18,22 @@ from bench.suite import render
 
 def markdown(report: dict) -> str:
     m = report["machine"]
-    lines = [
+    head = (
         f"One run ({report['date']}, `bench/run`, {report['seconds']:.0f} s) on {m['nproc']} CPUs "
         f"({m['cpu']}), {m['ram']} RAM, Linux {m['kernel']}, Python {m['python']}, dulwich "
-        f"{m['dulwich']}, git {m['git']}, podman {m['podman']}:",
+        f"{m['dulwich']}, git {m['git']}, podman {m['podman']}:"
+    )
+    lines = [
+        *textwrap.wrap(head, 92),
         "",
         "| figure | value | unit | how |",
         "| --- | ---: | --- | --- |",
     ]
     for f in report["figures"]:
         cell = render(f["value"], f["unit"])
-        lines.append(f"| {f['label']} | {cell} | {f['unit']} | {f['note']} |")
+        lines.append(
+            f"| {f['label']} | {cell} | {f['unit']} | {f['note']} |".replace("|  |", "| |")
+        )
     lines += ["", "| goal (issue 17) | figure | bound | verdict | anchor, same run |"]
     lines.append("| --- | ---: | --- | --- | --- |")
     for g in report["goals"]:
@@ -35,7 +41,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {g['goal']} | {value} | {g['bound']} | {g['verdict']} | {g['anchor']} |".replace(
                 "<", "&lt;"
-            )
+            ).replace("|  |", "| |")
         )
     return "\n".join(lines)
 

@@ -621,6 +621,7 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
                 queued = len(parts.outbox)
                 times = []
                 for _ in range(counts.reconciles):
+                    agent.ctx.idle_plan = None  # plan anyway: what a change elsewhere costs
                     cpu = time.process_time()
                     agent.reconcile()
                     times.append((time.process_time() - cpu) * 1000)
@@ -645,7 +646,7 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
     return [
         fig(
             "reconcile_cpu_ms",
-            f"no-change reconcile(), {n} deployments",
+            f"no-change reconcile() that plans, {n} deployments",
             statistics.median(times),
             "ms CPU",
             f"{components} components Installed, {stored} containers in the engine's store "
