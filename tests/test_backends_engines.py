@@ -243,7 +243,7 @@ def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Pat
     web = web_container(backend, dep)
     backend.engine.remove_container(web.id)
     labels = [f"--label={k}={v}" for k, v in web.labels.items()]
-    backend.engine._run(["create", *labels, "--name", web.name, IMAGE, "true"])
+    backend.engine.run(["create", *labels, "--name", web.name, IMAGE, "true"])
     assert web_container(backend, dep).status in ("created", "configured")
     backend.apply(unit(package, dep, "c1"))
     assert wait_for(lambda: http_get(port) == "busybox\n", what="the finished component")
@@ -263,7 +263,7 @@ def test_crash_leftovers_are_finished(engine: str, engine_environ, tmp_path: Pat
     # a container without our labels is never touched: its name taken is a coded failure
     other = "foreign-" + engine
     name = builtin.container_name(proj.project_name(other, "app", device=DEVICE), "web")
-    backend.engine._run(["create", "--name", name, IMAGE, "true"])
+    backend.engine.run(["create", "--name", name, IMAGE, "true"])
     try:
         with pytest.raises(EngineError) as failed:
             backend.apply(unit(write_app(tmp_path / "f", free_port(), text=SIMPLE), other, "f1"))
@@ -282,7 +282,7 @@ def test_orphaned_conmon_holding_our_port_is_ended(engine_environ, tmp_path: Pat
     backend = make_backend("podman", "builtin", engine_environ("podman"), tmp_path / "state")
     dep = "conmon-orphan"
     name = builtin.container_name(proj.project_name(dep, "app", device=DEVICE), "web")
-    store = backend.engine._run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
+    store = backend.engine.run(["info", "--format", "{{.Store.GraphRoot}}"]).stdout.strip()
     port = free_port()
     script = tmp_path / "fake_conmon.py"
     script.write_text(FAKE_CONMON)
