@@ -49,10 +49,10 @@ class FaultyOutbox:
     def __init__(self, outbox, deployment_id: str) -> None:
         self._outbox, self._id = outbox, deployment_id
 
-    def add(self, deployment_id: str, body: dict) -> None:
+    def add(self, deployment_id: str, body: dict, **kw) -> None:
         if deployment_id == self._id and body["status"]["state"] == "Installed":
             raise TypeError("Object of type date is not JSON serializable")
-        self._outbox.add(deployment_id, body)
+        self._outbox.add(deployment_id, body, **kw)
 
     def __getattr__(self, name):
         return getattr(self._outbox, name)
@@ -73,7 +73,7 @@ def _device(
     *,
     bad_files: dict[str, str] | None = None,
     overrides: dict[str, dict] | None = None,
-    raise_at: str | None = None,
+    **hooks,
 ) -> tuple[agent.Agent, TwinBackend]:
     """An agent on the twin engine with two deployments, GOOD and BAD (or `bad_files`)."""
     upstream = Upstream(tmp_path / "repo.git")
@@ -104,7 +104,7 @@ def _device(
     cfg = config.parse_config(data)
     twin = TwinBackend()
     parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
-    return agent.Agent(cfg, parts=parts, raise_at=raise_at), twin
+    return agent.Agent(cfg, parts=parts, **hooks), twin
 
 
 def _cycle(device: agent.Agent) -> None:

@@ -81,10 +81,10 @@ def test_a_surprise_outside_a_step_fails_that_deployment_alone(device):
     outbox = agent.parts.outbox
     add = outbox.add
 
-    def add_or_raise(deployment_id, body):
+    def add_or_raise(deployment_id, body, **kw):
         if deployment_id == "bad-1" and body["status"]["state"] == "Installed":
             raise TypeError("Object of type date is not JSON serializable")
-        add(deployment_id, body)
+        add(deployment_id, body, **kw)
 
     outbox.add = add_or_raise
     agent.once()
@@ -129,10 +129,10 @@ def test_a_failure_that_cannot_even_be_recorded_is_logged(device, caplog):
     agent = device.started()
     add = agent.parts.outbox.add
 
-    def add_or_raise(deployment_id, body):
+    def add_or_raise(deployment_id, body, **kw):
         if deployment_id == "bad-1" and body["status"]["state"] in ("Installed", "Failed"):
             raise TypeError("Object of type date is not JSON serializable")
-        add(deployment_id, body)
+        add(deployment_id, body, **kw)
 
     agent.parts.outbox.add = add_or_raise
     agent.once()

@@ -19,7 +19,6 @@ HOUR = 3600.0
 
 #: Until errors decide scheduling (the StalledError family, issue 15), every failure is
 #: retried on the backoff and the poll doubles from `poll.interval` whatever the error.
-NOT_YET = pytest.mark.xfail(strict=True, reason="stalled errors are still retried on main")
 
 
 @pytest.fixture
@@ -31,7 +30,6 @@ def _applies(device: Device, deployment_id: str = "web-1") -> list[float]:
     return [c.at for c in device.backend.calls_of("apply", deployment_id)]
 
 
-@NOT_YET
 def test_a_stalled_failure_is_not_retried_until_a_new_revision_changes_it(device):
     device.backend.script(
         "apply", "web-1", ComposeError("service web: unsupported key 'build'"), None
@@ -69,7 +67,6 @@ def test_a_transient_failure_is_retried_on_the_backoff(device):
     assert device.sender.states("web-1")[-1] == "Installed"
 
 
-@NOT_YET
 def test_a_policy_refusal_is_not_retried(device, caplog):
     privileged = WEB.replace("    stop_grace_period", "    privileged: true\n    stop_grace_period")
     device.source.commit({**app(), "apps/web/compose.yaml": privileged})
@@ -84,7 +81,6 @@ def test_a_policy_refusal_is_not_retried(device, caplog):
     assert len(refusals) == 1  # one error in the log, not one a minute
 
 
-@NOT_YET
 def test_a_rollback_caused_by_a_stalled_error_waits_like_its_cause(device):
     device.source.commit(app(greeting="hello"))
     agent = device.started()
@@ -102,7 +98,6 @@ def test_a_rollback_caused_by_a_stalled_error_waits_like_its_cause(device):
     assert device.sender.last("web-1")["error"]["code"] == "ROLLED_BACK"
 
 
-@NOT_YET
 def test_a_restart_tries_a_stalled_component_once_more(device):
     device.backend.faults[("apply", "web-1")] = ComposeError("unsupported key 'build'")
     device.source.commit(app())
@@ -116,7 +111,6 @@ def test_a_restart_tries_a_stalled_component_once_more(device):
     assert device.sender.last("web-1")["state"] == "Installed"
 
 
-@NOT_YET
 def test_a_stalled_poll_error_backs_off_to_the_cap_at_once(tmp_path):
     device = Device(settings(tmp_path, poll={"interval": "60s", "max_backoff": "15m"}))
     refused = GitError("HTTP 401", code="GIT_AUTH_FAILED")

@@ -353,7 +353,7 @@ class RecordingSender:
     def _now(self) -> float:
         return self._clock.monotonic() if self._clock else 0.0
 
-    def post_status(self, deployment_id: str, body: dict) -> None:
+    def post_status(self, deployment_id: str, body: dict, revision: str | None = None) -> None:
         self.attempts += 1
         if self.down:
             raise WosTransientError("the WOS does not answer (twin)", code="WOS_UNREACHABLE")
