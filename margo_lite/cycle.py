@@ -78,7 +78,7 @@ class Parts:
 
 
 def desired_source(
-    cfg: config.Config, proxies: proxy.Settings, wfm_pools: mtls.WfmPools | None
+    cfg: config.Config, proxies: proxy.Settings, wfm_pools: mtls.WfmPools | None = None
 ) -> DesiredSource:
     """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`)."""
     if cfg.desired.source == "wos":
