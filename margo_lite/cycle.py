@@ -18,8 +18,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from margo_lite import backends, config, desired, logs, pools, schedule, wos
-from margo_lite.errors import EngineError, MargoLiteError
+from margo_lite import backends, config, desired, logs, pools, schedule, wfmclient, wos
+from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
 from margo_lite.packages import PackageStore
@@ -39,7 +39,7 @@ class Parts:
     source: DesiredSource
     packages: PackageStore
     outbox: Outbox
-    client: wos.WosClient
+    client: wos.WosClient | wfmclient.WfmClient
     backend_factory: Callable[[], backends.Backend]
 
     @classmethod
@@ -54,7 +54,7 @@ class Parts:
             source=GitSource(cfg.git, state_dir, proxies=proxies),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies),
+            client=wfmclient.make_client(cfg, proxies),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
@@ -120,6 +120,7 @@ class Context:
     snapshot: Snapshot | None = None  # the revision loaded; its files
     desired: desired.DesiredState | None = None  # what its documents ask for
     applied_revision: str | None = None  # the revision applied in full (`AGENT_RECORD`)
+    refused: tuple[str, str] | None = None  # a revision refused as stalled, and why
     tidy_needed: bool = True  # sweep orphans and prune the cache at the next reconcile
     #: (desired, records generation) of the last plan that had nothing to do: until either
     #: moves, a reconcile has nothing to do either (`act.reconcile` skips planning)
@@ -143,7 +144,7 @@ def coded(exc: Exception) -> MargoLiteError:
     if isinstance(exc, MargoLiteError):
         return exc
     if isinstance(exc, OSError):
-        return EngineError(f"{exc.strerror or exc}", code="LOCAL_IO_ERROR")
+        return LocalIOError(f"{exc.strerror or exc}")
     return internal_error(exc)
 
 
@@ -153,4 +154,4 @@ def internal_error(exc: Exception) -> MargoLiteError:
     log.debug("unexpected %s", type(exc).__name__, exc_info=exc)
     text = logs.redact(str(exc))
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return MargoLiteError(f"unexpected error: {message[:400]}", code="INTERNAL_ERROR")
+    return InternalError(f"unexpected error: {message[:400]}")

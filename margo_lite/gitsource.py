@@ -29,7 +29,7 @@ from dulwich.refs import check_ref_format
 
 from margo_lite import logs, proxy
 from margo_lite.config import GitConfig
-from margo_lite.errors import ConfigError, GitError, MargoLiteError
+from margo_lite.errors import ConfigError, GitError, GitTransientError, MargoLiteError
 from margo_lite.git.localrepo import LocalRemote
 from margo_lite.git.objects import typed
 from margo_lite.git.remote import Remote
@@ -114,7 +114,7 @@ class GitSource:
         """Every regular file below `git.path` at `commit`, from the local repository (no
         network). With `git.trusted_keys`, only for a commit signed by one of them."""
         if not HEX40.match(commit.encode("utf-8", "replace")):
-            raise GitError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
+            raise GitTransientError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
         with self._store.open() as repo:
             try:
                 files = self._read(repo.object_store, commit)
@@ -128,7 +128,9 @@ class GitSource:
         if commit.encode() not in store:
             if commit == self._store.tip():
                 raise KeyError(commit)  # the recorded tip is gone: a damaged repository
-            raise GitError(f"commit {commit} is not held locally", code="GIT_COMMIT_MISSING")
+            raise GitTransientError(
+                f"commit {commit} is not held locally", code="GIT_COMMIT_MISSING"
+            )
         obj = typed(store, commit.encode(), Commit, "the held tip")
         if self._cfg.trusted_keys:
             verify_commit_signature(obj.as_raw_string(), self._cfg.trusted_keys)

@@ -255,6 +255,9 @@ class RecordBook:
         self._status_case = status_case
         self._wall = wall
         self.by_id: dict[str, DeploymentRecord] = {}
+        #: The desired revision loaded: each queued report carries it (Margo 1.0 reports
+        #: name the manifest version they are about).
+        self.revision: str | None = None
         self.generation = 0  # counts changes to the records: a plan holds until it moves
 
     def load(self) -> None:
@@ -282,7 +285,7 @@ class RecordBook:
                 [(name, state.value) for name, state in event.components],
                 self._status_case,
             )
-            self._places.outbox.add(event.deployment_id, body)
+            self._places.outbox.add(event.deployment_id, body, revision=self.revision)
             log.info(
                 "deployment %s is %s%s",
                 new.id,

@@ -374,6 +374,7 @@ def test_every_parser_code_is_exercised():
         "YAML_TOO_LARGE",
         "DUPLICATE_DEPLOYMENT_ID",
         "CONFLICTING_PARAMETERS",
+        "WRONG_DEVICE",  # tests/test_v1doc.py: only the v1 shape names a device
     }
     planner_codes = {"DEPENDENCY_CYCLE", "WAITING_FOR_DEPENDENCY", "NOT_STARTED"}
     assert set(DESIRED_STATE_CODES) == tested | planner_codes

@@ -29,7 +29,7 @@ from margo_lite.backends.project import project_name
 from margo_lite.backends.runner import reworded
 from margo_lite.backends.unit import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.constants import COMPOSE_FILE
-from margo_lite.errors import ComposeError, EngineError, EngineTransientError
+from margo_lite.errors import ComposeError, EngineError, EngineFailedError, EngineTransientError
 from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
@@ -218,9 +218,9 @@ class Backend:
                     self._remove_containers(containers)
             self._up(name, unit, previous["doc"])
             self._wait_ready(unit.deployment_id, unit.component, previous["doc"])
-        except EngineError as again:
+        except EngineError as again:  # the cause's class: its family decides what comes next
             raise reworded(
-                again,
+                cause,
                 f"update failed ({cause.message}) and restoring the previous version failed "
                 f"too: {again.message}",
                 cause.code,
@@ -233,10 +233,12 @@ class Backend:
             None,
             digest=previous["digest"],
         )
-        raise reworded(
-            cause,
+        raise EngineFailedError(
             f"update failed and the previous version was restored: {cause.message} [{cause.code}]",
-            "ROLLED_BACK",
+            code="ROLLED_BACK",
+            argv=cause.argv,
+            returncode=cause.returncode,
+            stderr=cause.stderr,
         ) from cause
 
     def _wait_ready(self, deployment_id: str, component: str, doc: Mapping[str, Any]) -> None:
@@ -254,7 +256,7 @@ class Backend:
             containers = _by_service(self.engine.glance(owned))
             problem, waiting = self._readiness(doc, containers)
             if problem:
-                raise EngineError(problem, code="HEALTHCHECK_FAILED")
+                raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
             if waiting:
                 settled = None
             else:
@@ -269,12 +271,12 @@ class Backend:
                     full = self._containers(deployment_id, component)
                     problem, waiting = self._readiness(doc, full)
                     if problem:
-                        raise EngineError(problem, code="HEALTHCHECK_FAILED")
+                        raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
                     if not waiting:
                         return
                     settled = None
             if time.monotonic() >= deadline:
-                raise EngineError(
+                raise EngineFailedError(
                     f"not running and healthy within {self.health_timeout:g}s: {waiting}",
                     code="HEALTHCHECK_FAILED",
                 )

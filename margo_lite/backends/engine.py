@@ -20,7 +20,7 @@ from typing import Any
 
 from margo_lite import imageref, logs
 from margo_lite.backends.runner import answers, reworded, run_tool
-from margo_lite.errors import EngineError
+from margo_lite.errors import ComposeError, EngineError
 
 log = logs.get(__name__)
 DEFAULT_TIMEOUT = 300.0
@@ -313,7 +313,7 @@ def _object_name(name: str) -> str:
     """A network or volume name margo-lite derived: never something an engine reads as an
     option (a positional word)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", name):
-        raise EngineError(f"{name!r} is not a network or volume name", code="COMPOSE_INVALID")
+        raise ComposeError(f"{name!r} is not a network or volume name", code="COMPOSE_INVALID")
     return name
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from margo_lite import logs, yamlload
+from margo_lite import logs, v1doc, yamlload
 from margo_lite.constants import COMPOSE_FILE_NAMES
 from margo_lite.desired import values
 from margo_lite.desired.model import (
@@ -90,6 +90,7 @@ class DocumentParser(Parameters):
         spec = self.mapping(doc, "spec", "spec")
         profile = self.mapping(spec, "deploymentProfile", "spec.deploymentProfile")
         profile_type = self.string(profile, "type", "spec.deploymentProfile.type")
+        profile_type = v1doc.TYPES.get(profile_type or "", profile_type)  # compose, helm too
         if profile_type not in PROFILE_TYPES:
             raise self.fail(
                 "UNSUPPORTED_PROFILE",
@@ -204,7 +205,8 @@ class DocumentParser(Parameters):
             for name in ("revision", "timeout"):
                 if props.get(name) is not None and not isinstance(props[name], str | int | float):
                     raise self.fail("INVALID_FIELD", f"{at}.{name}", "must be a string or number")
-            if props.get("wait") is not None and not isinstance(props["wait"], bool):
+            wait = props.get("wait")  # "true"/"false" strings: the spec's own pages use them
+            if wait is not None and not isinstance(wait, bool) and wait not in ("true", "false"):
                 raise self.fail("INVALID_FIELD", f"{at}.wait", "must be true or false")
         frozen_props = values.freeze(props)
         digest = values.digest(
@@ -234,11 +236,11 @@ class DocumentParser(Parameters):
         """A URL as given, or an in-repository path normalised, with its files' digests."""
         if "://" in value:
             scheme = value.split("://", 1)[0].lower()
-            if scheme not in ("http", "https"):
+            if scheme not in ("http", "https", "oci"):
                 raise self.fail(
                     "INVALID_FIELD",
                     where,
-                    f"scheme {scheme!r} is not supported (http, https, or a path in the "
+                    f"scheme {scheme!r} is not supported (http, https, oci, or a path in the "
                     "desired-state folder)",
                 )
             try:

@@ -15,7 +15,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from margo_lite import logs, yamlload
+from margo_lite import logs, v1doc, yamlload
 from margo_lite.desired.document import DocumentParser
 from margo_lite.desired.model import (
     DEFAULT_LIMITS,
@@ -31,12 +31,15 @@ from margo_lite.errors import DesiredStateError, InvalidYamlError
 log = logs.get(__name__)
 
 
-def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> DesiredState:
+def parse_files(
+    files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS, *, device_id: str | None = None
+) -> DesiredState:
     """Every ApplicationDeployment in the `*.yaml`/`*.yml` files of `files`; never raises.
 
     Failures whose deployment id is unknown are logged here (the agent reports the rest).
     `files` maps posix paths relative to the desired-state folder to their bytes; other
-    files (in-repository package content) are only read to digest packages.
+    files (in-repository package content) are only read to digest packages. Documents in
+    the Margo 1.0 shape are normalised first (`v1doc`; `device_id` checks their deviceId).
     """
     failures: list[DocumentFailure] = []
     parsed: list[Deployment] = []
@@ -80,6 +83,8 @@ def parse_files(files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS) -> 
                 ignored.append((source, repr(kind)[:80]))
                 continue
             try:
+                if v1doc.is_v1(doc):
+                    doc = v1doc.normalize(doc, source, device_id)
                 parsed.append(DocumentParser(doc, source, files).deployment())
             except DesiredStateError as exc:
                 failures.append(DocumentFailure(source, exc.deployment_id, exc))

@@ -21,7 +21,7 @@ from dulwich.object_store import PackBasedObjectStore
 
 from margo_lite import logs, proxy
 from margo_lite.constants import USER_AGENT
-from margo_lite.errors import GitError, GitTransientError, ProxyError
+from margo_lite.errors import GitError, GitTransientError, ProxyError, SourceError
 from margo_lite.pools import Pools
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
@@ -85,7 +85,7 @@ class HttpRemote:
     def tip(self, branch: str) -> str | None:
         try:
             found = self._tip(branch)
-        except GitError as exc:
+        except (GitError, GitTransientError) as exc:
             if not self._unconfirmed or exc.code not in _STALE_CAPABILITIES:
                 raise
             log.info("%s answers differently than before (%s); asking again", self._shown, exc)
@@ -259,7 +259,7 @@ class HttpRemote:
                 yield resp
             except urllib3.exceptions.HTTPError as exc:
                 raise _network_error(exc, self._shown) from exc
-        except GitError:
+        except SourceError:
             self._capabilities = None  # ask again next time: the server may have changed
             raise
         finally:
@@ -355,7 +355,7 @@ def _check_status(resp: urllib3.HTTPResponse, shown: str) -> None:
         )
     if status >= 500 or status == 429:
         raise GitTransientError(f"{shown}: server error (HTTP {status})", code="GIT_SERVER_ERROR")
-    raise GitError(f"{shown}: unexpected HTTP status {status}", code="GIT_SERVER_ERROR")
+    raise GitTransientError(f"{shown}: unexpected HTTP status {status}", code="GIT_SERVER_ERROR")
 
 
 def _network_error(exc: Exception, shown: str) -> GitError:

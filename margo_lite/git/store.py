@@ -83,7 +83,7 @@ class Store:
     def open(self) -> Iterator[Repo]:
         """The repository to read, shared with other readers; a fetch waits for them."""
         if not (self._repo / "HEAD").exists():
-            raise GitError("no commit has been fetched yet", code="GIT_COMMIT_MISSING")
+            raise GitTransientError("no commit has been fetched yet", code="GIT_COMMIT_MISSING")
         with self._lock(fcntl.LOCK_SH), self._open_unlocked() as repo:
             yield repo
 
