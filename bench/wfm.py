@@ -20,16 +20,14 @@ import argparse
 import resource
 import shutil
 import signal
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ import yaml  # noqa: E402
 
 from bench import goals  # noqa: E402
 from bench.goals import Goal, short  # noqa: E402
+from bench.relay import CountingRelay, handshake_alone  # noqa: E402
 from margo_lite import config, cycle, proxy  # noqa: E402
 from margo_lite.devkit.svidca import SvidCA, wfm_id  # noqa: E402
 from margo_lite.devkit.wfmsim import WfmSimulator  # noqa: E402
@@ -50,7 +49,6 @@ from tests.support.wait import wait_for  # noqa: E402
 DEVICE = "gw-bench-v1"
 MANIFEST = "/api/v1/deployments"
 IDLE_INTERVAL = "0.01s"
-QUIET_S = 0.05  # the relay forwarded nothing this long while the agent is stopped: all counted
 
 #: (key, label, unit): the rows `figures` returns, in the table's order.
 ROWS = [
@@ -70,10 +68,6 @@ ROWS = [
     ("v1_once_cpu_ms", "v1 idle `margo-lite once`: CPU of the process", "ms/run"),
 ]
 ORDER = [key for key, _, _ in ROWS]
-
-
-def _f(key: str) -> Any:
-    return lambda f: f.get(key)
 
 
 def _first_poll_bound(f: Mapping[str, float | None]) -> float | None:
@@ -102,94 +96,6 @@ GOALS = [
 
 def _n(value: float | None) -> str:
     return "-" if value is None else short(value)
-
-
-# --- the counting relay -----------------------------------------------------------------------
-
-
-class CountingRelay:
-    """TCP on 127.0.0.1 to `target`, one thread per direction of each connection; counts the
-    bytes it forwards (up: margo-lite to the WFM, down: back) and the connections."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.up = self.down = self.connections = self.open = 0
-        self.last = time.monotonic()
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._sockets: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._listener.getsockname()[1]
-
-    def __enter__(self) -> CountingRelay:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
-
-    def counts(self) -> tuple[int, int, int]:
-        """(bytes up, bytes down, connections) so far."""
-        with self._lock:
-            return self.up, self.down, self.connections
-
-    def quiet(self) -> bool:
-        """Nothing forwarded for QUIET_S: what was sent has been counted."""
-        with self._lock:
-            return time.monotonic() - self.last >= QUIET_S
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            with self._lock:
-                self.connections += 1
-                self.open += 2  # one pump each way
-                self._sockets += [client, server]
-            for src, dst, up in ((client, server, True), (server, client, False)):
-                threading.Thread(target=self._pump, args=(src, dst, up), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                with self._lock:
-                    if up:
-                        self.up += len(data)
-                    else:
-                        self.down += len(data)
-                    self.last = time.monotonic()
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-            with self._lock:
-                self.open -= 1
-
-
-def handshake_alone(relay: CountingRelay, ca: Path, cert: Path, key: Path) -> int:
-    """Bytes of one mutual TLS handshake with stdlib ssl and the same SVIDs, then closed."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False  # SVIDs carry a SPIFFE ID, no host name
-    context.load_verify_locations(ca)
-    context.load_cert_chain(cert, key)
-    up, down, _ = relay.counts()
-    raw = socket.create_connection(("127.0.0.1", relay.port))
-    with context.wrap_socket(raw) as tls:
-        tls.do_handshake()
-    wait_for(lambda: relay.open == 0, what="the relay to close the handshake's connection")
-    up1, down1, _ = relay.counts()
-    return (up1 - up) + (down1 - down)
 
 
 # --- the measurements -------------------------------------------------------------------------
@@ -360,8 +266,8 @@ def wfm_behind_relay(tmp: Path) -> Iterator[tuple[SvidCA, Any, WfmSimulator, Cou
         str(server.cert), str(server.key), str(ca.ca_file), wfm_id=wfm_id(), prefix="/margo"
     ) as sim:
         sim.publish({})
-        host, port = sim._server.server_address[:2]
-        with CountingRelay((host, port)) as relay:
+        where = urllib.parse.urlsplit(sim.url)
+        with CountingRelay((str(where.hostname), int(where.port or 443))) as relay:
             yield ca, device, sim, relay
 
 
