@@ -158,10 +158,13 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 
-def judge(figures: Mapping[str, float | None]) -> list[dict[str, object]]:
-    """One row per goal: the figure, its bound, the anchors and pass / fail / not measured."""
+def judge(
+    figures: Mapping[str, float | None], goals: list[Goal] | None = None
+) -> list[dict[str, object]]:
+    """One row per goal (`GOALS` by default): the figure, its bound, the anchors and
+    pass / fail / not measured."""
     rows = []
-    for goal in GOALS:
+    for goal in GOALS if goals is None else goals:
         value, bound = figures.get(goal.figure), goal.bound(figures)
         if value is None or bound is None:
             verdict = "not measured"

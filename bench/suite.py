@@ -42,6 +42,7 @@ import yaml  # noqa: E402
 from bench import gitsource as gitbench  # noqa: E402
 from bench import goals  # noqa: E402
 from bench import plan as planbench  # noqa: E402
+from bench import wfm as wfmbench  # noqa: E402
 from margo_lite import backends, config, desired, gitsource, logs, planner  # noqa: E402
 from margo_lite.agent import Agent, Parts  # noqa: E402
 from margo_lite.backends import builtin, project  # noqa: E402
@@ -838,6 +839,7 @@ ORDER = [
     "once_requests",
     "cold_start_ms",
     "anchor_python_start_ms",
+    *wfmbench.ORDER,  # the Margo 1.0 profile (bench/wfm.py)
 ]
 
 
@@ -866,6 +868,9 @@ def measure(counts: Counts, engine: bool, progress: Callable[[str], None]) -> li
         (tmp / "proc").mkdir()
         with private_podman(tmp / "podman-idle") as env:
             figures += process_figures(tmp / "proc", counts, env)
+            progress(f"Margo 1.0: {counts.polls} idle polls over mTLS, {counts.onces} x once")
+            v1 = wfmbench.figures(tmp / "v1", counts.polls, counts.onces, env)
+            figures += [fig(*row) for row in v1]
         progress(f"reconcile(): {counts.deployments} deployments, nothing changed")
         (tmp / "fleet").mkdir()
         tar = engines.build_busybox_tar(Path(tempfile.mkdtemp(dir=tmp)))
@@ -944,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
         "counts": dataclasses.asdict(counts),
         "seconds": round(time.monotonic() - started, 1),
         "figures": [dataclasses.asdict(f) for f in figures],
-        "goals": goals.judge({f.key: f.value for f in figures}),
+        "goals": goals.judge({f.key: f.value for f in figures}, goals.GOALS + wfmbench.GOALS),
     }
     if args.json:  # the table still goes to the reader, the JSON to the pipe
         print(table(report), file=sys.stderr)

@@ -19,6 +19,7 @@ changed; caching by URL alone would never see a package republished under the sa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import shutil
@@ -399,6 +400,7 @@ class PackageStore:
         self._state.write_json(INDEX, self._index)
 
     def _prune(self, keep: set[str]) -> None:
+        before = json.dumps(self._index, sort_keys=True)  # unchanged: not written again
         for folder in list(self._pkgs.iterdir()):
             if f"sha256:{folder.name}" not in keep:
                 self._discard(folder)
@@ -420,7 +422,8 @@ class PackageStore:
                 "package cache holds %d bytes of packages in use, more than packages.cache_size",
                 total,
             )
-        self._save_index()
+        if json.dumps(index, sort_keys=True) != before:
+            self._save_index()
 
     def _drop_unreferenced_blobs(self) -> int:
         referenced = {entry["blob"] for entry in self._index["http"].values()}

@@ -15,7 +15,7 @@ from typing import Any
 import urllib3
 
 from margo_lite import logs, pools, wfmmanifest
-from margo_lite.errors import ProxyError, WfmError, WfmTransientError
+from margo_lite.errors import ProxyError, SourceError, WfmError, WfmTransientError
 from margo_lite.git.smarthttp import short_reason
 
 log = logs.get(__name__)
@@ -77,7 +77,7 @@ def etag(value: str | None) -> str | None:
     return value
 
 
-def status_error(status: int, body: bytes, headers: Any, shown: str, path: str) -> WfmError:
+def status_error(status: int, body: bytes, headers: Any, shown: str, path: str) -> SourceError:
     what = f"{shown}{path}"
     detail = problem(body)
     if status in (401, 403):
@@ -114,11 +114,11 @@ def problem(body: bytes) -> str:
         return ""
     if not isinstance(doc, dict):
         return ""
-    parts = [doc[k][:200] for k in ("title", "detail") if isinstance(doc.get(k), str)]
+    parts = [str(doc[k])[:200] for k in ("title", "detail") if isinstance(doc.get(k), str)]
     return logs.redact(": " + ": ".join(parts)) if parts else ""
 
 
-def network_error(exc: Exception, shown: str) -> WfmError:
+def network_error(exc: Exception, shown: str) -> SourceError:
     """A coded error for what urllib3 raised. A failure that carries its own WFM code (the
     pool's check of the WFM's identity, before any request is sent) keeps it."""
     for cause in pools._causes(exc):

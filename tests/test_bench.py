@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import wfm
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Every figure of the issue's list, by its JSON key.
@@ -54,6 +56,8 @@ WITHOUT_ENGINE = {
     "cold_start_ms": "ms",
     "anchor_python_start_ms": "ms",
 }
+#: The Margo 1.0 profile (bench/wfm.py, whose own quick test is tests/test_bench_wfm.py).
+V1 = {key: unit for key, _, unit in wfm.ROWS}
 #: Measured when the other dependency set's environment (.venv-pypi) is there.
 OPTIONAL = {"rss_polls_pypi_kib": "KiB"}
 ENGINE = {
@@ -115,8 +119,8 @@ def check_measured(found: dict[str, dict], expected: dict[str, str]) -> None:
 def test_quick_run_without_engine_prints_every_other_figure():
     result = bench("--json", "--no-engine")
     found = figures(result)
-    check_measured(found, WITHOUT_ENGINE)
-    assert found.keys() == WITHOUT_ENGINE.keys() | ENGINE.keys() | OPTIONAL.keys()
+    check_measured(found, WITHOUT_ENGINE | V1)
+    assert found.keys() == WITHOUT_ENGINE.keys() | V1.keys() | ENGINE.keys() | OPTIONAL.keys()
     for key in ENGINE:
         assert found[key]["value"] is None and "not measured" in found[key]["note"]
     for key, (meets, goal, source) in GOALS.items():
@@ -139,7 +143,8 @@ def test_quick_run_without_engine_prints_every_other_figure():
     verdicts = {g["figure"]: g["verdict"] for g in json.loads(result.stdout)["goals"]}
     assert set(verdicts.values()) <= {"pass", "FAIL", "not measured"}
     assert verdicts["latency_install_s"] == "not measured"  # --no-engine
-    for key in ("once_requests", "idle_requests", "idle_disk_bytes", "refs_wire_ratio"):
+    exact = ("once_requests", "idle_requests", "idle_disk_bytes", "refs_wire_ratio")
+    for key in (*exact, "v1_idle_requests", "v1_idle_handshakes", "v1_once_state_bytes"):
         assert verdicts[key] == "pass", key
     assert any(row.startswith("goal (issue 17)") for row in rows)
 
@@ -147,4 +152,4 @@ def test_quick_run_without_engine_prints_every_other_figure():
 @pytest.mark.slow
 @pytest.mark.engine
 def test_quick_run_on_podman_measures_every_figure():
-    check_measured(figures(bench("--json")), WITHOUT_ENGINE | ENGINE)
+    check_measured(figures(bench("--json")), WITHOUT_ENGINE | V1 | ENGINE)

@@ -313,6 +313,23 @@ def test_prune_drops_packages_no_longer_wanted(server, make_store, tmp_path):
     assert server.downloads("/b/compose.yml") == 2
 
 
+def test_prune_with_nothing_to_drop_writes_nothing(server, make_store, tmp_path):
+    """Every start prunes: with nothing to drop, the index is not written again (an idle
+    `margo-lite once` writes 0 bytes to state_dir)."""
+    store = make_store()
+    keep = store.prepare(server.put("/a/compose.yaml", COMPOSE), None, EMPTY)
+    store.prune({keep.digest})
+    index = tmp_path / "cache" / "index.json"
+    before = index.stat()
+    files = sorted(p.name for p in index.parent.iterdir())
+    make_store().prune({keep.digest})  # as the next process does
+    after = index.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sorted(p.name for p in index.parent.iterdir()) == files
+    store.prune(set())  # something to drop: written
+    assert index.stat().st_mtime_ns != before.st_mtime_ns
+
+
 def test_prune_holds_the_cache_to_its_size_by_dropping_old_downloads(server, make_store):
     store = make_store(cache_size=1)  # less than anything: only packages in use stay
     a = store.prepare(server.put("/a/compose.yaml", COMPOSE), None, EMPTY)

@@ -447,7 +447,7 @@ def test_desired_source_git_is_the_draft_default(tmp_path):
 @pytest.mark.parametrize(
     ("status", "code", "transient"),
     [
-        (403, "WFM_FORBIDDEN", True),
+        (403, "WFM_FORBIDDEN", True),  # a rotated certificate is read without a restart
         (406, "WFM_NOT_ACCEPTABLE", False),
         (404, "WFM_NOT_FOUND", False),
         (503, "WFM_SERVER_ERROR", True),
