@@ -40,7 +40,7 @@ def observe(ctx: Context, *, force: bool = False) -> str | None:
         _schedule(ctx)
         (log.debug if ctx.in_downtime() else log.warning)(
             "polling %s failed (next try in %.0fs): %s",
-            logs.sanitize_url(ctx.cfg.desired_url()),
+            logs.sanitize_url(ctx.cfg.desired_url),
             timers.next_poll - ctx.clock(),
             exc,
         )
