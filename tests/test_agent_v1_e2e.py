@@ -165,3 +165,18 @@ def test_install_update_new_revision_idle_and_removal(device):
         elif seen.method == "PUT":
             assert openapi.errors(seen.json(), *openapi.CAPABILITIES) == [], seen.path
     assert device.sim.capabilities[DEVICE]["properties"]["supportedDeploymentTypes"] == ["compose"]
+
+
+def test_the_v1_demo_runs_the_whole_job(podman_environ):
+    if not LocalRegistry.available():
+        pytest.skip("docker-registry is not installed")
+    result = subprocess.run(
+        [sys.executable, "-m", "margo_lite", "demo", "--api", "v1"],
+        capture_output=True,
+        text=True,
+        env={**podman_environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the WFM saw pending -> installing -> installed -> removing -> removed" in result.stdout
+    assert "Hello from web 1.1.0, site SID-456-DEF" in result.stdout
