@@ -40,6 +40,7 @@ import pytest  # noqa: E402  (tests/support/engines skips with pytest.skip)
 import yaml  # noqa: E402
 
 from bench import gitsource as gitbench  # noqa: E402
+from bench import goals  # noqa: E402
 from bench import plan as planbench  # noqa: E402
 from margo_lite import backends, config, desired, gitsource, logs, planner  # noqa: E402
 from margo_lite.agent import Agent, Parts  # noqa: E402
@@ -53,7 +54,7 @@ from tests.support.proxyserver import ForwardProxy  # noqa: E402
 from tests.support.rig import Rig, app_files, deployment  # noqa: E402
 from tests.support.wait import wait_for  # noqa: E402
 
-IDLE_INTERVAL = "0.05s"
+IDLE_INTERVAL = "0.01s"
 DEVICE = "gw-bench"
 DEVICE_E2E = "gw-e2e"  # the device id tests/support/rig.py configures
 
@@ -62,7 +63,9 @@ DEVICE_E2E = "gw-e2e"  # the device id tests/support/rig.py configures
 class Counts:
     """How much each measurement does; `--quick` shrinks them for a smoke test."""
 
-    polls: int = 1000  # idle polls of the long-running process (RSS growth, CPU, disk)
+    polls: int = 1000  # idle polls of the long-running process (RSS, CPU, disk)
+    long_polls: int = 10_000  # idle polls of the same process for the RSS growth
+    onces: int = 3  # `margo-lite once` runs after it, on its state_dir
     git_polls: int = 200  # in-process idle polls, plain and with 2000 extra refs
     commits: int = 1000  # upstream commits fetched one by one (state_dir size)
     extra_refs: int = 2000
@@ -72,7 +75,9 @@ class Counts:
     updates: int = 3  # parameter updates timed from commit to Installed
 
 
-QUICK = Counts(polls=20, git_polls=10, commits=5, reconciles=5, starts=1, updates=1)
+QUICK = Counts(
+    polls=20, long_polls=40, git_polls=10, commits=5, reconciles=5, starts=1, updates=1, onces=2
+)
 
 
 @dataclass(frozen=True)
@@ -189,14 +194,24 @@ def git_figures(tmp: Path, counts: Counts) -> list[Figure]:
             ]
 
         growth = gitbench.state_growth(upstream, source, state, counts.commits)
+        gitbench.shallow_clone(server, tmp / "c-git-tip")
+        tip = goals.c_git_tip_bytes(tmp / "c-git-tip")
         out += [
             fig(
                 "state_dir_bytes",
                 f"state_dir after {growth.commits} upstream commits",
                 growth.final,
                 "B",
-                f"each fetched; peak {growth.peak} B, {growth.start} B before",
-            )
+                f"each fetched; {growth.start} B before",
+            ),
+            fig("state_dir_peak_bytes", "state_dir peak over those commits", growth.peak, "B"),
+            fig(
+                "anchor_c_git_tip_bytes",
+                "anchor: C git's shallow clone of that tip",
+                tip,
+                "B",
+                "git clone --bare --depth=1: .pack + .idx",
+            ),
         ]
 
         out += proxy_figures(server, cfg, tmp, counts)
@@ -330,11 +345,18 @@ def write_config(path: Path, state: Path, run: Path, wos_url: str, git_url: str)
 class AgentProcess:
     """`margo-lite run` as a user starts it; reads its RSS, CPU and disk writes from /proc."""
 
-    def __init__(self, config_path: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        env: dict[str, str],
+        log: Path,
+        python: str = sys.executable,
+        command: str = "run",
+    ) -> None:
         self.started = time.monotonic()
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "margo_lite", "-c", str(config_path), "run"],
+                [python, "-m", "margo_lite", "-c", str(config_path), command],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**env, "PYTHONPATH": str(ROOT)},
@@ -388,7 +410,8 @@ def first_poll_after(server: TimedGitServer, repo: str, agent: AgentProcess) -> 
 
 
 def process_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figure]:
-    """An idle `margo-lite run` (interval 0.05 s): cold start, RSS, CPU and disk per poll."""
+    """An idle `margo-lite run` (interval 0.01 s): cold start, RSS, CPU and disk per poll,
+    RSS growth over many polls; then `margo-lite once` on the same state_dir."""
     repo = "idle.git"
     (tmp / "srv").mkdir()
     Upstream(tmp / "srv" / repo).commit({"README.md": "no deployments\n"})
@@ -401,10 +424,10 @@ def process_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figu
             cfg_path = write_config(
                 tmp / "config.yaml", tmp / "state", run, sim.url, server.url(repo)
             )
-            agent = AgentProcess(cfg_path, env, log)
-            try:
-                starts = [first_poll_after(server, repo, agent)]
-                runtime = StateStore(run)
+            runtime = StateStore(run)
+
+            def idle_after(agent: AgentProcess, polls: int) -> int:
+                """Wait for the first idle poll, then `polls` more; the RSS after them."""
 
                 def idle() -> bool:
                     record = agent.alive() and runtime.read_json(POLL_RECORD)
@@ -412,22 +435,47 @@ def process_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figu
 
                 wait_for(idle, timeout=120, what="the first idle poll")
                 base = len(server.answers(repo))
-                rss0, cpu0, io0 = agent.rss_kib(), agent.cpu_ms(), agent.write_bytes()
                 wait_for(
-                    lambda: agent.alive() and len(server.answers(repo)) >= base + counts.polls,
-                    timeout=60 + counts.polls,
+                    lambda: agent.alive() and len(server.answers(repo)) >= base + polls,
+                    timeout=60 + polls,
                     interval=0.2,
-                    what=f"{counts.polls} idle polls",
+                    what=f"{polls} idle polls",
                 )
+                assert idle(), "the desired state changed during the idle polls"
+                return agent.rss_kib()
+
+            agent = AgentProcess(cfg_path, env, log)
+            try:
+                starts = [first_poll_after(server, repo, agent)]
+                idle_after(agent, 0)
+                base = len(server.answers(repo))
+                rss0, cpu0, io0 = agent.rss_kib(), agent.cpu_ms(), agent.write_bytes()
+                idle_after(agent, counts.polls)
                 rss1, cpu1, io1 = agent.rss_kib(), agent.cpu_ms(), agent.write_bytes()
                 polls = len(server.answers(repo)) - base
-                assert idle(), "the desired state changed during the idle polls"
+                rss_long = idle_after(agent, counts.long_polls - polls)
+                long_polls = len(server.answers(repo)) - base
             finally:
                 agent.stop()
             for _ in range(counts.starts - 1):  # restarts on the same state_dir
                 agent = AgentProcess(cfg_path, env, log)
                 try:
                     starts.append(first_poll_after(server, repo, agent))
+                finally:
+                    agent.stop()
+            once = []
+            for _ in range(counts.onces):  # each a new process: a timer-driven gateway
+                before = len(server.answers(repo))
+                agent = AgentProcess(cfg_path, env, log, command="once")
+                if agent.proc.wait(timeout=300) != 0:
+                    raise RuntimeError(f"margo-lite once failed:\n{log.read_text()[-2000:]}")
+                once.append(len(server.answers(repo)) - before)
+            pypi = ROOT / ".venv-pypi" / "bin" / "python"
+            rss_pypi = None
+            if pypi.exists() and Path(sys.executable).parent != pypi.parent:
+                agent = AgentProcess(cfg_path, env, log, python=str(pypi))
+                try:
+                    rss_pypi = idle_after(agent, counts.polls)
                 finally:
                     agent.stop()
     finally:
@@ -452,12 +500,33 @@ def process_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figu
         fig("rss_polls_kib", f"RSS after {polls} polls", rss1, "KiB"),
         fig("rss_growth_kib", f"RSS growth over {polls} polls", rss1 - rss0, "KiB"),
         fig(
+            "rss_growth_long_kib",
+            f"RSS growth over {long_polls} polls",
+            rss_long - rss0,
+            "KiB",
+            f"{rss_long} KiB after them",
+        ),
+        fig(
+            "rss_polls_pypi_kib",
+            f"RSS after {counts.polls} polls, PyPI dependencies",
+            rss_pypi,
+            "KiB",
+            "the same run with .venv-pypi's python" if rss_pypi else "not measured: no .venv-pypi",
+        ),
+        fig(
             "cold_start_ms",
             "cold start to first poll",
             statistics.median(starts) * 1000,
             "ms",
             f"process start to the Git server's answer; median of {len(starts)}, "
             f"max {max(starts) * 1000:.0f} ms",
+        ),
+        fig(
+            "once_requests",
+            "idle `margo-lite once`: requests",
+            statistics.mean(once),
+            "requests/run",
+            f"{len(once)} runs after `run` on the same state_dir: {once}",
         ),
     ]
     return out
@@ -493,6 +562,24 @@ def managed_count(env: dict[str, str]) -> int:
     return len(out.split())
 
 
+class TimedSource:
+    """The agent's Git source, counting the CPU its polls take in this thread."""
+
+    def __init__(self, source: gitsource.GitSource) -> None:
+        self._source = source
+        self.cpu = 0.0
+
+    def poll(self) -> gitsource.PollResult:
+        started = time.thread_time()
+        try:
+            return self._source.poll()
+        finally:
+            self.cpu += time.thread_time() - started
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._source, name)
+
+
 def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figure]:
     """`Agent.reconcile()` with N Installed records and nothing changed (real parts), against
     an engine store holding their containers."""
@@ -515,8 +602,10 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
                 )
             )
             built = Parts.build(cfg)
+            source = TimedSource(built.source)
             parts = dataclasses.replace(
                 built,
+                source=source,  # type: ignore[arg-type]
                 backend_factory=lambda: backends.select(
                     cfg.runtime, cfg.state_dir, env, device=cfg.device.id
                 ),
@@ -536,6 +625,16 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
                     agent.reconcile()
                     times.append((time.process_time() - cpu) * 1000)
                 assert len(parts.outbox) == queued, "a no-change reconcile queued a report"
+                ticks, whole = [], []
+                for _ in range(counts.reconciles):  # the daemon's tick: poll due, nothing new
+                    agent.ctx.timers.next_heal = time.monotonic() + 3600  # heal not due
+                    source.cpu = 0.0
+                    cpu = time.thread_time()
+                    agent.tick(poll_now=True)
+                    spent = time.thread_time() - cpu
+                    whole.append(spent * 1000)
+                    ticks.append((spent - source.cpu) * 1000)
+                assert len(parts.outbox) == queued, "a no-change tick queued a report"
                 assert all(r.state is planner.State.INSTALLED for r in agent.records.values())
                 left = managed_count(env)  # the first reconcile's sweep removed none of them
             finally:
@@ -552,7 +651,15 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
             f"{components} components Installed, {stored} containers in the engine's store "
             f"({left} after); median of {len(times)} "
             f"(max {max(times):.2f} ms), time.process_time",
-        )
+        ),
+        fig(
+            "tick_cpu_ms",
+            f"no-change tick, {n} deployments: CPU besides the poll",
+            statistics.median(ticks),
+            "ms CPU",
+            f"Agent.tick with a poll due that finds nothing new, heal not due; median of "
+            f"{len(ticks)}; with the poll {statistics.median(whole):.2f} ms, time.thread_time",
+        ),
     ]
 
 
@@ -579,11 +686,18 @@ def installed_after(rig: Rig, dep_id: str, after: float) -> float:
 
 
 def latency_figures(tmp: Path, counts: Counts, environ: dict[str, str]) -> list[Figure]:
-    """Commit to Installed at the WOS, `margo-lite run` with a 1 s interval, podman."""
+    """Commit to Installed at the WOS, `margo-lite run` with a 1 s interval, podman; and the
+    anchors of its bound: the wait for the next poll, podman alone, the settle window."""
     (tmp / "srv").mkdir()
     (tmp / "rig").mkdir()
-    with wossim.WosSimulator() as sim, GitServer(tmp / "srv") as server:
+    repo = "desired.git"
+
+    def poll_wait(committed: float) -> float:
+        return server.answers(repo, committed)[0] - committed
+
+    with wossim.WosSimulator() as sim, TimedGitServer(tmp / "srv") as server:
         rig = Rig(tmp / "rig", server, environ, sim)  # interval 1s, jitter 0, builtin compose
+        repo = rig.upstream.path.name
         rig.upstream.commit({"README.md": "nothing yet\n"})
         try:
             rig.start()
@@ -592,16 +706,20 @@ def latency_figures(tmp: Path, counts: Counts, environ: dict[str, str]) -> list[
             rig.upstream.commit(app_files(port, "v0"))
             committed = time.monotonic()
             install = installed_after(rig, "web-1", committed) - committed
-            updates = []
+            install_wait = poll_wait(committed)
+            updates, waits = [], []
             for k in range(1, counts.updates + 1):
                 rig.upstream.commit(
                     {"web-1.yaml": deployment("web-1", greeting=f"v{k}", port=port)}
                 )
                 committed = time.monotonic()
                 updates.append(installed_after(rig, "web-1", committed) - committed)
+                waits.append(poll_wait(committed))
             rig.stop()
         finally:
             rig.cleanup()
+    alone = goals.podman_alone(environ, engines.IMAGE, engines.free_port(), runs=counts.updates)
+    middle = sorted(range(len(updates)), key=updates.__getitem__)[len(updates) // 2]
     return [
         fig(
             "latency_install_s",
@@ -613,9 +731,43 @@ def latency_figures(tmp: Path, counts: Counts, environ: dict[str, str]) -> list[
         fig(
             "latency_update_s",
             "commit to Installed: parameter update",
-            statistics.median(updates),
+            updates[middle],
             "s",
             f"median of {len(updates)}, max {max(updates):.2f} s; container recreated",
+        ),
+        fig(
+            "latency_install_poll_wait_s",
+            "anchor: commit to the next poll (install)",
+            install_wait,
+            "s",
+            "the Git server's answer after the commit",
+        ),
+        fig(
+            "latency_update_poll_wait_s",
+            "anchor: commit to the next poll (that update)",
+            waits[middle],
+            "s",
+        ),
+        fig(
+            "latency_install_podman_s",
+            "anchor: podman alone, run -d",
+            alone["latency_install_podman_s"],
+            "s",
+            f"same image, command and port; median of {counts.updates}",
+        ),
+        fig(
+            "latency_update_podman_s",
+            "anchor: podman alone, stop -t 1 + rm + run -d",
+            alone["latency_update_podman_s"],
+            "s",
+            f"median of {counts.updates}",
+        ),
+        fig(
+            "settle_s",
+            "anchor: the settle window",
+            config.RuntimeConfig().settle,
+            "s",
+            "runtime.settle (default): a start must stay up this long",
         ),
     ]
 
@@ -632,6 +784,11 @@ def skipped(keys_labels: list[tuple[str, str, str]], reason: str) -> list[Figure
 LATENCY_FIGURES = [
     ("latency_install_s", "commit to Installed: new deployment", "s"),
     ("latency_update_s", "commit to Installed: parameter update", "s"),
+    ("latency_install_poll_wait_s", "anchor: commit to the next poll (install)", "s"),
+    ("latency_update_poll_wait_s", "anchor: commit to the next poll (that update)", "s"),
+    ("latency_install_podman_s", "anchor: podman alone, run -d", "s"),
+    ("latency_update_podman_s", "anchor: podman alone, stop -t 1 + rm + run -d", "s"),
+    ("settle_s", "anchor: the settle window", "s"),
 ]
 
 
@@ -661,11 +818,25 @@ ORDER = [
     "rss_start_kib",
     "rss_polls_kib",
     "rss_growth_kib",
+    "rss_growth_long_kib",
+    "rss_polls_pypi_kib",
+    "anchor_rss_bare_kib",
+    "anchor_rss_deps_kib",
     "state_dir_bytes",
+    "state_dir_peak_bytes",
+    "anchor_c_git_tip_bytes",
     "latency_install_s",
     "latency_update_s",
+    "latency_install_poll_wait_s",
+    "latency_update_poll_wait_s",
+    "latency_install_podman_s",
+    "latency_update_podman_s",
+    "settle_s",
     "reconcile_cpu_ms",
+    "tick_cpu_ms",
+    "once_requests",
     "cold_start_ms",
+    "anchor_python_start_ms",
 ]
 
 
@@ -676,7 +847,21 @@ def measure(counts: Counts, engine: bool, progress: Callable[[str], None]) -> li
         progress("Git: idle poll, change fetch, extra refs, state_dir growth")
         (tmp / "git").mkdir()
         figures += git_figures(tmp / "git", counts)
-        progress(f"margo-lite run: {counts.polls} idle polls, {counts.starts} cold start(s)")
+        progress("anchors: bare python, python with the dependencies imported")
+        anchors = goals.python_anchors(sys.executable, ROOT)
+        figures += [
+            fig("anchor_rss_bare_kib", "anchor: RSS of bare python", anchors["anchor_rss_bare_kib"],
+                "KiB", "python -c, VmRSS"),
+            fig("anchor_rss_deps_kib", "anchor: RSS of python with run's imports but margo_lite",
+                anchors["anchor_rss_deps_kib"], "KiB",
+                "the stdlib modules `run` imports + urllib3 + yaml + dulwich"),
+            fig("anchor_python_start_ms", "anchor: bare python, start to exit",
+                anchors["anchor_python_start_ms"], "ms", "python -c pass, median of 5"),
+        ]  # fmt: skip
+        progress(
+            f"margo-lite run: {counts.long_polls} idle polls, {counts.starts} cold start(s), "
+            f"{counts.onces} x once"
+        )
         (tmp / "proc").mkdir()
         with private_podman(tmp / "podman-idle") as env:
             figures += process_figures(tmp / "proc", counts, env)
@@ -729,7 +914,7 @@ def table(report: dict) -> str:
         )
         if i == 0:
             lines.append("-" * (sum(widths) + 6 + 20))
-    lines.append(f"\ntotal time {report['seconds']:.0f} s")
+    lines += ["", goals.table(report["goals"]), f"\ntotal time {report['seconds']:.0f} s"]
     return "\n".join(lines)
 
 
@@ -758,6 +943,7 @@ def main(argv: list[str] | None = None) -> int:
         "counts": dataclasses.asdict(counts),
         "seconds": round(time.monotonic() - started, 1),
         "figures": [dataclasses.asdict(f) for f in figures],
+        "goals": goals.judge({f.key: f.value for f in figures}),
     }
     if args.json:  # the table still goes to the reader, the JSON to the pipe
         print(table(report), file=sys.stderr)

@@ -2,24 +2,29 @@
 
 `reconcile` plans against the records (`planner.plan`) and, deployment by deployment inside
 an error boundary (`boundary`), saves each planned record and runs each change through
-`run_step`: prepare the component (`prepare`: the package store, the canonical document,
-the policy gate, in `checked_unit`), then the backend, saving and reporting the state
-before and after. A failed component is retried with backoff (`retry_later`); a new
-revision tries at once. After a cycle that changed something, `remove_orphans` removes
+`run_step`: prepare the component (`prepare`: the package store, the canonical document, the
+policy gate, in `checked_unit`), then the backend, saving and reporting the state before and
+after. The error's family decides what follows a failure (`schedule_after_failure`): a
+transient one is retried with backoff (`retry_later`), a stalled one waits for a new
+revision or a configuration change (`wait_for_change`); a new revision that changes the
+component tries at once. After a cycle that changed something, `remove_orphans` removes
 labelled objects no record accounts for and `prune_packages` drops cache entries no record
-uses. Once everything is settled, the applied revision is recorded.
+uses, once the reports are out (Installed does not wait for the sweep). Once everything is
+settled, the applied revision is recorded. A plan that had nothing to do holds until the
+desired state or a record changes (`Context.idle_plan`): an idle tick plans nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from margo_lite import backends, desired, logs, planner, policy, schedule
 from margo_lite.cycle import Context, coded, internal_error
-from margo_lite.errors import EngineError, MargoLiteError
+from margo_lite.errors import MargoLiteError, PackageError, StalledError, family
 from margo_lite.planner import Action, Step
 from margo_lite.records import AGENT_RECORD, AGENT_REVISION_KEY, DeploymentRecord, Reason, State
 
@@ -39,6 +44,11 @@ def reconcile(ctx: Context, report: Callable[[], None]) -> None:
     if ctx.desired is None or ctx.snapshot is None:
         return
     records = ctx.book.by_id
+    idle = ctx.idle_plan
+    if idle is not None and idle[0] is ctx.desired and idle[1] == ctx.book.generation:
+        return  # nothing changed since a plan that had nothing to do: no plan, no write
+    ctx.idle_plan = None
+    generation = ctx.book.generation
     try:
         plan = planner.plan(ctx.desired, records)
     except MargoLiteError:
@@ -53,6 +63,8 @@ def reconcile(ctx: Context, report: Callable[[], None]) -> None:
         with boundary(ctx, dp.id):
             if not _reconcile_one(ctx, report, plan, dp):
                 return
+    if plan.changes:
+        report()  # Installed goes out now, not after the sweep below
     if plan.changes or ctx.tidy_needed:
         # Only after a change or a start: an idle cycle costs no engine call, no write.
         swept = remove_orphans(ctx, plan.desired_ids) if ctx.desired.complete else True
@@ -66,6 +78,8 @@ def reconcile(ctx: Context, report: Callable[[], None]) -> None:
     ):
         ctx.applied_revision = revision
         ctx.parts.store.write_json(AGENT_RECORD, {AGENT_REVISION_KEY: revision})
+    if not plan.changes and not ctx.tidy_needed and ctx.book.generation == generation:
+        ctx.idle_plan = (ctx.desired, generation)
 
 
 def _reconcile_one(
@@ -128,8 +142,10 @@ def run_step(
     skipped, so other components of the deployment still get their changes."""
     key = (step.deployment_id, step.component)
     timers, book, hooks = ctx.timers, ctx.book, ctx.hooks
-    if step.retry and ctx.clock() < timers.retry_due.get(key, 0.0):
-        timers.retry_at(timers.retry_due[key])
+    due = timers.retry_due.get(key, 0.0)
+    if step.retry and ctx.clock() < due:
+        if due < math.inf:
+            timers.retry_at(due)
         return record, False
     ctx.heartbeat()
     touched = False  # whether what runs may have changed when an error comes
@@ -166,7 +182,7 @@ def run_step(
         log.error(
             "%s %s/%s failed: %s", step.action.value, step.deployment_id, step.component, error
         )
-        retry_later(ctx, key)
+        schedule_after_failure(ctx, key, exc)
         return book.save(planner.failed(record, step, Reason.of(error), restored=restored)), True
     timers.retry_backoff.pop(key, None)
     timers.retry_due.pop(key, None)
@@ -174,10 +190,27 @@ def run_step(
     return book.save(done), True
 
 
+def schedule_after_failure(ctx: Context, key: tuple[str, str], exc: Exception) -> None:
+    """The error's family decides: a stalled component waits for a change
+    (`wait_for_change`), anything else is tried again with backoff (`retry_later`)."""
+    if family(exc) is StalledError:
+        wait_for_change(ctx, key)
+    else:
+        retry_later(ctx, key)
+
+
+def wait_for_change(ctx: Context, key: tuple[str, str]) -> None:
+    """A stalled component is not tried again: only a new revision that changes it (a new
+    spec is not a retry) or a configuration change (a reload starts afresh) can fix it."""
+    log.warning("%s/%s waits for a new revision or a configuration change", *key)
+    ctx.timers.retry_backoff.pop(key, None)
+    ctx.timers.retry_due[key] = math.inf
+
+
 def retry_later(ctx: Context, key: tuple[str, str]) -> None:
-    """A failed component is tried again with backoff: 10 s, doubling, up to
-    poll.max_backoff. Transient or not, the cause may go away (an image loaded by hand,
-    a port freed); a new revision tries at once."""
+    """A component that failed for a transient cause is tried again with backoff: 10 s,
+    doubling, up to poll.max_backoff (an image loaded by hand, a port freed, the engine
+    back); a new revision that changes it tries at once."""
     timers = ctx.timers
     backoff = timers.retry_backoff.get(key, retry_backoff(ctx.cfg.poll.max_backoff)).failed()
     timers.retry_backoff[key] = backoff
@@ -198,7 +231,7 @@ def prepare(ctx: Context, step: Step) -> tuple[backends.ComponentUnit, str]:
     assert component is not None and ctx.snapshot is not None
     ctx.hooks.raise_if_asked("prepare", step.deployment_id)
     if not component.package_location:
-        raise EngineError(
+        raise PackageError(
             f"component {component.name} has no packageLocation", code="PACKAGE_INVALID"
         )
     package = ctx.parts.packages.prepare(

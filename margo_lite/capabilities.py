@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from margo_lite.config import CapabilitiesConfig
+from margo_lite.config import CapabilitiesConfig, Config
 
 API_VERSION = "device.margo/v1"
 KIND = "DeviceCapabilities"
@@ -64,16 +64,21 @@ def cpu(proc: Path, sysfs: Path) -> dict[str, Any]:
     return found
 
 
-def memory_gb(proc: Path) -> float | None:
+def memory_bytes(proc: Path) -> int | None:
     for line in (_read(proc / "meminfo") or "").splitlines():
         key, _, value = line.partition(":")
         parts = value.split()
         if key == "MemTotal" and parts and parts[0].isdigit():
-            return round(int(parts[0]) * 1024 / GB, 2)
+            return int(parts[0]) * 1024
     return None
 
 
-def storage_gb(state_dir: Path) -> float | None:
+def memory_gb(proc: Path) -> float | None:
+    found = memory_bytes(proc)
+    return None if found is None else round(found / GB, 2)
+
+
+def storage_bytes(state_dir: Path) -> int | None:
     """Size of the filesystem that holds `state_dir` (or its nearest existing parent)."""
     path = state_dir
     while not path.exists() and path != path.parent:
@@ -82,7 +87,12 @@ def storage_gb(state_dir: Path) -> float | None:
         st = os.statvfs(path)
     except OSError:
         return None
-    return round(st.f_blocks * st.f_frsize / GB, 2)
+    return st.f_blocks * st.f_frsize
+
+
+def storage_gb(state_dir: Path) -> float | None:
+    found = storage_bytes(state_dir)
+    return None if found is None else round(found / GB, 2)
 
 
 def interfaces(sysfs: Path) -> list[dict[str, Any]]:
@@ -149,6 +159,45 @@ def _identity(sysfs: Path) -> dict[str, str]:
     return {k: v.strip("\x00") for k, v in found.items() if v and v.strip("\x00")}
 
 
+def _configured_identity(sysfs: Path, cfg: CapabilitiesConfig) -> dict[str, str]:
+    identity = _identity(sysfs)
+    for key in ("vendor", "modelNumber", "serialNumber"):
+        value = getattr(cfg, key)
+        if value is not None:
+            identity[key] = value
+    return identity
+
+
+def discover_for(cfg: Config) -> dict[str, Any]:
+    """The capabilities body of the configured profile (`wos.api`): draft or Margo 1.0."""
+    args = (cfg.device.id, cfg.state_dir, cfg.capabilities)
+    return discover_v1(*args) if getattr(cfg.wos, "api", "draft") == "v1" else discover(*args)
+
+
+def discover_v1(
+    device_id: str,
+    state_dir: Path,
+    cfg: CapabilitiesConfig,
+    *,
+    proc: Path = Path("/proc"),
+    sysfs: Path = Path("/sys"),
+) -> dict[str, Any]:
+    """The Margo 1.0 `DeviceCapabilitiesManifest` (rendered by `wfmbody`); labels from
+    `capabilities.labels`."""
+    from margo_lite import wfmbody
+
+    return wfmbody.capabilities_v1(
+        device_id,
+        _configured_identity(sysfs, cfg),
+        cpu(proc, sysfs),
+        memory_bytes(proc),
+        storage_bytes(state_dir),
+        gpus(sysfs) + [dict(p) for p in cfg.peripherals],
+        interfaces(sysfs),
+        cfg.labels or None,
+    )
+
+
 def discover(
     device_id: str,
     state_dir: Path,
@@ -158,11 +207,7 @@ def discover(
     sysfs: Path = Path("/sys"),
 ) -> dict[str, Any]:
     """The DeviceCapabilities body. `proc` and `sysfs` are parameters so tests can use a tree."""
-    identity = _identity(sysfs)
-    for key in ("vendor", "modelNumber", "serialNumber"):
-        value = getattr(cfg, key)
-        if value is not None:
-            identity[key] = value
+    identity = _configured_identity(sysfs, cfg)
     resources: dict[str, Any] = {"cpus": [cpu(proc, sysfs)]}
     memory = memory_gb(proc)
     if memory is not None:

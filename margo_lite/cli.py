@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the whole job end to end on this machine (local WOS, Git, engine)"
     )
     demo.add_argument("--keep", action="store_true", help="keep the demo's files afterwards")
+    demo.add_argument(
+        "--api",
+        choices=("draft", "v1"),
+        default="draft",
+        help="draft: a WOS with Git; v1: a Margo 1.0 WFM over mTLS and an OCI registry",
+    )
     return parser
 
 
@@ -92,6 +98,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _check_writable(cfg)
     proxies = _proxies(cfg)  # the environment's proxy variables are checked too
+    identity = _check_svid(cfg)
     print(f"configuration OK: {cfg.source}")
     print(f"  device {cfg.device.id}, state in {cfg.device.state_dir}")
     if cfg.git is not None and cfg.desired.source == "git":
@@ -100,7 +107,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"  desired state from the WOS (wos.api: {cfg.wos.api})")
     print(f"  reports to {logs.sanitize_url(cfg.wos.url)} (wos.api: {cfg.wos.api})")
     print(f"  network: {proxies.describe()}")
+    if identity:
+        print(f"  identity {identity[0]}, expects the WFM {identity[1]}")
     return EXIT_OK
+
+
+def _check_svid(cfg: config.Config) -> tuple[str, str] | None:
+    """The client certificate and key load and match; in v1 the certificate is an SVID and
+    the WFM's expected SPIFFE ID is known. (own id, WFM id) in v1; raises ConfigError."""
+    if not cfg.wos.client_cert:
+        return None
+    from margo_lite import svid
+
+    files = svid.Files(cfg.wos.client_cert, cfg.wos.client_key)
+    if getattr(cfg.wos, "api", "draft") != "v1":
+        svid.load_context(files, source=cfg.source)
+        return None
+    own, _context = svid.load_identity(files, source=cfg.source)
+    if svid.key_is_loose(files):
+        log.warning("%s is readable by others: make it mode 0600", files.key or files.cert)
+    return own, svid.expected_server(own, getattr(cfg.wos, "server_id", None), source=cfg.source)
 
 
 def _proxies(cfg: config.Config) -> proxy.Settings:
@@ -121,13 +147,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_capabilities(args: argparse.Namespace) -> int:
-    from margo_lite import capabilities, wos
+    from margo_lite import capabilities, wfmclient
 
     cfg = _load(args)
-    body = capabilities.discover(cfg.device.id, cfg.state_dir, cfg.capabilities)
+    body = capabilities.discover_for(cfg)
     print(json.dumps(body, indent=2, sort_keys=True))
     if args.send:
-        with wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=_proxies(cfg)) as client:
+        with wfmclient.make_client(cfg, _proxies(cfg)) as client:
             client.send_capabilities(body, force=True)
         print(f"sent to {logs.sanitize_url(cfg.wos.url)}", file=sys.stderr)
     return EXIT_OK
@@ -203,6 +229,10 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.api == "v1":
+        from margo_lite.devkit import demov1
+
+        return demov1.run(keep=args.keep)
     from margo_lite.devkit import demo
 
     return demo.run(keep=args.keep)

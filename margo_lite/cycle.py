@@ -18,10 +18,19 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import urllib3
-
-from margo_lite import backends, config, desired, logs, pools, proxy, schedule, wos
-from margo_lite.errors import EngineError, MargoLiteError
+from margo_lite import (
+    backends,
+    config,
+    desired,
+    logs,
+    mtls,
+    pools,
+    proxy,
+    schedule,
+    wfmclient,
+    wos,
+)
+from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
 from margo_lite.packages import PackageStore
@@ -42,7 +51,7 @@ class Parts:
     source: DesiredSource
     packages: PackageStore
     outbox: Outbox
-    client: wos.WosClient
+    client: wos.WosClient | wfmclient.WfmClient
     backend_factory: Callable[[], backends.Backend]
 
     @classmethod
@@ -51,39 +60,36 @@ class Parts:
         store = StateStore(state_dir)
         proxies = pools.settings_from(cfg.network, os.environ, source=cfg.source)
         log.info("network: %s", proxies.describe())
+        # v1: one set of mTLS pools (the WFM's SPIFFE identity checked) for the desired
+        # state and the reports alike, its connections reused by both.
+        wfm = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source) if v1(cfg) else None
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
-            source=desired_source(cfg, proxies),
+            source=desired_source(cfg, proxies, wfm),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies),
+            client=wfmclient.make_client(cfg, proxies, pools=wfm),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
         )
 
 
-def desired_source(cfg: config.Config, proxies: proxy.Settings) -> DesiredSource:
-    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`)."""
+def v1(cfg: config.Config) -> bool:
+    return cfg.wos.api == "v1"
+
+
+def desired_source(
+    cfg: config.Config, proxies: proxy.Settings, wfm: mtls.WfmPools | None = None
+) -> DesiredSource:
+    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`,
+    over `wfm`, the v1 pools; made here when not given)."""
     if cfg.desired.source == "wos":
-        return WfmSource(cfg.wos.url, cfg.state_dir, wfm_pool(cfg, proxies))
+        pool = wfm or wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+        return WfmSource(cfg.wos.url, cfg.state_dir, pool)
     assert cfg.git is not None  # the configuration requires it with desired.source: git
     return GitSource(cfg.git, cfg.state_dir, proxies=proxies)
-
-
-def wfm_pool(cfg: config.Config, proxies: proxy.Settings) -> pools.Pools:
-    """Mutual TLS to the WFM with the device's certificate, verified against wos.ca_file.
-    (The WFM's SPIFFE identity check comes with the v1 transport's own pool.)"""
-    return pools.Pools(
-        proxies,
-        ca_file=cfg.wos.ca_file,
-        cert_file=cfg.wos.client_cert,
-        key_file=cfg.wos.client_key,
-        timeout=urllib3.Timeout(connect=cfg.wos.timeout, read=cfg.wos.timeout),
-        retries=False,
-        maxsize=2,
-    )
 
 
 @dataclass
@@ -145,7 +151,11 @@ class Context:
     snapshot: Snapshot | None = None  # the revision loaded; its files
     desired: desired.DesiredState | None = None  # what its documents ask for
     applied_revision: str | None = None  # the revision applied in full (`AGENT_RECORD`)
+    refused: tuple[str, str] | None = None  # a revision refused as stalled, and why
     tidy_needed: bool = True  # sweep orphans and prune the cache at the next reconcile
+    #: (desired, records generation) of the last plan that had nothing to do: until either
+    #: moves, a reconcile has nothing to do either (`act.reconcile` skips planning)
+    idle_plan: tuple[object, int] | None = None
     _backend: backends.Backend | None = field(default=None, init=False, repr=False)
 
     @property
@@ -165,7 +175,7 @@ def coded(exc: Exception) -> MargoLiteError:
     if isinstance(exc, MargoLiteError):
         return exc
     if isinstance(exc, OSError):
-        return EngineError(f"{exc.strerror or exc}", code="LOCAL_IO_ERROR")
+        return LocalIOError(f"{exc.strerror or exc}")
     return internal_error(exc)
 
 
@@ -175,4 +185,4 @@ def internal_error(exc: Exception) -> MargoLiteError:
     log.debug("unexpected %s", type(exc).__name__, exc_info=exc)
     text = logs.redact(str(exc))
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return MargoLiteError(f"unexpected error: {message[:400]}", code="INTERNAL_ERROR")
+    return InternalError(f"unexpected error: {message[:400]}")

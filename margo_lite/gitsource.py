@@ -4,8 +4,10 @@ A poll asks the server for one ref with Git protocol v2 `ls-refs` and a `ref-pre
 small POST whatever the number of refs) and compares it with the commit held locally; only
 when they differ does it fetch, with `deepen 1`, the new tip's objects that are not held
 yet (one more POST). A server that speaks only protocol v0 gets the same in its terms (the
-ref advertisement, then one POST). An idle poll reads the token and the ref file and
-writes nothing.
+ref advertisement, then one POST). The server's protocol v2 capabilities are kept in
+`state_dir/git/server.json` (written when they change), so that a new process (a timer's
+`margo-lite once`) polls with one request too. An idle poll reads the token and the ref
+file and writes nothing.
 
 The parts live in `margo_lite.git`: `smarthttp` (the protocol on urllib3), `localrepo`
 (file:// and paths), `store` (the bounded local bare repository), `objects` (reads that
@@ -15,6 +17,7 @@ check an object's type), `signature` (the signed bytes of a commit; `pgp` verifi
 from __future__ import annotations
 
 import base64
+import json
 import re
 import types
 import urllib.parse
@@ -26,7 +29,7 @@ from dulwich.refs import check_ref_format
 
 from margo_lite import logs, proxy
 from margo_lite.config import GitConfig
-from margo_lite.errors import ConfigError, GitError
+from margo_lite.errors import ConfigError, GitError, GitTransientError, MargoLiteError
 from margo_lite.git.localrepo import LocalRemote
 from margo_lite.git.objects import typed
 from margo_lite.git.remote import Remote
@@ -34,10 +37,13 @@ from margo_lite.git.signature import verify_commit_signature
 from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
 from margo_lite.git.store import CORRUPT, Store, read_files
 from margo_lite.source import PollResult, Snapshot
+from margo_lite.statestore import write_file_atomic
 
 log = logs.get(__name__)
 
 MAX_TOKEN_BYTES = 16 << 10
+MAX_PROTOCOL_BYTES = 64 << 10
+PROTOCOL_FILE = "server.json"  # in state_dir/git: the server's capabilities, as last seen
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")
 
 
@@ -52,13 +58,16 @@ class GitSource:
         self._branch = _check_branch(cfg.branch)
         self._path = _check_path(cfg.path)
         self._store = Store(Path(state_dir) / "git")
-        self._remote: Remote = _remote_for(cfg, proxies)
+        self._protocol_file = Path(state_dir) / "git" / PROTOCOL_FILE
+        self._noted = _read_protocol(self._protocol_file, cfg.url)
+        self._remote: Remote = _remote_for(cfg, proxies, self._noted)
 
     def poll(self) -> PollResult:
         """Ask for the branch tip (one request); fetch it (one more) only when it changed."""
         self._remote.authorize(_auth_header(self._cfg))
         try:
             tip = self._remote.tip(self._branch)
+            self._note_protocol()
             if tip is None:
                 raise GitError(
                     f"branch {self._branch!r} does not exist in "
@@ -74,6 +83,25 @@ class GitSource:
         finally:
             self._remote.close()
 
+    def _note_protocol(self) -> None:
+        """Keep the server's capabilities for the next process, when they changed."""
+        if not isinstance(self._remote, HttpRemote):
+            return
+        seen = self._remote.protocol
+        if seen is None or seen == self._noted:
+            return
+        data = {
+            "url": self._cfg.url,
+            "capabilities": {k.decode("latin-1"): v.decode("latin-1") for k, v in seen.items()},
+        }
+        try:
+            self._protocol_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_file_atomic(self._protocol_file, json.dumps(data, sort_keys=True).encode())
+        except (OSError, MargoLiteError) as exc:  # a cache: the next process asks again
+            log.warning("cannot keep the Git server's capabilities: %s", exc)
+            return
+        self._noted = seen
+
     def held_revision(self) -> str | None:
         """The tip held locally (no network), or None before the first fetch."""
         return self._store.tip()
@@ -86,7 +114,7 @@ class GitSource:
         """Every regular file below `git.path` at `commit`, from the local repository (no
         network). With `git.trusted_keys`, only for a commit signed by one of them."""
         if not HEX40.match(commit.encode("utf-8", "replace")):
-            raise GitError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
+            raise GitTransientError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
         with self._store.open() as repo:
             try:
                 files = self._read(repo.object_store, commit)
@@ -100,7 +128,9 @@ class GitSource:
         if commit.encode() not in store:
             if commit == self._store.tip():
                 raise KeyError(commit)  # the recorded tip is gone: a damaged repository
-            raise GitError(f"commit {commit} is not held locally", code="GIT_COMMIT_MISSING")
+            raise GitTransientError(
+                f"commit {commit} is not held locally", code="GIT_COMMIT_MISSING"
+            )
         obj = typed(store, commit.encode(), Commit, "the held tip")
         if self._cfg.trusted_keys:
             verify_commit_signature(obj.as_raw_string(), self._cfg.trusted_keys)
@@ -123,7 +153,26 @@ def _check_path(path: str) -> tuple[bytes, ...]:
     return tuple(p.encode() for p in parts)
 
 
-def _remote_for(cfg: GitConfig, proxies: proxy.Settings) -> Remote:
+def _read_protocol(path: Path, url: str) -> dict[bytes, bytes] | None:
+    """The capabilities a process noted for `url`; None when absent, for another URL, or
+    unreadable (a cache: asking the server again costs one request)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(MAX_PROTOCOL_BYTES + 1))
+        caps = data["capabilities"]
+        if data["url"] != url or not isinstance(caps, dict):
+            return None
+        return {str(k).encode("latin-1"): str(v).encode("latin-1") for k, v in caps.items()}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeError) as exc:
+        log.debug("ignoring %s: %s", path, exc)
+        return None
+
+
+def _remote_for(
+    cfg: GitConfig, proxies: proxy.Settings, known: dict[bytes, bytes] | None = None
+) -> Remote:
     url = cfg.url
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
@@ -137,7 +186,9 @@ def _remote_for(cfg: GitConfig, proxies: proxy.Settings) -> Remote:
             raise ConfigError("git.auth basic with a token_file needs it", key="git.username")
         if scheme == "http" and cfg.token_file:
             log.warning("git.url is plain http: the access token travels unencrypted")
-        return HttpRemote(url, ca_file=cfg.ca_file, timeout=cfg.timeout, proxies=proxies)
+        return HttpRemote(
+            url, ca_file=cfg.ca_file, timeout=cfg.timeout, proxies=proxies, known=known
+        )
     if scheme == "file":
         parts = urllib.parse.urlsplit(url)
         if parts.netloc not in ("", "localhost"):

@@ -5,16 +5,19 @@ recorded Installed at the digest desired now (`Backend.health`). One that is not
 is restored with no network, from what was checked and recorded at install: the package
 folder, verified unchanged against its manifest, and the recorded document, checked again
 against the policy in force. A restoration that succeeds saves an unchanged state, so
-nothing is reported; one that fails makes the component Failed (reported) and schedules a
-retry through the act step, which reports Installed again when it succeeds.
+nothing is reported; one that fails makes the component Failed (reported). Its error's
+family decides what follows: a transient cause (a tampered or missing package folder, the
+engine) is retried through the act step, which prepares the package again and reports
+Installed when it succeeds; a stalled one (the policy in force refuses it) waits for a
+change.
 """
 
 from __future__ import annotations
 
 from margo_lite import desired, logs, planner, policy
-from margo_lite.act import PACKAGE_FACT, boundary, checked_unit, retry_later
+from margo_lite.act import PACKAGE_FACT, boundary, checked_unit, schedule_after_failure
 from margo_lite.cycle import Context, coded
-from margo_lite.errors import EngineError, MargoLiteError
+from margo_lite.errors import MargoLiteError, PackageTransientError
 from margo_lite.planner import Action, Step
 from margo_lite.records import DeploymentRecord, Reason, State
 
@@ -75,7 +78,9 @@ def heal_one(
         # What was checked and recorded at install, from the package it binds, unchanged
         # (a container may write into its package folder): no network, works offline.
         if not digest:
-            raise EngineError("no package is recorded for this component", code="PACKAGE_MISSING")
+            raise PackageTransientError(
+                "no package is recorded for this component", code="PACKAGE_MISSING"
+            )
         package = ctx.parts.packages.verify(digest)
         unit = ctx.backend.recorded(record.id, component.name)
         if unit is None:  # recorded by an older version: built from the verified package
@@ -88,7 +93,7 @@ def heal_one(
         # Reported now; the reconcile retries it with backoff and reports Installed.
         error = coded(exc)
         log.error("%s/%s could not be restored: %s", record.id, component.name, error)
-        retry_later(ctx, (record.id, component.name))
+        schedule_after_failure(ctx, (record.id, component.name), exc)
         # A package changed under it, a policy that now refuses it, or a surprise is that
         # code; anything else is the container that is down.
         code = error.code if error.code in _REFUSALS else "CONTAINER_DOWN"

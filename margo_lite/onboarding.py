@@ -246,7 +246,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         write_file_atomic(path, data, mode=mode)
     except OSError as exc:
         raise OnboardingError(
-            f"cannot write {path}: {exc.strerror or exc}", code="STATE_IO"
+            f"cannot write {path}: {exc.strerror or exc}", code="ONBOARDING_WRITE_FAILED"
         ) from None
 
 

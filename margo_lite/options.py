@@ -164,6 +164,32 @@ def mapping(value: Any, ctx: Context) -> Mapping[str, Any]:
     return value
 
 
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,250}[A-Za-z0-9])?$")
+
+
+def label_map(value: Any, ctx: Context) -> dict[str, Any]:
+    """Labels as the Margo 1.0 capabilities schema allows them: a plain name to a string,
+    number, boolean, or a list of strings or of numbers."""
+    found = dict(mapping(value, ctx))
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    for key, item in found.items():
+        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            raise ValueError(f"label key {key!r} is not a plain name")
+        if isinstance(item, str | bool) or number(item):
+            continue
+        if isinstance(item, list) and (
+            all(isinstance(v, str) for v in item) or all(number(v) for v in item)
+        ):
+            continue
+        raise ValueError(
+            f"label {key!r}: a string, number, boolean, or a list of strings or of numbers"
+        )
+    return found
+
+
 def device_id(value: Any, ctx: Context) -> str:
     value = string(value, ctx)
     if not _DEVICE_ID.match(value):

@@ -41,7 +41,10 @@ MAX_SENDS_PER_FLUSH = 50  # bounded work per call: the agent's loop calls flush 
 
 
 class StatusSender(Protocol):
-    def post_status(self, deployment_id: str, body: dict) -> None: ...
+    """`revision` is the desired-state revision a report is about, when it was queued with
+    one: the Margo 1.0 body needs it (`adoptedManifestVersion`), the draft's does not."""
+
+    def post_status(self, deployment_id: str, body: dict, revision: str | None = None) -> None: ...
 
 
 #: Waits between tries while the WOS does not take reports: 2 s doubling to 5 min, spread.
@@ -131,12 +134,14 @@ class Outbox:
         """(deployment id, body) of every waiting report, oldest first (status, tests)."""
         return [(e.deployment_id, self._read(e)["body"]) for e in self._entries.values()]
 
-    def add(self, deployment_id: str, body: dict) -> None:
-        """Queue a report; it is on disk (fsynced) when this returns."""
+    def add(self, deployment_id: str, body: dict, *, revision: str | None = None) -> None:
+        """Queue a report; it is on disk (fsynced) when this returns. `revision` is the
+        desired-state revision it is about (a v1 report's `adoptedManifestVersion`)."""
         seq = max(self._entries, default=0) + 1
-        self.store.write_json(
-            _name(seq), {"deployment_id": deployment_id, "body": body, "rejections": 0}
-        )
+        record: dict[str, Any] = {"deployment_id": deployment_id, "body": body, "rejections": 0}
+        if revision is not None:
+            record["revision"] = revision
+        self.store.write_json(_name(seq), record)
         self._entries[seq] = _Entry(seq, deployment_id)
         self._merge_if_full()
 
@@ -211,7 +216,8 @@ class Outbox:
                 continue
             sends += 1
             try:
-                client.post_status(entry.deployment_id, record["body"])
+                extra = {"revision": record["revision"]} if "revision" in record else {}
+                client.post_status(entry.deployment_id, record["body"], **extra)
             except WosRejectedError as exc:
                 blocked.add(entry.deployment_id)
                 if self._rejected(entry, record, exc, now):

@@ -129,7 +129,7 @@ class PackageStore:
         with self._lock:
             package = self.ready(digest)
             if package is None:
-                raise PackageError(
+                raise PackageTransientError(
                     "the package this component was installed from is no longer cached",
                     code="PACKAGE_MISSING",
                 )
@@ -145,7 +145,7 @@ class PackageStore:
         if isinstance(manifest, dict):
             pkgmanifest.check(package.path, manifest, f"package {package.digest[:19]}")
         elif archive.tree_digest(package.path) != package.digest:  # from an older version
-            raise PackageError(
+            raise PackageTransientError(
                 f"package {package.digest[:19]} changed since it was checked",
                 code=pkgmanifest.CODE,
             )
@@ -333,7 +333,7 @@ class PackageStore:
         if package is not None:
             try:
                 self._check_unchanged(package)
-            except PackageError as exc:  # a container wrote into it: build it afresh
+            except (PackageError, PackageTransientError) as exc:  # a container wrote into it
                 log.warning("%s; preparing it again", exc.message)
                 self._discard(package.path)
                 return None

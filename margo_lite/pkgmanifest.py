@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 
 from margo_lite import archive
-from margo_lite.errors import PackageError
+from margo_lite.errors import PackageTransientError
 
 CODE = "PACKAGE_TAMPERED"
 
@@ -39,7 +39,7 @@ def check(root: Path, manifest: dict[str, str], what: str) -> None:
         except FileNotFoundError:
             now = "missing"
         if now != manifest[rel]:
-            raise PackageError(
+            raise PackageTransientError(
                 f"{what}: {rel} changed since the package was checked ({now.split(' ')[0]}); "
                 "nothing is started from it",
                 code=CODE,

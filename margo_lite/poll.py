@@ -1,25 +1,28 @@
 """The observe step: poll the desired-state source and load a new revision.
 
-`observe` polls within the polling hours and outside downtime windows, backing off after
-a failure (`poll.interval` doubled per failure up to `poll.max_backoff`, jittered); any
-`SourceError` leaves the last loaded revision in force. When the source's revision
-changed, `load` reads its files (`DesiredSource.snapshot`) and parses them into a
-`DesiredState`; a revision that cannot be read or parsed is refused whole and the previous
-one stays. Each poll writes its outcome to the volatile poll record for `margo-lite status`.
+`observe` polls within the polling hours and outside downtime windows, backing off after a
+failure (transient: `poll.interval` doubled per failure up to `poll.max_backoff`; stalled:
+`poll.max_backoff` at once; jittered); any `SourceError` leaves the last loaded revision in
+force. When the source's revision changed, `load` reads its files (`DesiredSource.snapshot`)
+and parses them into a `DesiredState`; a revision that cannot be read or parsed is refused
+whole and the previous one stays (a revision refused for a stalled cause is not read again).
+Each poll writes its outcome to the volatile poll record for `margo-lite status`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from margo_lite import desired, logs, schedule
 from margo_lite.cycle import Context, internal_error
-from margo_lite.errors import MargoLiteError, SourceError
+from margo_lite.errors import MargoLiteError, RevisionError, SourceError, StalledError, family
 from margo_lite.records import POLL_RECORD
 
 log = logs.get(__name__)
 
 _NEVER_WAIT = 3600.0  # polling is never allowed (hours all inside downtime): look again later
+_STALLED = 64  # failures after which `Backoff.delay()` is at its cap whatever the base
 
 
 def observe(ctx: Context, *, force: bool = False) -> str | None:
@@ -33,7 +36,7 @@ def observe(ctx: Context, *, force: bool = False) -> str | None:
     try:
         result = ctx.parts.source.poll()
     except SourceError as exc:
-        timers.poll_backoff = timers.poll_backoff.failed()
+        timers.poll_backoff = _after_failure(timers.poll_backoff, exc)
         _schedule(ctx)
         (log.debug if ctx.in_downtime() else log.warning)(
             "polling %s failed (next try in %.0fs): %s",
@@ -48,6 +51,9 @@ def observe(ctx: Context, *, force: bool = False) -> str | None:
     if ctx.snapshot is not None and ctx.snapshot.revision == result.revision:
         _note(ctx, "unchanged")
         return None
+    if ctx.refused is not None and ctx.refused[0] == result.revision:
+        _note(ctx, f"error: {ctx.refused[1]}")  # stalled: not read again
+        return ctx.refused[1]
     log.info("desired state is at revision %s", result.revision[:12])
     try:
         load(ctx, result.revision)
@@ -60,20 +66,34 @@ def observe(ctx: Context, *, force: bool = False) -> str | None:
 
 
 def load(ctx: Context, revision: str) -> None:
-    """Read and parse a held revision; it replaces the loaded one only once it parsed."""
-    snapshot = ctx.parts.source.snapshot(revision)
+    """Read and parse a held revision; it replaces the loaded one only once it parsed. A
+    revision refused for a stalled cause (a bad signature) is remembered, not read again."""
     try:
-        state = desired.parse_files(snapshot.files, device_id=ctx.cfg.device.id)
-    except MargoLiteError:
+        snapshot = ctx.parts.source.snapshot(revision)
+        try:
+            state = desired.parse_files(snapshot.files, device_id=ctx.cfg.device.id)
+        except MargoLiteError:
+            raise
+        except Exception as exc:  # the whole revision's boundary: the last one stays in force
+            raise RevisionError(f"its documents cannot be read: {internal_error(exc)}") from None
+    except SourceError as exc:
+        if family(exc) is StalledError:
+            ctx.refused = (revision, str(exc))
         raise
-    except Exception as exc:  # the whole revision's boundary: the last one stays in force
-        raise SourceError(
-            f"its documents cannot be read: {internal_error(exc)}", code="INTERNAL_ERROR"
-        ) from None
     for failure in state.failures:
         log.error("desired state: %s", failure.error)
     ctx.snapshot, ctx.desired = snapshot, state
+    ctx.book.revision = snapshot.revision  # what the reports from now on are about
     ctx.tidy_needed = True
+
+
+def _after_failure(backoff: schedule.Backoff, exc: SourceError) -> schedule.Backoff:
+    """Transient: the wait doubles. Stalled (credentials, URL, branch): the longest wait at
+    once; only a change on the server's side or in the configuration (a reload polls at
+    once) can fix it, and polling is how a fix arrives."""
+    if family(exc) is StalledError:
+        return dataclasses.replace(backoff, failures=max(backoff.failures + 1, _STALLED))
+    return backoff.failed()
 
 
 def _schedule(ctx: Context) -> None:

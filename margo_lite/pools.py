@@ -81,7 +81,9 @@ class Pools:
     `pool_kw` goes to urllib3 as is (timeout, retries, maxsize, num_pools); `ca_file` or
     `ca_data` (PEM) is what the origin's certificate must chain to (default: the system
     store); `verify=False` only for onboarding's first download of the WOS CA, whose
-    fingerprint is checked instead; `cert_file` / `key_file` are a client certificate.
+    fingerprint is checked instead; `cert_file` / `key_file` are a client certificate;
+    `https_pool_cls` replaces urllib3's https pool class (direct and tunnelled alike: the
+    WFM's identity check in `margo_lite.mtls` hooks the connection there).
     """
 
     def __init__(
@@ -94,9 +96,11 @@ class Pools:
         cert_file: str | None = None,
         key_file: str | None = None,
         headers: Mapping[str, str] | None = None,
+        https_pool_cls: type | None = None,
         **pool_kw: Any,
     ) -> None:
         self.settings = settings
+        self._https_pool_cls = https_pool_cls
         self.headers = dict(headers or {})
         self._kw = {**pool_kw, **_tls(ca_file, ca_data, verify), "headers": self.headers}
         if cert_file:
@@ -111,6 +115,9 @@ class Pools:
             found = self._managers.get(via)
             if found is None:
                 found = self._managers[via] = _manager(via, self._kw)
+                if self._https_pool_cls is not None:
+                    classes = {**found.pool_classes_by_scheme, "https": self._https_pool_cls}
+                    found.pool_classes_by_scheme = classes
         return found, via
 
     def urlopen(self, method: str, url: str, **kw: Any) -> urllib3.HTTPResponse:

@@ -255,10 +255,15 @@ class RecordBook:
         self._status_case = status_case
         self._wall = wall
         self.by_id: dict[str, DeploymentRecord] = {}
+        #: The desired revision loaded: each queued report carries it (Margo 1.0 reports
+        #: name the manifest version they are about).
+        self.revision: str | None = None
+        self.generation = 0  # counts changes to the records: a plan holds until it moves
 
     def load(self) -> None:
         """Read every record; a corrupt one raises (never read as "absent")."""
         self.by_id = load(self._places.store)
+        self.generation += 1
 
     def save(self, new: DeploymentRecord) -> DeploymentRecord:
         """Queue the status report the WOS must hear (if any), then write the record.
@@ -280,7 +285,7 @@ class RecordBook:
                 [(name, state.value) for name, state in event.components],
                 self._status_case,
             )
-            self._places.outbox.add(event.deployment_id, body)
+            self._places.outbox.add(event.deployment_id, body, revision=self.revision)
             log.info(
                 "deployment %s is %s%s",
                 new.id,
@@ -289,12 +294,14 @@ class RecordBook:
             )
         self._places.store.write_json(_name(new.id), new.to_json())
         self.by_id[new.id] = new
+        self.generation += 1
         return new
 
     def forget(self, record: DeploymentRecord) -> None:
         """Delete a record once its Removed state is reported and recorded."""
         self._places.store.delete(_name(record.id))
         self.by_id.pop(record.id, None)
+        self.generation += 1
 
 
 def load(store: StateStore) -> dict[str, DeploymentRecord]:

@@ -53,7 +53,7 @@ def send_capabilities(ctx: Context) -> None:
         timers.capabilities_due = ctx.clock()
         return
     try:
-        body = capabilities.discover(ctx.cfg.device.id, ctx.cfg.state_dir, ctx.cfg.capabilities)
+        body = capabilities.discover_for(ctx.cfg)
         ctx.parts.client.send_capabilities(body)
     except MargoLiteError as exc:
         timers.capabilities_backoff = timers.capabilities_backoff.failed()

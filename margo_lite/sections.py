@@ -7,7 +7,9 @@ when the file is stale). A section's docstring is its introduction there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from margo_lite.options import (
     boolean,
@@ -19,6 +21,7 @@ from margo_lite.options import (
     fraction,
     git_url,
     http_url,
+    label_map,
     list_of,
     mapping,
     no_proxy_rule,
@@ -365,6 +368,13 @@ class CapabilitiesConfig:
         list_of(mapping),
         "Extra peripherals the device cannot discover (each with name, type, modelNumber, "
         "properties).",
+    )
+    labels: Mapping[str, Any] | None = option(
+        None,
+        optional(label_map),
+        "Labels sent with the Margo 1.0 capabilities (`wos.api: v1`), for the WFM's "
+        "eligibility rules: a name to a string, number, boolean, or a list of strings or of "
+        "numbers.",
     )
 
 

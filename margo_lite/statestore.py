@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from margo_lite import logs
-from margo_lite.errors import StateCorruptError, StateError
+from margo_lite.errors import StateCorruptError, StateIOError
 from margo_lite.fileio import (
     DIR_MODE,
     FILE_MODE,
@@ -72,12 +72,12 @@ def exclusive(folder: str | os.PathLike[str], name: str = ".lock") -> Iterator[N
         folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except OSError as exc:
-        raise StateError(f"cannot open the lock in {folder}: {exc.strerror or exc}") from exc
+        raise StateIOError(f"cannot open the lock in {folder}: {exc.strerror or exc}") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StateError(
+            raise StateIOError(
                 f"another margo-lite (run or once) is using {folder}", code="STATE_BUSY"
             ) from None
         yield
@@ -105,7 +105,7 @@ class StateStore:
             or not all(_NAME_PART.match(part) for part in parts)
             or name.endswith(PREV_SUFFIX)
         ):
-            raise StateError(f"invalid record name {name!r}")
+            raise StateIOError(f"invalid record name {name!r}")
         return self.root.joinpath(*parts)
 
     # --- bytes -----------------------------------------------------------------------------
@@ -122,7 +122,7 @@ class StateStore:
                 fault=self._fault,
             )
         except OSError as exc:
-            raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise StateIOError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     def read_bytes(self, name: str) -> bytes | None:
         """The payload; None only when the record was never written (or was deleted)."""
@@ -179,7 +179,7 @@ class StateStore:
             if path.parent.exists():
                 fsync_dir(path.parent)
         except OSError as exc:
-            raise StateError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+            raise StateIOError(f"cannot delete {path}: {exc.strerror or exc}") from exc
 
     def names(self, folder: str = "") -> list[str]:
         """Record names directly in `folder`, sorted."""
@@ -189,7 +189,7 @@ class StateStore:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise StateError(f"cannot list {base}: {exc.strerror or exc}") from exc
+            raise StateIOError(f"cannot list {base}: {exc.strerror or exc}") from exc
         found = set()
         for entry in entries:
             if entry.startswith(".") or not (base / entry).is_file():

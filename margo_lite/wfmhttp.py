@@ -77,11 +77,15 @@ def etag(value: str | None) -> str | None:
     return value
 
 
-def status_error(status: int, body: bytes, headers: Any, shown: str, path: str) -> WfmError:
+def status_error(
+    status: int, body: bytes, headers: Any, shown: str, path: str
+) -> WfmError | WfmTransientError:
     what = f"{shown}{path}"
     detail = problem(body)
     if status in (401, 403):
-        return WfmError(f"{what} denied access (HTTP {status}){detail}", code="WFM_FORBIDDEN")
+        return WfmTransientError(
+            f"{what} denied access (HTTP {status}){detail}", code="WFM_FORBIDDEN"
+        )
     if 300 <= status < 400:
         where = logs.sanitize_url(headers.get("Location", "?"))
         return WfmError(
@@ -101,7 +105,7 @@ def status_error(status: int, body: bytes, headers: Any, shown: str, path: str) 
         return WfmTransientError(
             f"{what}: server error (HTTP {status}){detail}", code="WFM_SERVER_ERROR"
         )
-    return WfmError(f"{what}: unexpected HTTP status {status}{detail}", code="WFM_SERVER_ERROR")
+    return WfmError(f"{what}: unexpected HTTP status {status}{detail}", code="WFM_REFUSED")
 
 
 def problem(body: bytes) -> str:
@@ -116,14 +120,16 @@ def problem(body: bytes) -> str:
     return logs.redact(": " + ": ".join(parts)) if parts else ""
 
 
-def network_error(exc: Exception, shown: str) -> WfmError:
+def network_error(exc: Exception, shown: str) -> WfmError | WfmTransientError:
     """A coded error for what urllib3 raised. A failure that carries its own WFM code (the
-    pool's check of the WFM's identity, before any request is sent) keeps it."""
+    pool's check of the WFM's identity, before any request is sent) keeps it; like a report
+    refused for it, it is transient (a corrected certificate or setting fixes it)."""
     for cause in pools._causes(exc):
         code = getattr(cause, "code", None)
         if isinstance(code, str) and code.startswith("WFM_"):
             log.error("SECURITY: %s: %s; nothing was sent", shown, cause)
-            return WfmError(f"{shown}: {short_reason(cause)}; nothing was sent", code=code)
+            message = f"{shown}: {short_reason(cause)}; nothing was sent"
+            return WfmTransientError(message, code=code)
     errors = urllib3.exceptions
     reason = exc.reason if isinstance(exc, errors.MaxRetryError) and exc.reason else exc
     if isinstance(reason, errors.SSLError):

@@ -123,7 +123,7 @@ class WfmSource:
         """The accepted manifest's documents from the cache (no network), each checked again."""
         held = self._held()
         if held is None or revision != str(held.version):
-            raise WfmError(f"manifest version {revision} is not held", code="WFM_NOT_HELD")
+            raise WfmTransientError(f"manifest version {revision} is not held", code="WFM_NOT_HELD")
         files: dict[str, bytes] = {}
         for dep, digest in held.documents:
             data = self._cached(digest)

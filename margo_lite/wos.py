@@ -110,8 +110,9 @@ class WosClient:
 
     # --- calls -------------------------------------------------------------------------
 
-    def post_status(self, deployment_id: str, body: dict) -> None:
-        """Deliver one status report; raises WosTransientError (retry) or WosRejectedError."""
+    def post_status(self, deployment_id: str, body: dict, revision: str | None = None) -> None:
+        """Deliver one status report; raises WosTransientError (retry) or WosRejectedError.
+        `revision` is for the Margo 1.0 client: the draft body has no place for it."""
         self._call("POST", self.status_url(deployment_id), body, what="status report")
 
     def send_capabilities(self, body: dict, *, force: bool = False) -> bool:

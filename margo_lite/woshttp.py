@@ -133,7 +133,8 @@ def body_text(response: Response) -> str:
     return logs.redact(response.body[:500].decode("utf-8", errors="replace")).strip()
 
 
-def _retry_after(response: Response) -> float | None:
+def retry_after(response: Response) -> float | None:
+    """`Retry-After` in seconds (an HTTP date is left to the caller's own backoff)."""
     value = response.headers.get("Retry-After") or response.headers.get("retry-after")
     try:
         return max(0.0, float(value)) if value else None
@@ -156,7 +157,7 @@ def check(response: Response, what: str) -> Response:
             code="WOS_SERVER_ERROR",
             status=status,
             body=body,
-            retry_after=_retry_after(response),
+            retry_after=retry_after(response),
         )
     if 400 <= status < 500:
         raise WosRejectedError(message, status=status, body=body)

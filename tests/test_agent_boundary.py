@@ -18,45 +18,12 @@ from pathlib import Path
 import pytest
 
 from margo_lite import agent, config, desired, planner
-from margo_lite.backends import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.devkit import wossim
 from tests.support.gitserver import Upstream
 from tests.support.rig import APP, deployment
+from tests.support.twins import RecordingBackend as TwinBackend
 
 GOOD, BAD = "good-1", "bad-1"
-
-
-class TwinBackend:
-    """An engine in memory: what is applied runs until `stop` says otherwise.
-
-    `faults` maps (method, deployment id) to the exception that method raises."""
-
-    def __init__(self) -> None:
-        self.running: dict[tuple[str, str], ComponentUnit] = {}
-        self.faults: dict[tuple[str, str], Exception] = {}
-
-    def _fault(self, method: str, deployment_id: str) -> None:
-        if (method, deployment_id) in self.faults:
-            raise self.faults[(method, deployment_id)]
-
-    def apply(self, unit: ComponentUnit) -> None:
-        self._fault("apply", unit.deployment_id)
-        self.running[(unit.deployment_id, unit.component)] = unit
-
-    def remove(self, deployment_id: str, component: str) -> None:
-        self.running.pop((deployment_id, component), None)
-
-    def health(self, deployment_id: str, component: str) -> ComponentHealth:
-        self._fault("health", deployment_id)
-        state = "running" if (deployment_id, component) in self.running else "missing"
-        return ComponentHealth({"web": ServiceHealth(state)})
-
-    def managed(self) -> set[tuple[str, str]]:
-        return set(self.running)
-
-    def recorded(self, deployment_id: str, component: str) -> ComponentUnit | None:
-        """The unit last applied: what a self-heal starts again."""
-        return self.running.get((deployment_id, component))
 
 
 class FaultyPackages:
@@ -82,10 +49,10 @@ class FaultyOutbox:
     def __init__(self, outbox, deployment_id: str) -> None:
         self._outbox, self._id = outbox, deployment_id
 
-    def add(self, deployment_id: str, body: dict) -> None:
+    def add(self, deployment_id: str, body: dict, **kw) -> None:
         if deployment_id == self._id and body["status"]["state"] == "Installed":
             raise TypeError("Object of type date is not JSON serializable")
-        self._outbox.add(deployment_id, body)
+        self._outbox.add(deployment_id, body, **kw)
 
     def __getattr__(self, name):
         return getattr(self._outbox, name)
@@ -106,7 +73,7 @@ def _device(
     *,
     bad_files: dict[str, str] | None = None,
     overrides: dict[str, dict] | None = None,
-    raise_at: str | None = None,
+    **hooks,
 ) -> tuple[agent.Agent, TwinBackend]:
     """An agent on the twin engine with two deployments, GOOD and BAD (or `bad_files`)."""
     upstream = Upstream(tmp_path / "repo.git")
@@ -137,7 +104,7 @@ def _device(
     cfg = config.parse_config(data)
     twin = TwinBackend()
     parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
-    return agent.Agent(cfg, parts=parts, raise_at=raise_at), twin
+    return agent.Agent(cfg, parts=parts, **hooks), twin
 
 
 def _cycle(device: agent.Agent) -> None:

@@ -42,11 +42,29 @@ WITHOUT_ENGINE = {
     "rss_start_kib": "KiB",
     "rss_polls_kib": "KiB",
     "rss_growth_kib": "KiB",
+    "rss_growth_long_kib": "KiB",
+    "anchor_rss_bare_kib": "KiB",  # issue 17's anchors, measured in the same run
+    "anchor_rss_deps_kib": "KiB",
     "state_dir_bytes": "B",
+    "state_dir_peak_bytes": "B",
+    "anchor_c_git_tip_bytes": "B",
     "reconcile_cpu_ms": "ms CPU",
+    "tick_cpu_ms": "ms CPU",
+    "once_requests": "requests/run",
     "cold_start_ms": "ms",
+    "anchor_python_start_ms": "ms",
 }
-ENGINE = {"latency_install_s": "s", "latency_update_s": "s"}
+#: Measured when the other dependency set's environment (.venv-pypi) is there.
+OPTIONAL = {"rss_polls_pypi_kib": "KiB"}
+ENGINE = {
+    "latency_install_s": "s",
+    "latency_update_s": "s",
+    "latency_install_poll_wait_s": "s",
+    "latency_update_poll_wait_s": "s",
+    "latency_install_podman_s": "s",
+    "latency_update_podman_s": "s",
+    "settle_s": "s",
+}
 
 #: The exact figures' goals (docs/proof.md, "Benchmark"): key -> (comparison, goal, source).
 GOALS = {
@@ -59,6 +77,7 @@ GOALS = {
     "refs_wire_bytes": (operator.le, 1024, "2000 extra refs: still at most 1 KiB"),
     "refs_wire_ratio": (operator.le, 1.01, "2000 extra refs cost no more bytes"),
     "state_dir_bytes": (operator.le, 64 * 1024, "issue 3: state_dir stays bounded"),
+    "once_requests": (operator.eq, 1, "issue 17: an idle `once` after the first is 1 request"),
 }
 #: Ratios are the quotient of the two figures measured beside them.
 RATIOS = {
@@ -97,7 +116,7 @@ def test_quick_run_without_engine_prints_every_other_figure():
     result = bench("--json", "--no-engine")
     found = figures(result)
     check_measured(found, WITHOUT_ENGINE)
-    assert found.keys() == WITHOUT_ENGINE.keys() | ENGINE.keys()
+    assert found.keys() == WITHOUT_ENGINE.keys() | ENGINE.keys() | OPTIONAL.keys()
     for key in ENGINE:
         assert found[key]["value"] is None and "not measured" in found[key]["note"]
     for key, (meets, goal, source) in GOALS.items():
@@ -116,6 +135,13 @@ def test_quick_run_without_engine_prints_every_other_figure():
     rows = result.stderr.splitlines()
     for figure in found.values():
         assert any(row.startswith(figure["label"] + " ") for row in rows), figure["label"]
+    # then issue 17's goals, each with a verdict; the exact ones pass
+    verdicts = {g["figure"]: g["verdict"] for g in json.loads(result.stdout)["goals"]}
+    assert set(verdicts.values()) <= {"pass", "FAIL", "not measured"}
+    assert verdicts["latency_install_s"] == "not measured"  # --no-engine
+    for key in ("once_requests", "idle_requests", "idle_disk_bytes", "refs_wire_ratio"):
+        assert verdicts[key] == "pass", key
+    assert any(row.startswith("goal (issue 17)") for row in rows)
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from margo_lite import __version__
 
 
@@ -71,9 +73,10 @@ def test_check_config_prints_no_secrets(cli, config_file, tmp_path):
     assert "https://git.example.com/gw.git" in result.stdout
 
 
-def test_demo_without_an_engine_says_what_is_missing_in_one_line(cli, tmp_path):
+@pytest.mark.parametrize("api", ["draft", "v1"])
+def test_demo_without_an_engine_says_what_is_missing_in_one_line(cli, tmp_path, api):
     # No engine CLI on PATH (and perhaps no static busybox): the demo cannot run here.
-    result = cli("demo", env={"PATH": str(tmp_path)})
+    result = cli("demo", "--api", api, env={"PATH": str(tmp_path)})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "[DEMO_NEEDS_UNMET]" in lines[0], result.stderr

@@ -22,7 +22,7 @@ from margo_lite import composedoc, desired, pointer, policy
 from margo_lite.backends import ComponentUnit, builtin, project
 from margo_lite.backends.engine import Podman
 from margo_lite.config import PackagesConfig, PolicyConfig
-from margo_lite.errors import ComposeError, MargoLiteError, PackageError, PolicyError
+from margo_lite.errors import ComposeError, MargoLiteError, PackageTransientError, PolicyError
 from margo_lite.packages import PackageStore
 
 DEVICE = "gw-doc"
@@ -320,7 +320,7 @@ def test_a_package_whose_shipped_files_changed_is_tampered(prepared) -> None:
     store.verify(package.digest)
     with open(package.compose_file, "a") as f:
         f.write("    privileged: true\n")
-    with pytest.raises(PackageError) as refused:
+    with pytest.raises(PackageTransientError) as refused:
         store.verify(package.digest)
     assert refused.value.code == "PACKAGE_TAMPERED"
     assert "compose.yaml" in refused.value.message
@@ -329,7 +329,7 @@ def test_a_package_whose_shipped_files_changed_is_tampered(prepared) -> None:
 def test_a_shipped_file_removed_is_tampered_and_prepare_builds_afresh(prepared) -> None:
     store, package, files = prepared
     (package.path / "conf").unlink()
-    with pytest.raises(PackageError) as refused:
+    with pytest.raises(PackageTransientError) as refused:
         store.verify(package.digest)
     assert refused.value.code == "PACKAGE_TAMPERED"
     again = store.prepare("app", None, files)  # from its source: a whole package again

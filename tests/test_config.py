@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from margo_lite import config, schedule
+from margo_lite.devkit.svidca import SvidCA
 from margo_lite.errors import ConfigError
 from tests.conftest import base_config
 
@@ -192,7 +193,9 @@ def _v1(tmp_path: Path, **wos) -> dict:
 def test_v1_needs_no_git_section_and_check_config_says_where_the_state_comes_from(
     config_file, cli, tmp_path
 ):
-    (tmp_path / "svid.pem").write_text("not read as a certificate yet\n")
+    issued = SvidCA(tmp_path / "trust-domain").device("gw-test")
+    (tmp_path / "svid.pem").write_bytes(issued.cert.read_bytes() + issued.key.read_bytes())
+    (tmp_path / "svid.pem").chmod(0o600)
     path = config_file(_v1(tmp_path, server_id="spiffe://example.org/margo/wfm/wfm-1"))
     cfg = config.load_config(path)
     assert (cfg.wos.api, cfg.desired.source, cfg.git) == ("v1", "wos", None)
@@ -200,6 +203,7 @@ def test_v1_needs_no_git_section_and_check_config_says_where_the_state_comes_fro
     result = cli("-c", str(path), "check-config")
     assert result.returncode == 0, result.stderr
     assert "desired state from the WOS (wos.api: v1)" in result.stdout
+    assert "expects the WFM spiffe://example.org/margo/wfm/wfm-1" in result.stdout
 
 
 def test_desired_source_follows_the_api_unless_set(config_file, tmp_path):
@@ -286,3 +290,14 @@ NEW_KEY_MISTAKES = {
 @pytest.mark.parametrize("name", sorted(NEW_KEY_MISTAKES))
 def test_new_key_mistake_is_one_clear_line_and_exit_2(name, config_file, cli, tmp_path):
     _one_clear_line_and_exit_2(*NEW_KEY_MISTAKES[name], config_file, cli, tmp_path)
+
+
+def test_capability_labels_take_what_the_v1_schema_allows(config_file, tmp_path):
+    data = base_config(tmp_path)
+    data["capabilities"] = {"labels": {"site": "plant-3", "floor": 2, "lines": ["a", "b"]}}
+    assert (
+        config.load_config(config_file(data)).capabilities.labels == data["capabilities"]["labels"]
+    )
+    data["capabilities"] = {"labels": {"site": {"nested": True}}}
+    with pytest.raises(ConfigError, match=r"capabilities\.labels.*'site'"):
+        config.load_config(config_file(data))

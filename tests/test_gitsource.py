@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import gitsource, logs
+from margo_lite import errors, gitsource, logs
 from margo_lite.config import GitConfig
-from margo_lite.errors import ConfigError, GitError, GitTransientError
+from margo_lite.errors import ConfigError, GitTransientError, SourceError
 from margo_lite.git import store
 from margo_lite.gitsource import GitSource
 from tests.support.gitserver import (
@@ -110,6 +110,48 @@ def test_idle_poll_is_one_small_request_and_writes_nothing(make_source, upstream
     assert server.requests == 1
     assert server.bytes_sent + server.bytes_received <= 1024, server.log
     assert disk_state(tmp_path / "state") == before
+
+
+def test_a_new_process_polls_with_one_request_and_the_cache_is_written_once(
+    make_source, upstream, server, tmp_path
+):
+    make_source().poll()  # the first process ever asks for the capabilities
+    noted = tmp_path / "state" / "git" / gitsource.PROTOCOL_FILE
+    assert noted.exists()
+    before = disk_state(tmp_path / "state")
+    for _ in range(2):  # later processes (a timer's `margo-lite once`)
+        server.reset_counters()
+        assert make_source().poll() == gitsource.PollResult(upstream.tip(), changed=False)
+        assert server.requests == 1, server.log
+    assert disk_state(tmp_path / "state") == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{not json", b"[]", b'{"url": 1}', b'{"url": "x", "capabilities": {}}', b"\xff" * 99],
+)
+def test_a_damaged_or_foreign_capability_cache_is_asked_again(
+    make_source, upstream, server, tmp_path, content
+):
+    make_source().poll()
+    noted = tmp_path / "state" / "git" / gitsource.PROTOCOL_FILE
+    noted.write_bytes(content)
+    server.reset_counters()
+    assert make_source().poll() == gitsource.PollResult(upstream.tip(), changed=False)
+    assert server.requests == 2  # the capabilities again, then ls-refs
+    assert b"ls-refs" in noted.read_bytes()
+
+
+def test_capabilities_the_server_lost_are_asked_again_within_the_poll(
+    make_source, upstream, server, tmp_path
+):
+    make_source().poll()
+    server.protocol_v2 = False  # the server now speaks only v0: a v2 request is refused
+    try:
+        source = make_source()
+        assert source.poll() == gitsource.PollResult(upstream.tip(), changed=False)
+    finally:
+        server.protocol_v2 = True
 
 
 @pytest.mark.parametrize("protocol", ["v0"], indirect=True)
@@ -213,7 +255,7 @@ def test_deleted_branch_keeps_the_last_state(make_source, upstream):
     source = make_source()
     tip = source.poll().revision
     upstream.delete_branch()
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         source.poll()
     assert err.value.code == "GIT_BRANCH_MISSING"
     assert not isinstance(err.value, GitTransientError)
@@ -226,7 +268,7 @@ def test_deleted_repository_is_not_found(make_source, upstream):
     tip = source.poll().revision
     upstream.path.rename(upstream.path.with_name("gone.git"))
     try:
-        with pytest.raises(GitError) as err:
+        with pytest.raises(SourceError) as err:
             source.poll()
         assert err.value.code == "GIT_NOT_FOUND"
         assert source.held_revision() == tip
@@ -246,7 +288,7 @@ def test_bearer_token_rotation_without_restart(make_source, upstream, server, tm
     source.poll()
     server.auth = BearerAuth("second-token-xyz")  # the WOS rotated it
     upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=5)})
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         source.poll()
     assert err.value.code == "GIT_AUTH_FAILED"
     assert "first-token-abc" not in str(err.value)
@@ -274,13 +316,13 @@ def test_wrong_basic_password_is_an_auth_error(make_source, server, tmp_path):
     token = tmp_path / "token"
     token.write_text("wrong")
     server.auth = BasicAuth("device", "right")
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         make_source(username="device", token_file=str(token)).poll()
     assert err.value.code == "GIT_AUTH_FAILED"
 
 
 def test_unreadable_token_file(make_source, tmp_path):
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         make_source(auth="bearer", token_file=str(tmp_path / "missing")).poll()
     assert err.value.code == "GIT_TOKEN_UNREADABLE"
 
@@ -301,10 +343,11 @@ def test_unreadable_token_file(make_source, tmp_path):
 )
 def test_http_faults_on_poll(make_source, server, fault, code, transient):
     server.fault = fault
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         make_source(timeout=0.5).poll()
     assert err.value.code == code
     assert isinstance(err.value, GitTransientError) == transient
+    assert errors.family(err.value) is (errors.TransientError if transient else errors.StalledError)
     server.release_stalled()
 
 
@@ -350,7 +393,7 @@ def test_tls_with_a_test_ca(tls_server, tmp_path):
     upstream.commit({"a.yaml": "a: 1\n"})
     cfg = GitConfig(url=srv.url(), ca_file=str(ca.ca_cert), timeout=5)
     assert GitSource(cfg, tmp_path / "ok").poll().changed
-    with pytest.raises(GitError) as err:  # the system store does not know the test CA
+    with pytest.raises(SourceError) as err:  # the system store does not know the test CA
         GitSource(GitConfig(url=srv.url(), timeout=5), tmp_path / "no").poll()
     assert err.value.code == "GIT_TLS_FAILED"
     assert not (tmp_path / "no").exists()
@@ -367,7 +410,7 @@ def test_local_path_and_file_url(tmp_path):
         assert source.poll() == gitsource.PollResult(upstream.tip(), changed=True)
         assert not source.poll().changed
         assert dict(source.snapshot(upstream.tip()).files) == {"a.yaml": b"a: 1\n"}
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         GitSource(GitConfig(url=str(tmp_path / "nothing")), tmp_path / "s").poll()
     assert err.value.code == "GIT_NOT_FOUND"
 
@@ -428,7 +471,7 @@ def test_snapshot_size_bound(make_source, upstream, monkeypatch):
     source = make_source(path="apps")
     source.poll()
     monkeypatch.setattr(store, "MAX_SNAPSHOT_BYTES", 4096)
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         source.snapshot(upstream.tip())
     assert err.value.code == "GIT_TOO_LARGE"
 
@@ -437,7 +480,7 @@ def test_missing_folder_is_empty_and_a_file_is_an_error(make_source, upstream):
     source = make_source(path="not/there")
     tip = source.poll().revision
     assert dict(source.snapshot(tip).files) == {}
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         make_source(path="README").snapshot(tip)
     assert err.value.code == "GIT_PATH_INVALID"
 
@@ -445,7 +488,7 @@ def test_missing_folder_is_empty_and_a_file_is_an_error(make_source, upstream):
 def test_unknown_commit(make_source):
     source = make_source()
     source.poll()
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         source.snapshot("0" * 40)
     assert err.value.code == "GIT_COMMIT_MISSING"
 
@@ -517,7 +560,7 @@ def test_the_token_never_reaches_a_log_line(make_source, upstream, server, tmp_p
         token.write_text("log-secret-token-77")
         server.auth = BasicAuth("device", "other")
         source = make_source(username="device", token_file=str(token))
-        with pytest.raises(GitError) as err:
+        with pytest.raises(SourceError) as err:
             source.poll()
         logs.get(__name__).error("poll failed: %s (Authorization: %s)", err.value,
                                  "Basic " + "ZGV2aWNlOmxvZy1zZWNyZXQtdG9rZW4tNzc=")  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from margo_lite.config import GitConfig
-from margo_lite.errors import GitError
+from margo_lite.errors import SourceError
 from margo_lite.gitsource import GitSource
 from tests.support.gitserver import DEPLOYMENT, GitServer, Upstream
 
@@ -97,7 +97,7 @@ def test_an_object_of_the_wrong_type_is_a_coded_error(server, tmp_path, transpor
     assert source.poll().revision == good
     craft(up, case)
 
-    with pytest.raises(GitError) as caught:
+    with pytest.raises(SourceError) as caught:
         source.snapshot(source.poll().revision)
     if transport == "http" and case in C_GIT_REFUSES:
         assert caught.value.code == "GIT_SERVER_ERROR"

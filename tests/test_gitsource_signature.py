@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from margo_lite.config import GitConfig
-from margo_lite.errors import GitError
+from margo_lite.errors import SourceError
 from margo_lite.git.signature import split_signature
 from margo_lite.gitsource import GitSource
 from tests.support.gitserver import Upstream
@@ -84,7 +84,7 @@ def test_commit_without_a_trusted_signature_is_refused(tmp_path, keys, case):
     trusted = keys["out"] / "trusted.asc"
     source = source_for(upstream, tmp_path / "state", trusted)
     assert source.poll().revision == sha
-    with pytest.raises(GitError) as err:
+    with pytest.raises(SourceError) as err:
         source.snapshot(sha)
     assert err.value.code == "GIT_SIGNATURE_INVALID"
 

@@ -24,9 +24,11 @@ from margo_lite import archive, oci, policy, proxy
 from margo_lite.backends import ComponentUnit
 from margo_lite.config import PackagesConfig, PolicyConfig
 from margo_lite.errors import (
+    DownloadError,
     OciError,
     OciTransientError,
     PackageError,
+    PackageTransientError,
     PolicyError,
 )
 from margo_lite.packages import PackageStore
@@ -155,7 +157,7 @@ def test_a_changed_ready_folder_is_pulled_again(registry, pusher, name, make_sto
     store = make_store()
     first = store.prepare(location, None, EMPTY)
     first.compose_file.write_bytes(b"services: {evil: {image: x, privileged: true}}\n")
-    with pytest.raises(PackageError, match="PACKAGE_TAMPERED"):
+    with pytest.raises(PackageTransientError, match="PACKAGE_TAMPERED"):
         store.verify(first.digest)
     again = store.prepare(location, None, EMPTY)
     assert again.compose_file.read_bytes() == compose(name)
@@ -545,7 +547,7 @@ def test_pulls_go_through_the_site_proxy(registry, pusher, name, test_ca, tmp_pa
     port = int(registry.host.rsplit(":", 1)[1])
     with ForwardProxy(auth=("carol", "proxy-pass-77")) as squid:
         wrong = proxy.resolve(proxy.Proxy("127.0.0.1", squid.port, "carol"), (), False, {}, "nope")
-        with pytest.raises(PackageError, match="PROXY_AUTH_FAILED"):
+        with pytest.raises(DownloadError, match="PROXY_AUTH_FAILED"):
             PackageStore(cfg, tmp_path / "wrong", proxies=wrong).prepare(location, None, EMPTY)
         right = proxy.resolve(
             proxy.Proxy("127.0.0.1", squid.port, "carol"), (), False, {}, "proxy-pass-77"

@@ -15,7 +15,7 @@ import base64
 import pytest
 
 from margo_lite import pgp
-from margo_lite.errors import PackageError
+from margo_lite.errors import PackageError, PackageTransientError
 from tests.support.pkgfixtures import (  # noqa: F401 (fixtures)
     cache_leftovers,
     make_store,
@@ -40,8 +40,8 @@ def publish(server, keys, tarball: bytes, *, signer="vendor", suffix=".asc") -> 
     return url, server.put("/vendor.asc", keys.public("vendor"))
 
 
-def refused(store, *args) -> PackageError:
-    with pytest.raises(PackageError) as caught:
+def refused(store, *args) -> PackageError | PackageTransientError:
+    with pytest.raises((PackageError, PackageTransientError)) as caught:
         store.prepare(*args)
     assert list((store._root / "pkgs").iterdir()) == []
     return caught.value

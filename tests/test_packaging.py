@@ -157,8 +157,9 @@ def test_debian_package_depends_on_what_the_issue_names() -> None:
     required = {"python3 (>= 3.11)", "python3-dulwich", "python3-urllib3", "python3-yaml"}
     assert required | {"gpgv", "podman | docker.io"} <= names
     assert re.search(r"^Architecture: all$", control, re.MULTILINE)
-    # `margo-lite demo` builds its image from a static busybox; the agent does not need it
-    assert re.search(r"^Suggests: busybox-static$", control, re.MULTILINE)
+    # `margo-lite demo` builds its image from a static busybox, and `--api v1` runs a local
+    # OCI registry; the agent needs neither
+    assert re.search(r"^Suggests: busybox-static, docker-registry$", control, re.MULTILINE)
 
 
 def _cli_surface() -> dict[str, set[str]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from margo_lite.config import GitConfig
-from margo_lite.errors import GitError, PackageError
+from margo_lite.errors import PackageError, SourceError
 from margo_lite.gitsource import GitSource
 from tests.support.gitserver import Upstream
 from tests.support.pgpkeys import Keys
@@ -101,7 +101,7 @@ def test_commit_path(tmp_path: Path, keys: Keys, case: str) -> None:
     if case == "good":
         assert dict(source.snapshot(sha).files) == {"a.yaml": b"a: 1\n"}
         return
-    with pytest.raises(GitError) as caught:
+    with pytest.raises(SourceError) as caught:
         source.snapshot(sha)
     assert caught.value.code == "GIT_SIGNATURE_INVALID"
     assert EXPECTED[case] in caught.value.message

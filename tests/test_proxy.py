@@ -22,7 +22,7 @@ from margo_lite import capabilities, config, onboarding, pools, proxy
 from margo_lite.config import CapabilitiesConfig, GitConfig, WosConfig
 from margo_lite.devkit import wossim
 from margo_lite.download import Downloader
-from margo_lite.errors import DownloadError, GitError, WosError
+from margo_lite.errors import DownloadError, SourceError, WosError
 from margo_lite.gitsource import GitSource
 from margo_lite.wos import WosClient, status_body
 from tests.conftest import base_config
@@ -333,7 +333,7 @@ def _failures(servers: Servers, settings: proxy.Settings) -> list[Exception]:
             servers.pkg_url, servers.tmp / "pkg", limit=1 << 20
         ),
     ):
-        with pytest.raises((GitError, WosError, DownloadError)) as caught:
+        with pytest.raises((SourceError, WosError, DownloadError)) as caught:
             attempt()
         found.append(caught.value)
     return found

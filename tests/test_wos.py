@@ -373,7 +373,7 @@ def test_simulator_runs_standalone(tmp_path):
 def test_agent_modules_do_not_load_the_simulator():
     code = (
         "import sys, margo_lite.wos, margo_lite.outbox, margo_lite.capabilities, "
-        "margo_lite.onboarding, margo_lite.signing\n"
+        "margo_lite.onboarding, margo_lite.signing, margo_lite.wfmclient, margo_lite.mtls\n"
         "assert not [m for m in sys.modules if m.startswith('margo_lite.devkit')]\n"
         "assert 'http.server' not in sys.modules"
     )

@@ -107,6 +107,7 @@ def select(cfg: Any, state_dir: Path, environ: Mapping[str, str], *, device: str
         device=device,
         health_timeout=cfg.health_timeout,
         purge_volumes=cfg.purge_volumes,
+        settle=cfg.settle,
     )
 
 

@@ -29,14 +29,15 @@ from margo_lite.backends.project import project_name
 from margo_lite.backends.runner import reworded
 from margo_lite.backends.unit import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.constants import COMPOSE_FILE
-from margo_lite.errors import ComposeError, EngineError, EngineTransientError
+from margo_lite.errors import ComposeError, EngineError, EngineFailedError, EngineTransientError
 from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
 
 RECORDS = "backends"
-SETTLE_SECONDS = 1.0  # a started container must stay up this long, unrestarted, to count
-POLL_SECONDS = 0.5
+#: A started container must stay up this long, unrestarted, to count (`runtime.settle`).
+SETTLE_SECONDS = 1.0
+POLL_SECONDS = 0.1  # how often a start is looked at while it settles (one engine command)
 
 
 class Backend:
@@ -51,8 +52,10 @@ class Backend:
         device: str,
         health_timeout: float = 60.0,
         purge_volumes: bool = False,
+        settle: float = SETTLE_SECONDS,
     ) -> None:
         self.engine = engine
+        self.settle = settle
         self.driver = driver
         self.state_dir = Path(state_dir)
         self.device = device
@@ -215,9 +218,9 @@ class Backend:
                     self._remove_containers(containers)
             self._up(name, unit, previous["doc"])
             self._wait_ready(unit.deployment_id, unit.component, previous["doc"])
-        except EngineError as again:
+        except EngineError as again:  # the cause's class: its family decides what comes next
             raise reworded(
-                again,
+                cause,
                 f"update failed ({cause.message}) and restoring the previous version failed "
                 f"too: {again.message}",
                 cause.code,
@@ -230,26 +233,30 @@ class Backend:
             None,
             digest=previous["digest"],
         )
-        raise reworded(
-            cause,
+        raise EngineFailedError(
             f"update failed and the previous version was restored: {cause.message} [{cause.code}]",
-            "ROLLED_BACK",
+            code="ROLLED_BACK",
+            argv=cause.argv,
+            returncode=cause.returncode,
+            stderr=cause.stderr,
         ) from cause
 
     def _wait_ready(self, deployment_id: str, component: str, doc: Mapping[str, Any]) -> None:
-        """Wait until every service runs and is healthy, then stays up for a moment.
+        """Wait until every service runs and is healthy, then stays up for `settle` seconds.
 
         Fails early on a service that exited, restarts, or is unhealthy; fails with
-        HEALTHCHECK_FAILED when `health_timeout` passes first.
+        HEALTHCHECK_FAILED when `health_timeout` passes first. Looks every POLL_SECONDS
+        with the engine's quick listing; the full one (restart counts) confirms the end.
         """
         deadline = time.monotonic() + self.health_timeout
         settled: dict[str, tuple[str, str, int]] | None = None
         settle_at = 0.0
+        owned = project.ownership_labels(deployment_id, component, device=self.device)
         while True:
-            containers = self._containers(deployment_id, component)
+            containers = _by_service(self.engine.glance(owned))
             problem, waiting = self._readiness(doc, containers)
             if problem:
-                raise EngineError(problem, code="HEALTHCHECK_FAILED")
+                raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
             if waiting:
                 settled = None
             else:
@@ -259,11 +266,17 @@ class Backend:
                     for c in cs
                 }
                 if settled is None or settled != now:
-                    settled, settle_at = now, time.monotonic() + SETTLE_SECONDS
+                    settled, settle_at = now, time.monotonic() + self.settle
                 elif time.monotonic() >= settle_at:
-                    return
+                    full = self._containers(deployment_id, component)
+                    problem, waiting = self._readiness(doc, full)
+                    if problem:
+                        raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
+                    if not waiting:
+                        return
+                    settled = None
             if time.monotonic() >= deadline:
-                raise EngineError(
+                raise EngineFailedError(
                     f"not running and healthy within {self.health_timeout:g}s: {waiting}",
                     code="HEALTHCHECK_FAILED",
                 )
@@ -321,11 +334,8 @@ class Backend:
         return ComponentHealth(services)
 
     def _containers(self, deployment_id: str, component: str) -> dict[str, list[Container]]:
-        by_service: dict[str, list[Container]] = {}
         owned = project.ownership_labels(deployment_id, component, device=self.device)
-        for c in self.engine.containers(owned):
-            by_service.setdefault(c.labels.get(project.SERVICE, ""), []).append(c)
-        return by_service
+        return _by_service(self.engine.containers(owned))
 
     def _clear_leftovers(self, deployment_id: str, component: str, doc: Mapping[str, Any]) -> None:
         """Before `up`: remove containers of services the document no longer has (they may
@@ -423,3 +433,10 @@ class Backend:
             },
             secret=True,
         )
+
+
+def _by_service(containers: list[Container]) -> dict[str, list[Container]]:
+    by_service: dict[str, list[Container]] = {}
+    for c in containers:
+        by_service.setdefault(c.labels.get(project.SERVICE, ""), []).append(c)
+    return by_service

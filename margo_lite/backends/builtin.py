@@ -143,8 +143,9 @@ class BuiltinDriver(Driver):
         network = network_name(name, doc)
         if not any(n["Name"] == network for n in self.engine.networks(owned)):
             self.engine.create_network(network, doc["networks"]["default"].get("labels") or {})
-        existing_volumes = {v["Name"] for v in self.engine.volumes(owned)}
-        for volume, definition in (doc.get("volumes") or {}).items():
+        volumes = doc.get("volumes") or {}
+        existing_volumes = {v["Name"] for v in self.engine.volumes(owned)} if volumes else set()
+        for volume, definition in volumes.items():
             definition = definition or {}
             real = volume_name(name, doc, volume)
             if not definition.get("external") and real not in existing_volumes:

@@ -20,7 +20,7 @@ from typing import Any
 
 from margo_lite import imageref, logs
 from margo_lite.backends.runner import answers, reworded, run_tool
-from margo_lite.errors import EngineError
+from margo_lite.errors import ComposeError, EngineError
 
 log = logs.get(__name__)
 DEFAULT_TIMEOUT = 300.0
@@ -94,6 +94,11 @@ class Engine:
             if all(container.labels.get(k) == v for k, v in labels.items()):
                 found.append(container)
         return found
+
+    def glance(self, labels: Mapping[str, str]) -> list[Container]:
+        """Like `containers`, for polling while a start settles: the engine may save a
+        command here; `restart_count` may then read 0 and `started_at` be coarser."""
+        return self.containers(labels)
 
     def container(self, ref: str) -> Container | None:
         """One container by id or name; None when there is none."""
@@ -246,6 +251,40 @@ class Podman(Engine):
             if exc.code == "ENGINE_UNAVAILABLE":
                 raise
 
+    def glance(self, labels: Mapping[str, str]) -> list[Container]:
+        # One `ps --format json` names state, exit code, labels and health (in Status),
+        # where `ps -q` + `inspect` take two commands; it has no restart count.
+        argv = ["ps", "-a", "--no-trunc", "--format", "json"]
+        for key, value in labels.items():
+            argv += ["--filter", f"label={key}={value}"]
+        try:
+            items = json.loads(self.run(argv).stdout or "[]")
+        except ValueError:
+            return self.containers(labels)
+        found = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict) or not isinstance(item.get("Labels") or {}, dict):
+                continue
+            item_labels = item.get("Labels") or {}
+            if not all(item_labels.get(k) == v for k, v in labels.items()):
+                continue
+            names = item.get("Names") or [""]
+            health = re.search(r"\((starting|healthy|unhealthy)\)", str(item.get("Status", "")))
+            found.append(
+                Container(
+                    id=str(item.get("Id", "")),
+                    name=str(names[0] if isinstance(names, list) and names else names),
+                    labels=item_labels,
+                    status=str(item.get("State", "")).lower(),
+                    exit_code=int(item.get("ExitCode") or 0),
+                    health=health.group(1) if health else "",
+                    restart_count=0,
+                    started_at=str(item.get("StartedAt", "")),
+                    raw=item,
+                )
+            )
+        return found
+
     def reap_orphans(self, project: str) -> int:
         # podman 4.3 hazard: when `podman run -d -p` is killed mid-way (an agent crash, a
         # watchdog kill), its conmon can outlive a container podman no longer knows, holding
@@ -274,7 +313,7 @@ def _object_name(name: str) -> str:
     """A network or volume name margo-lite derived: never something an engine reads as an
     option (a positional word)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", name):
-        raise EngineError(f"{name!r} is not a network or volume name", code="COMPOSE_INVALID")
+        raise ComposeError(f"{name!r} is not a network or volume name", code="COMPOSE_INVALID")
     return name
 
 

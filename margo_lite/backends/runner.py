@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from margo_lite import logs
-from margo_lite.errors import EngineError, EngineTransientError
+from margo_lite.errors import EngineError, EngineFailedError, EngineTransientError
 
 STDERR_TAIL = 2000
 
@@ -68,7 +68,7 @@ def engine_error(
     tail = logs.redact(stderr.strip()[-STDERR_TAIL:])
     code = code or classify(tail)
     last = tail.splitlines()[-1] if tail else f"exit status {returncode}"
-    cls = EngineTransientError if code == "ENGINE_UNAVAILABLE" else EngineError
+    cls = EngineTransientError if code == "ENGINE_UNAVAILABLE" else EngineFailedError
     return cls(
         f"{what}: {last}", code=code, argv=masked_argv(argv), returncode=returncode, stderr=tail
     )
@@ -76,7 +76,8 @@ def engine_error(
 
 def reworded(cause: EngineError, message: str, code: str) -> EngineError:
     """The engine's failure told in the caller's words, keeping the command and its output."""
-    return EngineError(
+    cls = EngineTransientError if isinstance(cause, EngineTransientError) else EngineFailedError
+    return cls(
         message, code=code, argv=cause.argv, returncode=cause.returncode, stderr=cause.stderr
     )
 

@@ -13,7 +13,7 @@ from dulwich.object_store import PackBasedObjectStore
 from dulwich.objects import S_ISGITLINK, Commit, ShaFile, Tree
 from dulwich.repo import Repo
 
-from margo_lite.errors import GitError
+from margo_lite.errors import GitError, GitTransientError
 from margo_lite.git.objects import typed
 from margo_lite.git.smarthttp import MAX_PACK_BYTES
 
@@ -89,7 +89,7 @@ class LocalRemote:
                                     code="GIT_TOO_LARGE",
                                 )
             except KeyError as exc:
-                raise GitError(
+                raise GitTransientError(
                     f"{self._path} is incomplete (missing object {exc.args[0]!r})",
                     code="GIT_PACK_INVALID",
                 ) from None

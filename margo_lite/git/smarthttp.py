@@ -21,13 +21,15 @@ from dulwich.object_store import PackBasedObjectStore
 
 from margo_lite import logs, proxy
 from margo_lite.constants import USER_AGENT
-from margo_lite.errors import GitError, GitTransientError, ProxyError
+from margo_lite.errors import GitError, GitTransientError, ProxyError, SourceError
 from margo_lite.pools import Pools
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
 SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file in `spool`
 MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything near this is wrong)
 MAX_ADVERTISEMENT_BYTES = 16 << 20  # a protocol v0 server names every ref of the repository
+
+log = logs.get(__name__)
 
 HEX40 = re.compile(rb"^[0-9a-f]{40}$")
 _FLUSH, _DELIM, _END = b"0000", b"0001", b"0002"
@@ -37,8 +39,10 @@ class HttpRemote:
     """The Git smart HTTP protocol: v2 (`ls-refs` and `fetch`, one POST each), or v0 for
     servers that only speak that (the ref advertisement GET, and one POST to fetch).
 
-    The first poll after start asks for the server's capabilities (a GET); later polls
-    reuse them. Connections are closed after each poll, so nothing lingers between polls.
+    The first poll asks for the server's capabilities (a GET); later polls reuse them, and
+    so does a new process given them as `known` (`protocol` is what to keep). Capabilities
+    that no longer fit the server are asked for again, once, within the same poll.
+    Connections are closed after each poll, so nothing lingers between polls.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class HttpRemote:
         ca_file: str | None,
         timeout: float,
         proxies: proxy.Settings = proxy.DIRECT,
+        known: Mapping[bytes, bytes] | None = None,
     ) -> None:
         self._url = url.rstrip("/")
         self._shown = logs.sanitize_url(url)
@@ -62,8 +67,14 @@ class HttpRemote:
             ca_file=ca_file,
         )
         self._authorization: str | None = None
-        self._capabilities: dict[bytes, bytes] | None = None
+        self._capabilities: dict[bytes, bytes] | None = dict(known) if known else None
         self._version = 2
+        self._unconfirmed = bool(known)  # noted by an earlier process, not yet used here
+
+    @property
+    def protocol(self) -> dict[bytes, bytes] | None:
+        """The protocol v2 capabilities in use, to give a later process as `known`."""
+        return dict(self._capabilities) if self._capabilities and self._version == 2 else None
 
     def authorize(self, header: str | None) -> None:
         self._authorization = header
@@ -72,6 +83,19 @@ class HttpRemote:
         self._pool.clear()
 
     def tip(self, branch: str) -> str | None:
+        try:
+            found = self._tip(branch)
+        except (GitError, GitTransientError) as exc:
+            if not self._unconfirmed or exc.code not in _STALE_CAPABILITIES:
+                raise
+            log.info("%s answers differently than before (%s); asking again", self._shown, exc)
+            self._unconfirmed = False
+            self._capabilities = None
+            found = self._tip(branch)
+        self._unconfirmed = False
+        return found
+
+    def _tip(self, branch: str) -> str | None:
         ref = f"refs/heads/{branch}".encode()
         if self._capabilities is None or self._version == 0:
             advertised = self._discover()
@@ -235,13 +259,15 @@ class HttpRemote:
                 yield resp
             except urllib3.exceptions.HTTPError as exc:
                 raise _network_error(exc, self._shown) from exc
-        except GitError:
+        except SourceError:
             self._capabilities = None  # ask again next time: the server may have changed
             raise
         finally:
             resp.release_conn()
 
 
+# What capabilities the server no longer has may cause: worth one fresh discovery.
+_STALE_CAPABILITIES = ("GIT_PROTOCOL_ERROR", "GIT_PROTOCOL_UNSUPPORTED", "GIT_SERVER_ERROR")
 _V0_CAPABILITIES = (b"side-band-64k", b"thin-pack", b"ofs-delta", b"shallow", b"no-progress")
 
 
@@ -329,7 +355,7 @@ def _check_status(resp: urllib3.HTTPResponse, shown: str) -> None:
         )
     if status >= 500 or status == 429:
         raise GitTransientError(f"{shown}: server error (HTTP {status})", code="GIT_SERVER_ERROR")
-    raise GitError(f"{shown}: unexpected HTTP status {status}", code="GIT_SERVER_ERROR")
+    raise GitTransientError(f"{shown}: unexpected HTTP status {status}", code="GIT_SERVER_ERROR")
 
 
 def _network_error(exc: Exception, shown: str) -> GitError:

@@ -3,10 +3,11 @@
 Packs are written by dulwich and fsynced; the tip (`refs/heads/desired`) and the shallow
 list are written atomically after the objects are durable. It is a cache of the remote:
 a damaged copy is deleted and the next poll fetches the tip again. Every fetch adds a
-pack; past `COMPACT_AFTER_PACKS` packs the tip's objects are written to one new pack and
-the others deleted, so the repository holds at most the tip's objects plus that many
-changes, however many commits go by. An flock keeps a second process from reading packs
-that a compaction is deleting.
+pack; past `COMPACT_AFTER_PACKS` packs the tip's objects are written to one new pack, with
+deltas between similar files as C git packs them, and the others deleted, so the repository
+holds at most the tip's objects plus that many changes, however many commits go by (few
+packs: each one's index costs a kilobyte however small the change, and flash wears). An
+flock keeps a second process from reading packs that a compaction is deleting.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from dulwich.errors import ChecksumMismatch, NotGitRepository, ObjectFormatException
 from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
 from dulwich.objects import S_ISGITLINK, Blob, Commit, ShaFile, Tree
+from dulwich.pack import pack_objects_to_data
 from dulwich.repo import Repo
 
 from margo_lite import logs
@@ -37,7 +39,11 @@ log = logs.get(__name__)
 
 MAX_SNAPSHOT_BYTES = 64 << 20  # all files of a snapshot together
 MAX_SNAPSHOT_FILES = 10_000
-COMPACT_AFTER_PACKS = 16
+COMPACT_AFTER_PACKS = 3
+# Deltas are searched in pure Python: only for a tip this small (bytes, objects); a larger
+# one is compacted without them.
+DELTA_MAX_BYTES = 8 << 20
+DELTA_MAX_OBJECTS = 5000
 LOCK_WAIT = 60.0  # seconds another process may hold the local repository
 LOCAL_REF = "refs/heads/desired"  # under refs/heads so that git tools see it as a branch
 # What reading a damaged local repository raises (a missing object, a bad zlib stream, ...).
@@ -77,7 +83,7 @@ class Store:
     def open(self) -> Iterator[Repo]:
         """The repository to read, shared with other readers; a fetch waits for them."""
         if not (self._repo / "HEAD").exists():
-            raise GitError("no commit has been fetched yet", code="GIT_COMMIT_MISSING")
+            raise GitTransientError("no commit has been fetched yet", code="GIT_COMMIT_MISSING")
         with self._lock(fcntl.LOCK_SH), self._open_unlocked() as repo:
             yield repo
 
@@ -178,20 +184,25 @@ class Store:
     def _compact(self, store: PackBasedObjectStore, commit: Commit) -> tuple[set[str], set[str]]:
         """Write the tip's objects to one new pack; return the new shallow list and the
         packs to delete once the tip is recorded."""
-        objects: dict[bytes, ShaFile] = {commit.id: commit}
-        pending = [commit.tree]
+        objects: dict[bytes, tuple[ShaFile, bytes | None]] = {commit.id: (commit, None)}
+        pending: list[tuple[bytes, bytes]] = [(commit.tree, b"")]
         while pending:
-            sha = pending.pop()
+            sha, path = pending.pop()
             if sha in objects:
                 continue
-            tree = objects[sha] = typed(store, sha, Tree, "a folder entry")
+            tree = typed(store, sha, Tree, "a folder entry")
+            objects[sha] = (tree, path)
             for entry in tree.iteritems():
                 if stat.S_ISDIR(entry.mode):
-                    pending.append(entry.sha)
+                    pending.append((entry.sha, entry.path))
                 elif not S_ISGITLINK(entry.mode) and entry.sha not in objects:
-                    objects[entry.sha] = store[entry.sha]
+                    # the file name is the hint that groups versions of one file for deltas
+                    objects[entry.sha] = (store[entry.sha], entry.path)
         before = _pack_files(self._repo)
-        store.add_objects([(obj, None) for obj in objects.values()])
+        listed = list(objects.values())
+        size = sum(len(obj.as_raw_string()) for obj, _ in listed)
+        deltify = size <= DELTA_MAX_BYTES and len(listed) <= DELTA_MAX_OBJECTS
+        store.add_pack_data(*pack_objects_to_data(listed, deltify=deltify))
         if not _pack_files(self._repo) - before:
             return self.shallow(), set()  # an existing pack holds exactly these objects
         _fsync_new(self._repo, before)
@@ -225,7 +236,7 @@ class Store:
             leftover.unlink(missing_ok=True)
         for leftover in (self._repo / "objects").glob("incoming-*"):
             leftover.unlink(missing_ok=True)
-        for folder in (self._repo, (self._repo / LOCAL_REF).parent):  # our atomic writes
+        for folder in (self._folder, self._repo, (self._repo / LOCAL_REF).parent):  # ours
             remove_write_leftovers(folder)
 
 
