@@ -37,6 +37,7 @@ from margo_lite.packages import PackageStore
 from margo_lite.records import RecordBook
 from margo_lite.source import DesiredSource, Snapshot
 from margo_lite.statestore import StateStore
+from margo_lite.wfmsource import WfmSource
 
 log = logs.get(__name__)
 
@@ -59,33 +60,34 @@ class Parts:
         store = StateStore(state_dir)
         proxies = pools.settings_from(cfg.network, os.environ, source=cfg.source)
         log.info("network: %s", proxies.describe())
-        # Margo 1.0: one set of mTLS pools (the device's SVID, the WFM's identity checked,
-        # connections reused) for the desired state and the reports alike
-        wfm_pools = None
-        if cfg.wos.api == "v1":
-            wfm_pools = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+        # v1: one set of mTLS pools (the WFM's SPIFFE identity checked) for the desired
+        # state and the reports alike, its connections reused by both.
+        wfm = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source) if v1(cfg) else None
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
-            source=desired_source(cfg, proxies, wfm_pools),
+            source=desired_source(cfg, proxies, wfm),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wfmclient.make_client(cfg, proxies, pools=wfm_pools),
+            client=wfmclient.make_client(cfg, proxies, pools=wfm),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
         )
 
 
-def desired_source(
-    cfg: config.Config, proxies: proxy.Settings, wfm_pools: mtls.WfmPools | None = None
-) -> DesiredSource:
-    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`)."""
-    if cfg.desired.source == "wos":
-        from margo_lite.wfmsource import WfmSource
+def v1(cfg: config.Config) -> bool:
+    return cfg.wos.api == "v1"
 
-        pools_ = wfm_pools or wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
-        return WfmSource(cfg.wos.url, cfg.state_dir, pools_)
+
+def desired_source(
+    cfg: config.Config, proxies: proxy.Settings, wfm: mtls.WfmPools | None = None
+) -> DesiredSource:
+    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`,
+    over `wfm`, the v1 pools; made here when not given)."""
+    if cfg.desired.source == "wos":
+        pool = wfm or wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+        return WfmSource(cfg.wos.url, cfg.state_dir, pool)
     assert cfg.git is not None  # the configuration requires it with desired.source: git
     return GitSource(cfg.git, cfg.state_dir, proxies=proxies)
 

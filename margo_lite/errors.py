@@ -251,6 +251,8 @@ class WfmTransientError(SourceError, TransientError):
         "WFM_NOT_HELD": "none: the manifest is fetched again at the next poll",
         "WFM_FORBIDDEN": "the WFM refused this device's identity (HTTP 401/403): check its "
         "client certificate (a rotated one is read without a restart) and the WFM's records",
+        "WFM_SERVER_ID_MISMATCH": "the server is not the expected WFM (its certificate's "
+        "SPIFFE ID): check `wos.server_id` and `wos.url`; nothing was sent",
         **ProxyError.codes,
     }
 

@@ -15,7 +15,7 @@ from typing import Any
 import urllib3
 
 from margo_lite import logs, pools, wfmmanifest
-from margo_lite.errors import ProxyError, SourceError, WfmError, WfmTransientError
+from margo_lite.errors import ProxyError, WfmError, WfmTransientError
 from margo_lite.git.smarthttp import short_reason
 
 log = logs.get(__name__)
@@ -77,7 +77,9 @@ def etag(value: str | None) -> str | None:
     return value
 
 
-def status_error(status: int, body: bytes, headers: Any, shown: str, path: str) -> SourceError:
+def status_error(
+    status: int, body: bytes, headers: Any, shown: str, path: str
+) -> WfmError | WfmTransientError:
     what = f"{shown}{path}"
     detail = problem(body)
     if status in (401, 403):
@@ -114,18 +116,20 @@ def problem(body: bytes) -> str:
         return ""
     if not isinstance(doc, dict):
         return ""
-    parts = [str(doc[k])[:200] for k in ("title", "detail") if isinstance(doc.get(k), str)]
+    parts = [doc[k][:200] for k in ("title", "detail") if isinstance(doc.get(k), str)]
     return logs.redact(": " + ": ".join(parts)) if parts else ""
 
 
-def network_error(exc: Exception, shown: str) -> SourceError:
+def network_error(exc: Exception, shown: str) -> WfmError | WfmTransientError:
     """A coded error for what urllib3 raised. A failure that carries its own WFM code (the
-    pool's check of the WFM's identity, before any request is sent) keeps it."""
+    pool's check of the WFM's identity, before any request is sent) keeps it; like a report
+    refused for it, it is transient (a corrected certificate or setting fixes it)."""
     for cause in pools._causes(exc):
         code = getattr(cause, "code", None)
         if isinstance(code, str) and code.startswith("WFM_"):
             log.error("SECURITY: %s: %s; nothing was sent", shown, cause)
-            return WfmError(f"{shown}: {short_reason(cause)}; nothing was sent", code=code)
+            message = f"{shown}: {short_reason(cause)}; nothing was sent"
+            return WfmTransientError(message, code=code)
     errors = urllib3.exceptions
     reason = exc.reason if isinstance(exc, errors.MaxRetryError) and exc.reason else exc
     if isinstance(reason, errors.SSLError):

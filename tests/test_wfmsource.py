@@ -10,18 +10,14 @@ import json
 import os
 import ssl
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import urllib3
-import yaml
 
-from margo_lite import config, cycle, desired, pools, proxy, wfmmanifest, wfmsource
-from margo_lite.devkit.svidca import SvidCA
+from margo_lite import desired, pools, wfmmanifest, wfmsource
 from margo_lite.errors import SourceError, TransientError
 from margo_lite.statestore import StateStore
 from margo_lite.wfmsource import WfmSource
-from tests.conftest import base_config
 from tests.support.testca import make_ca
 from tests.support.wfmserver import WfmServer, digest, make_bundle
 
@@ -401,53 +397,10 @@ def test_a_crash_while_recording_leaves_the_previous_manifest_accepted(
     assert paths(server, mark) == ["/api/v1/deployments"]  # its documents were already cached
 
 
-def test_desired_source_wos_polls_the_wfm_through_the_identity_checked_pools(tmp_path):
-    """`desired.source: wos` polls with the device's SVID, and the WFM must present its
-    SPIFFE ID; the report client shares the same pools (one connection for both)."""
-    svids = SvidCA(tmp_path / "svid")
-    wfm, dev = svids.wfm(), svids.device("gw-1")
-    data = base_config(tmp_path)
-    del data["git"]
-    data["wos"] = {
-        "url": "",
-        "api": "v1",
-        "ca_file": str(svids.ca_file),
-        "client_cert": str(dev.cert),
-        "client_key": str(dev.key),
-    }
-    with WfmServer(SimpleNamespace(cert_file=wfm.cert, key_file=wfm.key)) as server:
-        data["wos"]["url"] = server.url
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(data))
-        cfg = config.load_config(path)
-        parts = cycle.Parts.build(cfg)
-        assert isinstance(parts.source, WfmSource)
-        server.publish({"d-1": doc("d-1")}, 4)
-        assert parts.source.poll().revision == "4"
-        assert cfg.state_dir.joinpath("wfm", "accepted.json").exists()
-        parts.client.close()
-
-    impostor = svids.wfm("impostor", spiffe="spiffe://example.org/margo/wfm/other")
-    with WfmServer(SimpleNamespace(cert_file=impostor.cert, key_file=impostor.key)) as server:
-        data["wos"]["url"] = server.url
-        path.write_text(yaml.safe_dump(data))
-        source = cycle.desired_source(config.load_config(path), proxy.DIRECT)
-        with pytest.raises(SourceError, match="WFM_SERVER_ID_MISMATCH"):
-            source.poll()
-        assert server.seen == []  # refused before any request was sent
-
-
-def test_desired_source_git_is_the_draft_default(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path)))
-    cfg = config.load_config(path)
-    assert type(cycle.desired_source(cfg, proxy.DIRECT)).__name__ == "GitSource"
-
-
 @pytest.mark.parametrize(
     ("status", "code", "transient"),
     [
-        (403, "WFM_FORBIDDEN", True),  # a rotated certificate is read without a restart
+        (403, "WFM_FORBIDDEN", True),
         (406, "WFM_NOT_ACCEPTABLE", False),
         (404, "WFM_NOT_FOUND", False),
         (503, "WFM_SERVER_ERROR", True),
