@@ -122,14 +122,14 @@ class Agent:
         """Do whatever is due; return the seconds until something is due again."""
         ctx, timers = self.ctx, self.ctx.timers
         now = ctx.clock()
-        if poll_now or now >= timers.next_poll:
+        polled = poll_now or now >= timers.next_poll
+        if polled:
             self.observe()
-            self.reconcile()
-        elif timers.next_retry is not None and now >= timers.next_retry:
-            if ctx.in_downtime():  # retries may download: not during a downtime
-                timers.next_retry = now + min(self.cfg.poll.interval, 60.0)
-            else:
+        if polled or (timers.next_retry is not None and now >= timers.next_retry):
+            if not ctx.in_downtime():
                 self.reconcile()
+            elif timers.next_retry is not None:  # a retry may download: after the downtime
+                timers.next_retry = max(timers.next_retry, now + min(self.cfg.poll.interval, 60.0))
         if ctx.clock() >= timers.next_heal:
             self.heal()
             timers.next_heal = ctx.clock() + self.cfg.runtime.observe_interval

@@ -166,12 +166,6 @@ def test_a_downtime_holds_polls_and_reports_until_it_ends(tmp_path):
     assert device.queued() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Agent.tick runs reconcile after every poll tick, and during a downtime a poll "
-    "tick still comes every interval (the poll itself is skipped): a due retry, which may "
-    "download, runs inside the downtime; only the tick's retry branch checks the downtime",
-)
 def test_a_downtime_holds_retries_until_it_ends(tmp_path):
     device, _, _ = _failed_restore_in_downtime(tmp_path)
     # the install, then self-heal's try; the retry waits for the downtime's end
