@@ -18,7 +18,9 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from margo_lite import backends, config, desired, logs, pools, schedule, wfmclient, wos
+import urllib3
+
+from margo_lite import backends, config, desired, logs, pools, proxy, schedule, wfmclient, wos
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
@@ -26,6 +28,7 @@ from margo_lite.packages import PackageStore
 from margo_lite.records import RecordBook
 from margo_lite.source import DesiredSource, Snapshot
 from margo_lite.statestore import StateStore
+from margo_lite.wfmsource import WfmSource
 
 log = logs.get(__name__)
 
@@ -51,7 +54,7 @@ class Parts:
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
-            source=GitSource(cfg.git, state_dir, proxies=proxies),
+            source=desired_source(cfg, proxies),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
             client=wfmclient.make_client(cfg, proxies),
@@ -59,6 +62,28 @@ class Parts:
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
         )
+
+
+def desired_source(cfg: config.Config, proxies: proxy.Settings) -> DesiredSource:
+    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`)."""
+    if cfg.desired.source == "wos":
+        return WfmSource(cfg.wos.url, cfg.state_dir, wfm_pool(cfg, proxies))
+    assert cfg.git is not None  # the configuration requires it with desired.source: git
+    return GitSource(cfg.git, cfg.state_dir, proxies=proxies)
+
+
+def wfm_pool(cfg: config.Config, proxies: proxy.Settings) -> pools.Pools:
+    """Mutual TLS to the WFM with the device's certificate, verified against wos.ca_file.
+    (The WFM's SPIFFE identity check comes with the v1 transport's own pool.)"""
+    return pools.Pools(
+        proxies,
+        ca_file=cfg.wos.ca_file,
+        cert_file=cfg.wos.client_cert,
+        key_file=cfg.wos.client_key,
+        timeout=urllib3.Timeout(connect=cfg.wos.timeout, read=cfg.wos.timeout),
+        retries=False,
+        maxsize=2,
+    )
 
 
 @dataclass

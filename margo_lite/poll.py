@@ -40,7 +40,7 @@ def observe(ctx: Context, *, force: bool = False) -> str | None:
         _schedule(ctx)
         (log.debug if ctx.in_downtime() else log.warning)(
             "polling %s failed (next try in %.0fs): %s",
-            logs.sanitize_url(ctx.cfg.git.url),
+            logs.sanitize_url(ctx.cfg.desired_url),
             timers.next_poll - ctx.clock(),
             exc,
         )
@@ -71,7 +71,7 @@ def load(ctx: Context, revision: str) -> None:
     try:
         snapshot = ctx.parts.source.snapshot(revision)
         try:
-            state = desired.parse_files(snapshot.files)
+            state = desired.parse_files(snapshot.files, device_id=ctx.cfg.device.id)
         except MargoLiteError:
             raise
         except Exception as exc:  # the whole revision's boundary: the last one stays in force

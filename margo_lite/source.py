@@ -1,12 +1,12 @@
 """The desired-state source: where the agent reads what should run on the device.
 
-A source hands out revisions (a Git commit id, a WFM manifest version such as
-"manifest-17") and the files of a revision it holds. The agent depends only on this
-protocol: `poll()` asks the remote side for its current revision and fetches it when it
-changed; `held_revision()` and `snapshot()` read what is held locally, without the network,
-so a device that restarts offline applies what it held. Every failure of a source is a
-`SourceError` (`GitError` for Git), which the agent catches to keep the last desired state
-in force. `gitsource.GitSource` is the Git implementation.
+A source hands out revisions (a Git commit id, a WFM manifest version such as "17") and
+the files of a revision it holds. The agent depends only on this protocol: `poll()` asks
+the remote side for its current revision and fetches it when it changed; `held_revision()`
+and `snapshot()` read what is held locally, without the network, so a device that restarts
+offline applies what it held. Every failure of a source is a `SourceError` (`GitError` for
+Git, `WfmError` for the WFM), which the agent catches to keep the last desired state in
+force. `gitsource.GitSource` is the Git implementation, `wfmsource.WfmSource` the WFM's.
 """
 
 from __future__ import annotations

@@ -13,23 +13,20 @@ leaves the previous manifest accepted and its documents still cached.
 
 The revision of a snapshot is the manifest version as a decimal string ("17"), so status
 reports can carry it as `adoptedManifestVersion`; its files are `<deploymentId>.yaml`.
-The HTTP pool is injected (mTLS and the WFM's identity checks are the pool's business).
+The HTTP pool is injected (mTLS and the WFM's identity checks are the pool's business);
+`wfmhttp` makes each GET and codes its failures.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import urllib3
-
-from margo_lite import logs, wfmmanifest
-from margo_lite.errors import ProxyError, StateError, WfmError, WfmTransientError
-from margo_lite.git.smarthttp import short_reason
+from margo_lite import logs, wfmhttp, wfmmanifest
+from margo_lite.errors import StateError, WfmError, WfmTransientError
 from margo_lite.source import PollResult, Snapshot
 from margo_lite.statestore import StateStore, remove_write_leftovers, write_file_atomic
 from margo_lite.wfmmanifest import Manifest, Ref, digest_of
@@ -39,8 +36,6 @@ log = logs.get(__name__)
 RECORD = "wfm/accepted.json"
 CACHE_DIR = ("wfm", "documents")
 CACHE_SPARE = 64  # cached documents kept beyond the accepted manifest's (flip-flops, restarts)
-MAX_ETAG = 256
-_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -56,13 +51,10 @@ class Accepted:
 class WfmSource:
     """`GET {wos.url}/api/v1/deployments` and what it names, over an injected pool."""
 
-    def __init__(
-        self, url: str, state_dir: Path, pool: Any, *, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, url: str, state_dir: Path, pool: Any) -> None:
         self._base = url.rstrip("/")
         self._shown = logs.sanitize_url(self._base)
         self._pool = pool
-        self._headers = dict(headers or {})
         self._store = StateStore(state_dir)
         self._cache = Path(state_dir).joinpath(*CACHE_DIR)
         self._accepted: Accepted | None = None
@@ -76,7 +68,9 @@ class WfmSource:
         if held is not None and held.etag:
             headers["If-None-Match"] = f'"{held.etag}"'
         status, body, etag = self._get(
-            "/api/v1/deployments", headers, wfmmanifest.MAX_MANIFEST_BYTES
+            "/api/v1/deployments",
+            headers,
+            wfmmanifest.MAX_MANIFEST_BYTES,
         )
         if status == 304:
             if held is None or not held.etag:
@@ -212,39 +206,7 @@ class WfmSource:
         return body
 
     def _get(self, path: str, headers: dict[str, str], limit: int) -> tuple[int, bytes, str | None]:
-        """(status, body, ETag) of a GET below wos.url; only 200 and 304 come back."""
-        wfmmanifest.check_url(path)
-        url = self._base + path
-        try:
-            resp = self._pool.request(
-                "GET",
-                url,
-                headers={**self._headers, **headers},
-                preload_content=False,
-                redirect=False,
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise _network_error(exc, self._shown) from None
-        except ProxyError as exc:
-            raise WfmTransientError(f"{self._shown}: {exc.message}", code=exc.code) from None
-        try:
-            status = resp.status
-            if status == 304:
-                return 304, b"", None
-            if status != 200:
-                raise _status_error(
-                    status,
-                    _read(resp, 4096, self._shown, quiet=True),
-                    resp.headers,
-                    self._shown,
-                    path,
-                )
-            body = _read(resp, limit, self._shown)
-            return 200, body, _etag(resp.headers.get("ETag"))
-        except urllib3.exceptions.HTTPError as exc:
-            raise _network_error(exc, self._shown) from None
-        finally:
-            resp.release_conn()
+        return wfmhttp.get(self._pool, self._base, self._shown, path, headers, limit)
 
     # --- local state ----------------------------------------------------------------------
 
@@ -341,93 +303,3 @@ class WfmSource:
                 os.unlink(entry.path)
             except OSError as exc:
                 log.debug("cannot prune %s: %s", entry.path, exc)
-
-
-# --- HTTP helpers ---------------------------------------------------------------------------
-
-
-def _read(resp: Any, limit: int, shown: str, *, quiet: bool = False) -> bytes:
-    """The (decoded) body, at most `limit` bytes: WFM_TOO_LARGE beyond."""
-    body = bytearray()
-    for chunk in resp.stream(_CHUNK):
-        body += chunk
-        if len(body) > limit:
-            if quiet:
-                return bytes(body[:limit])
-            raise WfmError(f"{shown}: an answer is larger than {limit} bytes", code="WFM_TOO_LARGE")
-    return bytes(body)
-
-
-def _etag(value: str | None) -> str | None:
-    """The opaque part of a strong ETag, or None when absent or unusable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.startswith('"') and value.endswith('"') and len(value) >= 2:
-        value = value[1:-1]
-    if (
-        not value
-        or len(value) > MAX_ETAG
-        or any(c in value for c in '"\\')
-        or not value.isprintable()
-        or not value.isascii()
-    ):
-        return None
-    return value
-
-
-def _status_error(status: int, body: bytes, headers: Any, shown: str, path: str) -> WfmError:
-    what = f"{shown}{path}"
-    detail = _problem(body)
-    if status in (401, 403):
-        return WfmTransientError(
-            f"{what} denied access (HTTP {status}){detail}", code="WFM_FORBIDDEN"
-        )
-    if 300 <= status < 400:
-        where = logs.sanitize_url(headers.get("Location", "?"))
-        return WfmError(
-            f"{what} redirects (HTTP {status}) to {where}; refused", code="WFM_REDIRECTED"
-        )
-    if status == 404:
-        if path == "/api/v1/deployments":
-            return WfmError(f"{what} not found (HTTP 404){detail}", code="WFM_NOT_FOUND")
-        return WfmTransientError(
-            f"{what} not found (HTTP 404){detail}", code="WFM_DOCUMENT_MISSING"
-        )
-    if status == 406:
-        return WfmError(
-            f"{what} cannot send a v1 manifest (HTTP 406){detail}", code="WFM_NOT_ACCEPTABLE"
-        )
-    if status >= 500 or status in (408, 429):
-        return WfmTransientError(
-            f"{what}: server error (HTTP {status}){detail}", code="WFM_SERVER_ERROR"
-        )
-    return WfmError(f"{what}: unexpected HTTP status {status}{detail}", code="WFM_REFUSED")
-
-
-def _problem(body: bytes) -> str:
-    """`: <title>: <detail>` of an RFC 9457 answer, or nothing."""
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return ""
-    if not isinstance(doc, dict):
-        return ""
-    parts = [str(doc[k])[:200] for k in ("title", "detail") if isinstance(doc.get(k), str)]
-    return logs.redact(": " + ": ".join(parts)) if parts else ""
-
-
-def _network_error(exc: Exception, shown: str) -> WfmError:
-    errors = urllib3.exceptions
-    reason = exc.reason if isinstance(exc, errors.MaxRetryError) and exc.reason else exc
-    if isinstance(reason, errors.SSLError):
-        return WfmError(f"{shown}: TLS failed: {short_reason(reason)}", code="WFM_TLS_FAILED")
-    if isinstance(reason, errors.NewConnectionError):  # a ConnectTimeoutError subclass
-        return WfmTransientError(
-            f"cannot connect to {shown}: {short_reason(reason)}", code="WFM_UNREACHABLE"
-        )
-    if isinstance(reason, errors.TimeoutError):
-        return WfmTransientError(f"{shown} did not answer in time", code="WFM_TIMEOUT")
-    return WfmTransientError(
-        f"{shown}: connection failed: {short_reason(reason)}", code="WFM_UNREACHABLE"
-    )

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 
 import pytest
+import urllib3
+import yaml
 
-from margo_lite import desired, pools, wfmmanifest, wfmsource
-from margo_lite.errors import SourceError, TransientError
+from margo_lite import config, cycle, desired, pools, proxy, wfmmanifest, wfmsource
+from margo_lite.errors import SourceError, TransientError, WfmError
 from margo_lite.statestore import StateStore
 from margo_lite.wfmsource import WfmSource
+from tests.conftest import base_config
 from tests.support.testca import make_ca
 from tests.support.wfmserver import WfmServer, digest, make_bundle
 
@@ -393,3 +397,74 @@ def test_a_crash_while_recording_leaves_the_previous_manifest_accepted(
     mark = len(server.requests())
     assert again.poll().revision == "2"
     assert paths(server, mark) == ["/api/v1/deployments"]  # its documents were already cached
+
+
+def test_desired_source_wos_polls_the_wfm_with_the_configured_certificates(server, ca, tmp_path):
+    data = base_config(tmp_path)
+    del data["git"]
+    data["wos"] = {
+        "url": server.url,
+        "api": "v1",
+        "ca_file": str(ca.ca_file),
+        "client_cert": str(ca.cert_file),
+        "client_key": str(ca.key_file),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = config.load_config(path)
+    src = cycle.desired_source(cfg, proxy.DIRECT)
+    assert isinstance(src, WfmSource)
+    server.publish({"d-1": doc("d-1")}, 4)
+    assert src.poll().revision == "4"
+    assert cfg.state_dir.joinpath("wfm", "accepted.json").exists()
+
+
+def test_desired_source_git_is_the_draft_default(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    cfg = config.load_config(path)
+    assert type(cycle.desired_source(cfg, proxy.DIRECT)).__name__ == "GitSource"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "transient"),
+    [
+        (403, "WFM_FORBIDDEN", True),  # a rotated certificate may fix it
+        (406, "WFM_NOT_ACCEPTABLE", False),
+        (404, "WFM_NOT_FOUND", False),
+        (503, "WFM_SERVER_ERROR", True),
+        (429, "WFM_SERVER_ERROR", True),
+    ],
+)
+def test_a_problem_answer_is_coded_and_its_title_and_detail_are_told(
+    server, state, pool, status, code, transient
+):
+    problem = {"type": "https://docs.margo.org/x", "title": "No", "status": status, "detail": "why"}
+    server.refuse = (status, problem)
+    with pytest.raises(SourceError) as err:
+        source(server, state, pool).poll()
+    assert err.value.code == code
+    assert isinstance(err.value, TransientError) is transient
+    assert ": No: why" in err.value.message
+
+
+class IdentityRefused(ssl.SSLError):
+    """What the mTLS pool raises in the handshake when the WFM is not the expected SPIFFE ID."""
+
+    code = "WFM_SERVER_ID_MISMATCH"
+
+
+class RefusingPool:
+    """A twin of the mTLS pool whose identity check fails before any request is sent."""
+
+    def request(self, method, url, **kw):
+        refused = IdentityRefused("the WFM certificate names spiffe://example.org/margo/wfm/other")
+        raise urllib3.exceptions.MaxRetryError(None, url, urllib3.exceptions.SSLError(refused))
+
+
+def test_a_wfm_with_the_wrong_identity_is_refused_with_the_pools_code(state):
+    with pytest.raises(WfmError) as err:
+        WfmSource("https://wfm.example/margo", state, RefusingPool()).poll()
+    assert err.value.code == "WFM_SERVER_ID_MISMATCH"
+    assert "spiffe://example.org/margo/wfm/other" in err.value.message
+    assert not state.exists()  # nothing written either

@@ -90,6 +90,7 @@ class WfmServer:
         self.lock = threading.Lock()
         self.manifest = b""
         self.etag: str | None = None  # served instead of the manifest's digest
+        self.refuse: tuple[int, dict] | None = None  # (status, problem) for every request
         self.bodies: dict[str, bytes] = {}  # api path -> body
         self.seen: list[Seen] = []
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
@@ -155,6 +156,13 @@ class WfmServer:
         if not path.startswith(self.prefix + "/api/v1/"):
             return 404, b"", {}
         api = path[len(self.prefix) :]
+        if self.refuse is not None:
+            status, problem = self.refuse
+            return (
+                status,
+                json.dumps(problem).encode(),
+                {"Content-Type": "application/problem+json"},
+            )
         if api == "/api/v1/deployments":
             etag = f'"{self.etag or digest(self.manifest)}"'
             if headers.get("if-none-match") == etag:
