@@ -170,7 +170,8 @@ class WfmPools:
         return self._refresh().urlopen(method, url, **kw)
 
     def request(self, method: str, url: str, **kw: Any) -> urllib3.HTTPResponse:
-        kw.setdefault("headers", self.headers)
+        """Like `Pools.request`; the pools' headers (User-Agent) under the caller's."""
+        kw["headers"] = {**self.headers, **(kw.get("headers") or {})}
         return self._refresh().urlopen(method, url, **kw)
 
     def clear(self) -> None:

@@ -62,10 +62,15 @@ def make_pools(
     )
 
 
-def make_client(cfg: Config, proxies: proxy.Settings = proxy.DIRECT) -> Any:
-    """The report client of the configured profile (`wos.api`)."""
+def make_client(
+    cfg: Config, proxies: proxy.Settings = proxy.DIRECT, *, pools: mtls.WfmPools | None = None
+) -> Any:
+    """The report client of the configured profile (`wos.api`); in v1 it may share `pools`
+    with the desired-state source (one identity, connections reused by both)."""
     if getattr(cfg.wos, "api", "draft") == "v1":
-        return WfmClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies, source=cfg.source)
+        return WfmClient(
+            cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies, pools=pools, source=cfg.source
+        )
     return wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies)
 
 

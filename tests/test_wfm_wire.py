@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -396,3 +397,22 @@ def test_through_the_site_proxy_the_identity_check_is_end_to_end(sim, ca, device
     assert tunnelled and caught.value.code == "WFM_SERVER_ID_MISMATCH"
     assert [b["adoptedManifestVersion"] for b in sim.statuses()] == [1]
     assert len(sim.requests()) == 1
+
+
+def test_a_wfm_that_speaks_tls_1_2_only_is_reached_and_checked_the_same(
+    ca, wfm_cert, device, tmp_path
+):
+    with WfmSimulator(
+        str(wfm_cert.cert),
+        str(wfm_cert.key),
+        str(ca.ca_file),
+        wfm_id=wfm_id(),
+        max_tls=ssl.TLSVersion.TLSv1_2,
+    ) as old:
+        with _client(old, ca, device, tmp_path) as client:
+            client.post_status("dep-1", _event("Installed"), revision="1")
+        wrong = ca.issue("server-tls12-wrong", [wfm_id(wfm="impostor")], server=True)
+        old.set_server_cert(str(wrong.cert), str(wrong.key))
+        with _client(old, ca, device, tmp_path) as client, pytest.raises(WosTransientError):
+            client.post_status("dep-1", _event("Installed"), revision="2")
+    assert [r.tls_version for r in old.requests()] == ["TLSv1.2"]

@@ -15,6 +15,7 @@ import pytest
 import urllib3
 
 from margo_lite import mtls
+from margo_lite.constants import USER_AGENT
 from margo_lite.devkit.svidca import SvidCA, wfm_id
 from margo_lite.devkit.wfmsim import MANIFEST_TYPE, WfmSimulator, digest
 from tests.support import openapi
@@ -40,7 +41,13 @@ def sim(ca: SvidCA) -> Iterator[WfmSimulator]:
 @pytest.fixture
 def pool(ca: SvidCA) -> Iterator[mtls.WfmPools]:
     device = ca.device("sim-client")
-    with mtls.WfmPools(str(device.cert), str(device.key), str(ca.ca_file), retries=False) as p:
+    with mtls.WfmPools(
+        str(device.cert),
+        str(device.key),
+        str(ca.ca_file),
+        retries=False,
+        headers={"User-Agent": USER_AGENT},
+    ) as p:
         yield p
 
 
@@ -64,6 +71,7 @@ def test_manifest_etag_304_documents_and_bundle(sim, pool):
     assert sim.publish({"a": DOC_A, "b": DOC_B}) == 1
     first = _get(pool, sim.url + "/api/v1/deployments", Accept=MANIFEST_TYPE)
     assert first.status == 200 and first.headers["Content-Type"] == MANIFEST_TYPE
+    assert sim.requests()[0].headers["User-Agent"].startswith("margo-lite/")
     manifest = json.loads(first.data)
     assert _manifest_schema_errors(manifest) == []
     assert manifest["manifestVersion"] == 1

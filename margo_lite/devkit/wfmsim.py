@@ -107,8 +107,10 @@ class WfmSimulator:
         prefix: str = "",
         host: str = "127.0.0.1",
         port: int = 0,
+        max_tls: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
     ) -> None:
         self.ca_file = str(ca_file)
+        self.max_tls = max_tls
         self.wfm_id = wfm_id
         self.prefix = prefix.rstrip("/")
         self.fault: str | None = None
@@ -130,6 +132,7 @@ class WfmSimulator:
     def _context(self, cert: str, key: str) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.maximum_version = self.max_tls  # TLSv1_2: a WFM without TLS 1.3
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(self.ca_file)
         context.load_cert_chain(cert, key)
