@@ -17,8 +17,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import urllib3
+from typing import Any
 
 from margo_lite import backends, config, desired, logs, pools, proxy, schedule, wfmclient, wos
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
@@ -51,39 +50,33 @@ class Parts:
         store = StateStore(state_dir)
         proxies = pools.settings_from(cfg.network, os.environ, source=cfg.source)
         log.info("network: %s", proxies.describe())
+        v1 = cfg.wos.api == "v1"
+        shared = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source) if v1 else None
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
-            source=desired_source(cfg, proxies),
+            source=desired_source(cfg, proxies, shared),
             packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wfmclient.make_client(cfg, proxies),
+            client=wfmclient.make_client(cfg, proxies, pools=shared),
             backend_factory=lambda: backends.select(
                 cfg.runtime, state_dir, os.environ, device=cfg.device.id
             ),
         )
 
 
-def desired_source(cfg: config.Config, proxies: proxy.Settings) -> DesiredSource:
-    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`)."""
+def desired_source(
+    cfg: config.Config, proxies: proxy.Settings, wfm_pools: Any = None
+) -> DesiredSource:
+    """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`),
+    over the v1 pools the reports use too (mutual TLS, the WFM's SPIFFE ID checked before
+    any request, the client certificate re-read when it changes on disk)."""
     if cfg.desired.source == "wos":
-        return WfmSource(cfg.wos.url, cfg.state_dir, wfm_pool(cfg, proxies))
+        if wfm_pools is None:
+            wfm_pools = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+        return WfmSource(cfg.wos.url, cfg.state_dir, wfm_pools)
     assert cfg.git is not None  # the configuration requires it with desired.source: git
     return GitSource(cfg.git, cfg.state_dir, proxies=proxies)
-
-
-def wfm_pool(cfg: config.Config, proxies: proxy.Settings) -> pools.Pools:
-    """Mutual TLS to the WFM with the device's certificate, verified against wos.ca_file.
-    (The WFM's SPIFFE identity check comes with the v1 transport's own pool.)"""
-    return pools.Pools(
-        proxies,
-        ca_file=cfg.wos.ca_file,
-        cert_file=cfg.wos.client_cert,
-        key_file=cfg.wos.client_key,
-        timeout=urllib3.Timeout(connect=cfg.wos.timeout, read=cfg.wos.timeout),
-        retries=False,
-        maxsize=2,
-    )
 
 
 @dataclass

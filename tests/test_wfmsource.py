@@ -16,6 +16,8 @@ import urllib3
 import yaml
 
 from margo_lite import config, cycle, desired, pools, proxy, wfmmanifest, wfmsource
+from margo_lite.devkit.svidca import SvidCA, wfm_id
+from margo_lite.devkit.wfmsim import WfmSimulator
 from margo_lite.errors import SourceError, TransientError, WfmError
 from margo_lite.statestore import StateStore
 from margo_lite.wfmsource import WfmSource
@@ -399,23 +401,23 @@ def test_a_crash_while_recording_leaves_the_previous_manifest_accepted(
     assert paths(server, mark) == ["/api/v1/deployments"]  # its documents were already cached
 
 
-def test_desired_source_wos_polls_the_wfm_with_the_configured_certificates(server, ca, tmp_path):
+def test_desired_source_wos_polls_the_wfm_with_the_configured_svid(tmp_path):
+    svids = SvidCA(tmp_path / "trust-domain")
+    wfm, device = svids.wfm(), svids.device("gw-1")
     data = base_config(tmp_path)
     del data["git"]
-    data["wos"] = {
-        "url": server.url,
-        "api": "v1",
-        "ca_file": str(ca.ca_file),
-        "client_cert": str(ca.cert_file),
-        "client_key": str(ca.key_file),
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    cfg = config.load_config(path)
-    src = cycle.desired_source(cfg, proxy.DIRECT)
-    assert isinstance(src, WfmSource)
-    server.publish({"d-1": doc("d-1")}, 4)
-    assert src.poll().revision == "4"
+    data["wos"] = {"api": "v1", "ca_file": str(svids.ca_file)}
+    data["wos"].update(client_cert=str(device.cert), client_key=str(device.key))
+    with WfmSimulator(str(wfm.cert), str(wfm.key), str(svids.ca_file), wfm_id=wfm_id()) as sim:
+        data["wos"]["url"] = sim.url
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        cfg = config.load_config(path)
+        src = cycle.desired_source(cfg, proxy.DIRECT)
+        assert isinstance(src, WfmSource)
+        sim.publish({"d-1": doc("d-1")}, 4)
+        assert src.poll().revision == "4"
+        assert {r.client_serial for r in sim.requests()} == {device.serial}
     assert cfg.state_dir.joinpath("wfm", "accepted.json").exists()
 
 
