@@ -227,6 +227,8 @@ class WfmError(SourceError, StalledError):
         "`wos.api` and the WFM's version",
         "WFM_REDIRECTED": "set `wos.url` to where the WFM redirects",
         "WFM_TLS_FAILED": "fix `wos.ca_file` or the WFM's certificate",
+        "WFM_SERVER_ID_MISMATCH": "the WFM's certificate is not the expected SPIFFE ID (nothing "
+        "was sent): fix `wos.server_id` or the WFM's certificate",
         "WFM_STORE_FAILED": "free disk space or fix the permissions of the state folder",
         "WFM_REFUSED": "check the WFM: it answered an HTTP status the API does not name (the "
         "message says which)",
