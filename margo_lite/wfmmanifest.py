@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from margo_lite import jsonvalue
 from margo_lite.errors import WfmError
 
 MEDIA_TYPE = "application/vnd.margo.manifest.v1+json"
@@ -70,7 +71,9 @@ def parse(body: bytes) -> Manifest:
             f"the State Manifest is larger than {MAX_MANIFEST_BYTES} bytes", code="WFM_TOO_LARGE"
         )
     try:
-        doc = json.loads(body.decode("utf-8"), object_pairs_hook=_unique, parse_constant=_refuse)
+        doc = json.loads(
+            body.decode("utf-8"), object_pairs_hook=jsonvalue.unique_object, parse_constant=_refuse
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise invalid(f"not JSON: {str(exc)[:120]}") from None
     if not isinstance(doc, dict):
@@ -148,15 +151,6 @@ def _integer(value: Any, where: str, *, low: int) -> int:
     if not low <= value <= MAX_VERSION:
         raise invalid(f"{where} {value} is outside [{low}, 2^64-1]")
     return value
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
 
 
 def _refuse(name: str) -> Any:
