@@ -30,7 +30,6 @@ from margo_lite import oci
 from margo_lite.desired.parameters import Fields
 from margo_lite.desired.values import show
 from margo_lite.errors import OciError
-from margo_lite.wfmmanifest import DEPLOYMENT_ID
 
 KIND = "ApplicationDeployment"
 API_VERSIONS = ("application.margo.org/v1alpha1", "application.margo.org/v1")
@@ -106,16 +105,7 @@ class _Normaliser(Fields):
         raw_id = self.one_of(
             (doc.get("id"), "id"), (annotations.get("id"), "metadata.annotations.id")
         )
-        if raw_id is None:
-            raise self.fail("MISSING_FIELD", "id", "required field is missing")
-        if not isinstance(raw_id, str) or not DEPLOYMENT_ID.fullmatch(raw_id):
-            raise self.fail(
-                "INVALID_DEPLOYMENT_ID",
-                "id",
-                f"{show(raw_id)} is not a deployment id (letters, digits, '.', '_', '-', "
-                "starting with a letter or digit, at most 128 characters)",
-            )
-        self.id = raw_id  # safe as a name: a failure below is this deployment's
+        self.id = raw_id = self.deployment_id(raw_id, "id")  # a failure below is this one's
         if "id" in doc and not UUID.fullmatch(raw_id):
             raise self.fail(
                 "INVALID_DEPLOYMENT_ID", "id", f"{raw_id!r} is not a UUID (the 1.0 model's id)"

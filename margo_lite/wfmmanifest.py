@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from margo_lite import jsonvalue
+from margo_lite.desired.model import DEPLOYMENT_ID  # the draft's grammar (a UUID fits)
 from margo_lite.errors import WfmError
 
 MEDIA_TYPE = "application/vnd.margo.manifest.v1+json"
@@ -31,8 +32,6 @@ MAX_MANIFEST_BYTES = 4 << 20
 MAX_SNAPSHOT_BYTES = 64 << 20  # all documents together: the Git source's bound
 MAX_DOCUMENTS = 10_000  # the Git source's bound on files
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-#: Safe as a file name and the draft's deployment id grammar (a UUID fits).
-DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: A path below /api/v1/: RFC 3986 path characters, no query, no fragment, no dot segments.
 _URL = re.compile(
     r"/api/v1/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+(?:/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+)*"
