@@ -20,6 +20,7 @@ from typing import Any
 
 from margo_lite import yamlload
 from margo_lite.errors import ConfigError, MargoLiteError
+from margo_lite.netsections import DesiredConfig, GitConfig, NetworkConfig, WosConfig
 from margo_lite.options import (  # noqa: F401 (callers and tests use them as config.X)
     Context,
     Parser,
@@ -31,15 +32,11 @@ from margo_lite.options import (  # noqa: F401 (callers and tests use them as co
 )
 from margo_lite.sections import (
     CapabilitiesConfig,
-    DesiredConfig,
     DeviceConfig,
-    GitConfig,
-    NetworkConfig,
     PackagesConfig,
     PolicyConfig,
     PollConfig,
     RuntimeConfig,
-    WosConfig,
 )
 
 DEFAULT_PATH = "/etc/margo-lite/config.yaml"

@@ -1,4 +1,5 @@
-"""docs/configuration.md, rendered from the key declarations in `margo_lite.sections`.
+"""docs/configuration.md, rendered from the key declarations in `margo_lite.sections` and
+`margo_lite.netsections`.
 
 The declarations are the one source of each key's default and meaning; this renders them
 with the rules that hold for every key and two example files. Never imported by the agent.
@@ -19,7 +20,7 @@ from margo_lite.config import SECTIONS
 HEADER = """\
 # Configuration
 
-<!-- Generated from margo_lite/sections.py by `python -m margo_lite.configdoc >
+<!-- Generated from margo_lite/sections.py and netsections.py by `python -m margo_lite.configdoc >
 docs/configuration.md`; edit the declarations, not this page (tests/test_docs_config.py). -->
 
 One YAML file: `-c FILE`, else `$MARGO_LITE_CONFIG`, else `/etc/margo-lite/config.yaml`.

@@ -17,6 +17,17 @@ from margo_lite.errors import ComposeError
 CODE = "COMPOSE_INVALID"
 
 
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads(..., object_pairs_hook=unique_object)`: an object, or ValueError on a
+    duplicate key (JSON allows them; readers disagree on which one wins)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        found[key] = value
+    return found
+
+
 def fail(where: str, message: str) -> ComposeError:
     return ComposeError(f"{where or 'the document'}: {message}", code=CODE)
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from margo_lite import logs
+from margo_lite import jsonvalue, logs
 from margo_lite.errors import OciError
 
 SCHEME = "oci://"
@@ -195,16 +195,8 @@ class Plan:
 def read_json(data: bytes, what: str) -> dict[str, Any]:
     """A JSON object, refusing duplicate keys; OCI_MANIFEST_INVALID if not."""
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for key, value in items:
-            if key in found:
-                raise ValueError(f"duplicate key {key[:40]!r}")
-            found[key] = value
-        return found
-
     try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=pairs)
+        document = json.loads(data.decode("utf-8"), object_pairs_hook=jsonvalue.unique_object)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise invalid_manifest(f"{what}: not JSON ({str(exc)[:80]})") from None
     if not isinstance(document, dict):

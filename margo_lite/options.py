@@ -240,6 +240,10 @@ def no_proxy_rule(value: Any, ctx: Context) -> Rule:
 # --- declaring and parsing a section ---------------------------------------------------------
 
 
+#: `shown` for a CA file left unset: the system's trust store verifies.
+SYSTEM_STORE = "system store"
+
+
 def option(
     default: Any,
     parser: Parser,

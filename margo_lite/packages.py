@@ -3,9 +3,10 @@
 `PackageStore.prepare` turns a component's `packageLocation` (+ `keyLocation`) into a
 folder with the compose file at its root. The order is fixed: get the raw bytes, verify
 the detached signature when one is required, and only then read the bytes (sniff,
-extract). Ready folders live under `cache_dir/pkgs/<hex>`, named by the digest of the
-extracted tree, each built in `cache_dir/tmp` and renamed into place once complete and
-synced, so a crash leaves either no folder or a whole one.
+extract); `pkgsources` reads the package, its signature and its keys. Ready folders live
+under `cache_dir/pkgs/<hex>`, named by the digest of the extracted tree, each built in
+`cache_dir/tmp` and renamed into place once complete and synced, so a crash leaves either
+no folder or a whole one.
 
 Downloads are cached like an HTTP cache: the raw body under `blobs/<sha256>` and, per URL,
 the server's ETag / Last-Modified. The next `prepare` of the same URL sends a
@@ -18,14 +19,11 @@ changed; caching by URL alone would never see a package republished under the sa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import posixpath
 import shutil
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,12 +39,12 @@ from margo_lite import (
     pgp,
     pkgfiles,
     pkgmanifest,
+    pkgsources,
     proxy,
 )
 from margo_lite.config import PackagesConfig
 from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
-    DownloadError,
     PackageError,
     PackageTransientError,
     StateCorruptError,
@@ -56,7 +54,6 @@ from margo_lite.statestore import StateStore
 
 log = logs.get(__name__)
 
-MAX_SIDE_FILE = 1 << 20  # signatures and keys
 INDEX = "index.json"
 MANIFESTS = "manifests"  # what each ready folder shipped (pkgmanifest), beside pkgs/
 
@@ -170,9 +167,9 @@ class PackageStore:
     ) -> PreparedPackage:
         if oci.is_location(location):
             return self._prepare_oci(location, key_location, work)
-        used_urls: list[str] = []
-        keyring = self._keyring(key_location, repo_files, used_urls)
-        raw, folder = self._source(location, repo_files, work, used_urls)
+        inputs = pkgsources.Inputs(self._cfg, repo_files, self._fetch)
+        keyring = inputs.keyring(key_location)
+        raw, folder = inputs.package(location, work)
         if keyring is not None:
             if raw is None:
                 raise PackageError(
@@ -180,15 +177,12 @@ class PackageStore:
                     "signature; sign a tarball instead (or sign the commits: git.trusted_keys)",
                     code="SIGNATURE_MISSING",
                 )
-            if pkgfiles.is_url(location):
-                signature = self._fetch_signature(location, used_urls)
-            else:
-                signature = pkgfiles.repo_signature(raw.name, repo_files)
+            signature = inputs.signature(location, raw)
             signer = pgp.verify_detached(raw.file, signature, keyring, what=raw.name)
             log.info("package %s: signature verified (key %s)", raw.name, signer)
         source_id = raw.sha256 if raw else pkgfiles.folder_id(folder or {})
         prepared = self._cached(source_id) or self._build(raw, folder, location, work)
-        self._remember(source_id, prepared.digest, used_urls)
+        self._remember(source_id, prepared.digest, inputs.used_urls)
         return prepared
 
     def _prepare_oci(self, location: str, key_location: str | None, work: Path) -> PreparedPackage:
@@ -208,86 +202,6 @@ class PackageStore:
             prepared = self._build(raw, pulled.files, resolved.shown, work)
         self._remember(resolved.source_id, prepared.digest, [])
         return prepared
-
-    def _source(
-        self, location: str, repo_files: Mapping[str, bytes], work: Path, used_urls: list[str]
-    ) -> tuple[pkgfiles.Raw | None, dict[str, bytes] | None]:
-        """The package as raw bytes in a file, or as the files of a repository folder."""
-        if pkgfiles.is_url(location):
-            return self._fetch_package(location, used_urls), None
-        if "://" in location:
-            raise PackageError(
-                f"packageLocation {logs.sanitize_url(location)}: only http(s) URLs "
-                "or paths in the repository are supported",
-                code="PACKAGE_INVALID",
-            )
-        path = pkgfiles.repo_path(location, "packageLocation")
-        if path in repo_files:
-            return self._raw_from_bytes(path, repo_files[path], work), None
-        return None, pkgfiles.repo_folder(path, repo_files)
-
-    def _keyring(
-        self, key_location: str | None, repo_files: Mapping[str, bytes], used_urls: list[str]
-    ) -> bytes | None:
-        """The binary keys signatures must verify against; None when none is required."""
-        if key_location is None and not self._cfg.require_signature:
-            return None
-        if self._cfg.trusted_keys:  # pinned: whatever keyLocation says
-            return pgp.keyring_from_files(
-                self._cfg.trusted_keys, setting="packages.trusted_keys", refuse=pgp.key_error
-            )
-        if key_location is None:
-            raise PackageError(
-                "packages.require_signature is set, but the component has no keyLocation "
-                "and no packages.trusted_keys are configured",
-                code="SIGNATURE_MISSING",
-            )
-        if pkgfiles.is_url(key_location):
-            blob = self._fetch(key_location, MAX_SIDE_FILE)
-            used_urls.append(key_location)
-            data = blob.read_bytes()
-            name = logs.sanitize_url(key_location)
-        else:
-            path = pkgfiles.repo_path(key_location, "keyLocation")
-            if path not in repo_files:
-                raise PackageError(
-                    f"keyLocation {path!r}: no such file in the repository", code="KEY_INVALID"
-                )
-            data, name = repo_files[path], path
-        return pgp.dearmor(data, source=f"keyLocation {name}")
-
-    def _fetch_package(self, url: str, used_urls: list[str]) -> pkgfiles.Raw:
-        blob = self._fetch(url, self._cfg.max_size)
-        used_urls.append(url)
-        basename = posixpath.basename(urllib.parse.urlsplit(url).path)
-        return pkgfiles.Raw(logs.sanitize_url(url), blob, basename, blob.name)
-
-    def _fetch_signature(self, url: str, used_urls: list[str]) -> bytes:
-        for suffix in pkgfiles.SIGNATURE_SUFFIXES:
-            parts = urllib.parse.urlsplit(url)  # the suffix goes on the path, not the query
-            beside = urllib.parse.urlunsplit(parts._replace(path=parts.path + suffix, fragment=""))
-            try:
-                blob = self._fetch(beside, MAX_SIDE_FILE)
-            except DownloadError as exc:
-                if exc.status in (404, 410):
-                    continue
-                raise
-            used_urls.append(beside)
-            return blob.read_bytes()
-        raise PackageError(
-            f"{logs.sanitize_url(url)}: no detached signature (.asc or .sig) beside the package",
-            code="SIGNATURE_MISSING",
-        )
-
-    def _raw_from_bytes(self, path: str, data: bytes, work: Path) -> pkgfiles.Raw:
-        if len(data) > self._cfg.max_size:
-            raise PackageError(
-                f"{path} is {len(data)} bytes, more than packages.max_size",
-                code="PACKAGE_TOO_LARGE",
-            )
-        file = work / "raw"
-        fileio.create_file(file, data)
-        return pkgfiles.Raw(path, file, posixpath.basename(path), hashlib.sha256(data).hexdigest())
 
     def _fetch(self, url: str, limit: int) -> Path:
         """The body of `url` as a blob file, asking the server only whether it changed."""

@@ -13,7 +13,8 @@ proxy's credentials go in a Proxy-Authorization header to the proxy only.
 
 A proxy that cannot be reached or refuses the credentials (407) raises `ProxyError`
 (PROXY_UNREACHABLE, PROXY_AUTH_FAILED) naming the proxy, its password masked; everything
-else raises what urllib3 raises, for the transport to map as before.
+else raises what urllib3 raises, for the transport to code: `failure` and `short_reason`
+give every transport the same words for it.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def _auth_failed(via: proxy.Proxy) -> ProxyError:
 def _proxy_failure(exc: BaseException, via: proxy.Proxy) -> ProxyError | None:
     """PROXY_AUTH_FAILED for a 407 to CONNECT, PROXY_UNREACHABLE when no connection to the
     proxy was made; None when the proxy answered and the trouble is the origin's."""
-    chain = _causes(exc)
+    chain = causes(exc)
     for cause in chain:
         status = _TUNNEL_STATUS.search(str(cause))
         if status:
@@ -204,7 +205,7 @@ def _proxy_failure(exc: BaseException, via: proxy.Proxy) -> ProxyError | None:
     )
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
+def causes(exc: BaseException) -> list[BaseException]:
     """`exc` and what it wraps (urllib3 nests causes in `reason` and in its args), outermost
     first, bounded."""
     found: list[BaseException] = []
@@ -225,3 +226,28 @@ def _short(exc: BaseException) -> str:
     text = _OBJECT_REPR.sub("", str(exc)).strip()
     text = text.split("Failed to establish a new connection: ", 1)[-1]
     return logs.redact(text) or type(exc).__name__
+
+
+def failure(exc: Exception, shown: str) -> tuple[str, str]:
+    """What a urllib3 request to `shown` failed on, for the transport's coded error: its
+    kind ("tls", "connect", "timeout" or "other") and a message that is safe to show."""
+    errors = urllib3.exceptions
+    reason = exc.reason if isinstance(exc, errors.MaxRetryError) and exc.reason else exc
+    if isinstance(reason, errors.SSLError):
+        return "tls", f"{shown}: TLS failed: {short_reason(reason)}"
+    if isinstance(reason, errors.NewConnectionError):  # a ConnectTimeoutError subclass
+        return "connect", f"cannot connect to {shown}: {short_reason(reason)}"
+    if isinstance(reason, errors.TimeoutError):
+        return "timeout", f"{shown} did not answer in time"
+    return "other", f"{shown}: connection failed: {short_reason(reason)}"
+
+
+def short_reason(exc: BaseException) -> str:
+    """The useful end of an exception's text: urllib3 nests causes inside its messages."""
+    text = str(exc)
+    if re.search(r"Name or service not known|Failed to resolve|failure in name resolution", text):
+        return "cannot resolve the host name"
+    for marker in ("Failed to establish a new connection: ", "Caused by "):
+        text = text.split(marker, 1)[-1]
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", text)
+    return logs.redact(text.strip("()'\" "))[:200]

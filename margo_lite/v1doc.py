@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from margo_lite import oci
-from margo_lite.errors import DesiredStateError, OciError
-from margo_lite.wfmmanifest import DEPLOYMENT_ID
+from margo_lite.desired.parameters import Fields
+from margo_lite.desired.values import show
+from margo_lite.errors import OciError
 
 KIND = "ApplicationDeployment"
 API_VERSIONS = ("application.margo.org/v1alpha1", "application.margo.org/v1")
@@ -68,26 +69,11 @@ def matches_device(pattern: str, device_id: str) -> bool:
     return pattern == device_id
 
 
-class _Normaliser:
+class _Normaliser(Fields):
+    """Reads one v1 document (the draft parser's field readers: same messages and codes)."""
+
     def __init__(self, doc: dict, source: str) -> None:
-        self.doc = doc
-        self.source = source
-        self.id: str | None = None
-
-    def fail(self, code: str, where: str, message: str) -> DesiredStateError:
-        return DesiredStateError(
-            message, code=code, source=self.source, field=where, deployment_id=self.id
-        )
-
-    def mapping(self, parent: Mapping, key: str, where: str, *, required: bool = True) -> dict:
-        value = parent.get(key)
-        if value is None and not required:
-            return {}
-        if value is None:
-            raise self.fail("MISSING_FIELD", where, "required mapping is missing")
-        if not isinstance(value, dict):
-            raise self.fail("NOT_A_MAPPING", where, f"must be a mapping, not {_kind(value)}")
-        return value
+        super().__init__(doc, source, {})
 
     def closed(self, value: Mapping, allowed: tuple[str, ...], where: str) -> None:
         """The schema's `additionalProperties: false` with `x-<name>-extensions` allowed."""
@@ -101,7 +87,7 @@ class _Normaliser:
             raise self.fail(
                 "INVALID_FIELD",
                 f"{where}.{key}" if where else str(key),
-                f"{_show(key)} is not a field here (allowed: {', '.join(allowed)}, "
+                f"{show(key)} is not a field here (allowed: {', '.join(allowed)}, "
                 "x-<name>-extensions)",
             )
 
@@ -109,9 +95,7 @@ class _Normaliser:
         """A value that may sit in either of two places; both given must agree."""
         (a, a_where), (b, b_where) = first, second
         if a is not None and b is not None and a != b:
-            raise self.fail(
-                "INVALID_FIELD", a_where, f"{_show(a)} differs from {b_where} {_show(b)}"
-            )
+            raise self.fail("INVALID_FIELD", a_where, f"{show(a)} differs from {b_where} {show(b)}")
         return a if a is not None else b
 
     def run(self, device_id: str | None) -> dict:
@@ -121,16 +105,7 @@ class _Normaliser:
         raw_id = self.one_of(
             (doc.get("id"), "id"), (annotations.get("id"), "metadata.annotations.id")
         )
-        if raw_id is None:
-            raise self.fail("MISSING_FIELD", "id", "required field is missing")
-        if not isinstance(raw_id, str) or not DEPLOYMENT_ID.fullmatch(raw_id):
-            raise self.fail(
-                "INVALID_DEPLOYMENT_ID",
-                "id",
-                f"{_show(raw_id)} is not a deployment id (letters, digits, '.', '_', '-', "
-                "starting with a letter or digit, at most 128 characters)",
-            )
-        self.id = raw_id  # safe as a name: a failure below is this deployment's
+        self.id = raw_id = self.deployment_id(raw_id, "id")  # a failure below is this one's
         if "id" in doc and not UUID.fullmatch(raw_id):
             raise self.fail(
                 "INVALID_DEPLOYMENT_ID", "id", f"{raw_id!r} is not a UUID (the 1.0 model's id)"
@@ -140,10 +115,10 @@ class _Normaliser:
             raise self.fail(
                 "UNSUPPORTED_API_VERSION",
                 "apiVersion",
-                f"{_show(api)} is not supported (supported: {', '.join(API_VERSIONS)}, or none)",
+                f"{show(api)} is not supported (supported: {', '.join(API_VERSIONS)}, or none)",
             )
         if doc.get("kind") is not None and doc.get("kind") != KIND:
-            raise self.fail("INVALID_FIELD", "kind", f"{_show(doc.get('kind'))} is not {KIND}")
+            raise self.fail("INVALID_FIELD", "kind", f"{show(doc.get('kind'))} is not {KIND}")
         self.device(metadata, device_id)
         labels = self.mapping(metadata, "labels", "metadata.labels", required=False)
         for key, value in labels.items():
@@ -163,7 +138,7 @@ class _Normaliser:
             raise self.fail(
                 "INVALID_APPLICATION_ID",
                 "spec.applicationId",
-                f"{_show(app)} is not an application id (lower-case letters, digits and '-', "
+                f"{show(app)} is not an application id (lower-case letters, digits and '-', "
                 "at most 200 characters)",
             )
         profile = self.mapping(spec, "deploymentProfile", "spec.deploymentProfile")
@@ -177,7 +152,7 @@ class _Normaliser:
             raise self.fail(
                 "UNSUPPORTED_PROFILE",
                 f"{where}.type",
-                f"{_show(kind)} is not a deployment type (compose, helm)",
+                f"{show(kind)} is not a deployment type (compose, helm)",
             )
         profile_type = TYPES[kind]
         components = profile.get("components")
@@ -206,7 +181,7 @@ class _Normaliser:
             return
         where = "metadata.deviceId"
         if not isinstance(value, str) or len(value) > MAX_ID or not DEVICE_ID.fullmatch(value):
-            raise self.fail("INVALID_FIELD", where, f"{_show(value)} is not a device id")
+            raise self.fail("INVALID_FIELD", where, f"{show(value)} is not a device id")
         if device_id is not None and not matches_device(value, device_id):
             raise self.fail(
                 "WRONG_DEVICE", where, f"{value!r} is not this device ({device_id!r}); refused"
@@ -230,7 +205,7 @@ class _Normaliser:
             raise self.fail(
                 "INVALID_FIELD",
                 f"{where}.revision",
-                f"{_show(revision)} is not a SemVer 2.0 version without a leading v "
+                f"{show(revision)} is not a SemVer 2.0 version without a leading v "
                 "(quote it in YAML: '1.0.0')",
             )
         if props.get("wait") is not None and not isinstance(props["wait"], bool):
@@ -262,15 +237,3 @@ def normalize(doc: dict, source: str, device_id: str | None = None) -> dict:
     """The draft-shaped equivalent of the v1 document `doc`, or DesiredStateError (with the
     deployment id once it is known). `device_id` None skips the device check."""
     return _Normaliser(doc, source).run(device_id)
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

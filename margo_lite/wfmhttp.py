@@ -16,7 +16,7 @@ import urllib3
 
 from margo_lite import logs, pools, wfmmanifest
 from margo_lite.errors import ProxyError, WfmError, WfmTransientError
-from margo_lite.git.smarthttp import short_reason
+from margo_lite.pools import short_reason
 
 log = logs.get(__name__)
 
@@ -124,22 +124,13 @@ def network_error(exc: Exception, shown: str) -> WfmError | WfmTransientError:
     """A coded error for what urllib3 raised. A failure that carries its own WFM code (the
     pool's check of the WFM's identity, before any request is sent) keeps it; like a report
     refused for it, it is transient (a corrected certificate or setting fixes it)."""
-    for cause in pools._causes(exc):
+    for cause in pools.causes(exc):
         code = getattr(cause, "code", None)
         if isinstance(code, str) and code.startswith("WFM_"):
             log.error("SECURITY: %s: %s; nothing was sent", shown, cause)
-            message = f"{shown}: {short_reason(cause)}; nothing was sent"
-            return WfmTransientError(message, code=code)
-    errors = urllib3.exceptions
-    reason = exc.reason if isinstance(exc, errors.MaxRetryError) and exc.reason else exc
-    if isinstance(reason, errors.SSLError):
-        return WfmError(f"{shown}: TLS failed: {short_reason(reason)}", code="WFM_TLS_FAILED")
-    if isinstance(reason, errors.NewConnectionError):  # a ConnectTimeoutError subclass
-        return WfmTransientError(
-            f"cannot connect to {shown}: {short_reason(reason)}", code="WFM_UNREACHABLE"
-        )
-    if isinstance(reason, errors.TimeoutError):
-        return WfmTransientError(f"{shown} did not answer in time", code="WFM_TIMEOUT")
-    return WfmTransientError(
-        f"{shown}: connection failed: {short_reason(reason)}", code="WFM_UNREACHABLE"
-    )
+            return WfmTransientError(f"{shown}: {short_reason(cause)}; nothing was sent", code=code)
+    kind, message = pools.failure(exc, shown)
+    if kind == "tls":
+        return WfmError(message, code="WFM_TLS_FAILED")
+    code = "WFM_TIMEOUT" if kind == "timeout" else "WFM_UNREACHABLE"
+    return WfmTransientError(message, code=code)

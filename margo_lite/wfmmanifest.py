@@ -21,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from margo_lite import jsonvalue
+from margo_lite.desired.model import DEPLOYMENT_ID  # the draft's grammar (a UUID fits)
 from margo_lite.errors import WfmError
 
 MEDIA_TYPE = "application/vnd.margo.manifest.v1+json"
@@ -30,8 +32,6 @@ MAX_MANIFEST_BYTES = 4 << 20
 MAX_SNAPSHOT_BYTES = 64 << 20  # all documents together: the Git source's bound
 MAX_DOCUMENTS = 10_000  # the Git source's bound on files
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-#: Safe as a file name and the draft's deployment id grammar (a UUID fits).
-DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: A path below /api/v1/: RFC 3986 path characters, no query, no fragment, no dot segments.
 _URL = re.compile(
     r"/api/v1/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+(?:/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+)*"
@@ -70,7 +70,9 @@ def parse(body: bytes) -> Manifest:
             f"the State Manifest is larger than {MAX_MANIFEST_BYTES} bytes", code="WFM_TOO_LARGE"
         )
     try:
-        doc = json.loads(body.decode("utf-8"), object_pairs_hook=_unique, parse_constant=_refuse)
+        doc = json.loads(
+            body.decode("utf-8"), object_pairs_hook=jsonvalue.unique_object, parse_constant=_refuse
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise invalid(f"not JSON: {str(exc)[:120]}") from None
     if not isinstance(doc, dict):
@@ -148,15 +150,6 @@ def _integer(value: Any, where: str, *, low: int) -> int:
     if not low <= value <= MAX_VERSION:
         raise invalid(f"{where} {value} is outside [{low}, 2^64-1]")
     return value
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
 
 
 def _refuse(name: str) -> Any:

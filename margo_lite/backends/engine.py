@@ -142,11 +142,8 @@ class Engine:
 
     def remove_container(self, ref: str) -> None:
         """Stop (within the container's own stop timeout) and remove; gone already is fine."""
-        try:
-            self.run(["rm", "-f", ref], what=f"remove container {ref}")
-        except EngineError as exc:
-            if not re.search(r"no such container|no container with", exc.stderr, re.I):
-                raise
+        gone = r"no such container|no container with"
+        self._remove(["rm", "-f", ref], f"remove container {ref}", gone)
 
     def run_health_check(self, ref: str) -> None:
         """Make the engine run a container's health check now (podman without systemd)."""
@@ -191,17 +188,18 @@ class Engine:
         self.run([*argv, _object_name(name)], what=f"create volume {name}")
 
     def remove_network(self, name: str) -> None:
-        try:
-            self.run(["network", "rm", name], what=f"remove network {name}")
-        except EngineError as exc:
-            if not re.search(r"not found|no such network|unable to find", exc.stderr, re.I):
-                raise
+        gone = r"not found|no such network|unable to find"
+        self._remove(["network", "rm", name], f"remove network {name}", gone)
 
     def remove_volume(self, name: str) -> None:
+        self._remove(["volume", "rm", name], f"remove volume {name}", r"no such volume|not found")
+
+    def _remove(self, argv: list[str], what: str, gone: str) -> None:
+        """Run a remove command; an object already gone (stderr matches `gone`) is fine."""
         try:
-            self.run(["volume", "rm", name], what=f"remove volume {name}")
+            self.run(argv, what=what)
         except EngineError as exc:
-            if not re.search(r"no such volume|not found", exc.stderr, re.I):
+            if not re.search(gone, exc.stderr, re.I):
                 raise
 
     # --- images ----------------------------------------------------------------------------

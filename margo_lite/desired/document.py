@@ -47,17 +47,7 @@ class DocumentParser(Parameters):
             )
         metadata = self.mapping(doc, "metadata", "metadata")
         annotations = self.mapping(metadata, "annotations", "metadata.annotations")
-        raw_id = annotations.get("id")
-        if raw_id is None:
-            raise self.fail("MISSING_FIELD", "metadata.annotations.id", "required field is missing")
-        if not isinstance(raw_id, str) or not DEPLOYMENT_ID.fullmatch(raw_id):
-            raise self.fail(
-                "INVALID_DEPLOYMENT_ID",
-                "metadata.annotations.id",
-                f"{values.show(raw_id)} is not a deployment id (letters, digits, '.', '_', '-', "
-                "starting with a letter or digit, at most 128 characters)",
-            )
-        self.id = raw_id
+        self.id = self.deployment_id(annotations.get("id"), "metadata.annotations.id")
         api = doc.get("apiVersion")
         if api is None:
             raise self.fail("MISSING_FIELD", "apiVersion", "required field is missing")

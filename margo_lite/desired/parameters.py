@@ -16,7 +16,7 @@ from typing import Any
 from margo_lite import jsonvalue
 from margo_lite import pointer as pointers
 from margo_lite.desired import values
-from margo_lite.desired.model import COMPOSE, ENV_NAME, MAX_PARAMETERS
+from margo_lite.desired.model import COMPOSE, DEPLOYMENT_ID, ENV_NAME, MAX_PARAMETERS
 from margo_lite.errors import ComposeError, DesiredStateError
 
 
@@ -43,6 +43,19 @@ class Fields:
         if not isinstance(value, dict):
             raise self.fail("NOT_A_MAPPING", where, f"must be a mapping, not {values.kind(value)}")
         return value
+
+    def deployment_id(self, raw_id: Any, where: str) -> str:
+        """The deployment's id, read at `where`: required, and safe as a name and in a path."""
+        if raw_id is None:
+            raise self.fail("MISSING_FIELD", where, "required field is missing")
+        if not isinstance(raw_id, str) or not DEPLOYMENT_ID.fullmatch(raw_id):
+            raise self.fail(
+                "INVALID_DEPLOYMENT_ID",
+                where,
+                f"{values.show(raw_id)} is not a deployment id (letters, digits, '.', '_', '-', "
+                "starting with a letter or digit, at most 128 characters)",
+            )
+        return raw_id
 
     def string(
         self, parent: Mapping, key: str, where: str, *, required: bool = True, limit: int = 4096

@@ -217,6 +217,15 @@ def wait_until(
     raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def new_reports(statuses: list[dict], seen: list[str]) -> Iterator[tuple[dict, str]]:
+    """The status reports past the `seen` ones (their states go into `seen`), each with
+    ` (CODE: message)` when it carries an error, for the narration."""
+    for body in statuses[len(seen) :]:
+        seen.append(body["status"]["state"])
+        error = body["status"].get("error") or {}
+        yield body, f" ({error['code']}: {error['message']})" if error.get("code") else ""
+
+
 def http_get(port: int) -> str | None:
     """The demo app's page; never through a proxy from the environment (it is local)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -319,12 +328,8 @@ def run(keep: bool = False) -> int:
             seen: list[str] = []
 
             def narrate() -> None:
-                for body in sim.statuses(DEPLOYMENT_ID)[len(seen) :]:
-                    state = body["status"]["state"]
-                    seen.append(state)
-                    error = body["status"].get("error") or {}
-                    detail = f" ({error['code']}: {error['message']})" if error.get("code") else ""
-                    say(f"  WOS received: {DEPLOYMENT_ID} is {state}{detail}")
+                for body, detail in new_reports(sim.statuses(DEPLOYMENT_ID), seen):
+                    say(f"  WOS received: {DEPLOYMENT_ID} is {body['status']['state']}{detail}")
 
             def last_state() -> str | None:
                 return seen[-1] if seen else None

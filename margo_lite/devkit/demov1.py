@@ -105,14 +105,10 @@ def run(keep: bool = False) -> int:
             config_path = _write_config(workdir, sim.url, ca, device, engine)
 
             def narrate() -> None:
-                for body in sim.statuses(DEPLOYMENT_ID)[len(seen) :]:
-                    state = body["status"]["state"]
-                    seen.append(state)
-                    error = body["status"].get("error") or {}
-                    detail = f" ({error['code']}: {error['message']})" if error.get("code") else ""
+                for body, detail in demo.new_reports(sim.statuses(DEPLOYMENT_ID), seen):
                     say(
-                        f"  WFM received: {state} (manifest {body['adoptedManifestVersion']})"
-                        f"{detail}"
+                        f"  WFM received: {body['status']['state']} "
+                        f"(manifest {body['adoptedManifestVersion']}){detail}"
                     )
 
             def settled(text: str):

@@ -1,4 +1,4 @@
-"""docs/errors.md, rendered from margo_lite/errors.py: every code, its family, what to do.
+"""docs/errors.md, rendered from margo_lite/errors/: every code, its family, what to do.
 
 Regenerate after changing an error class: `python -m tests.support.errortable > docs/errors.md`
 (tests/test_errors.py fails while the page is stale).
@@ -14,7 +14,7 @@ HEADER = """\
 # Error codes
 
 Every code margo-lite puts in a status report or a log line, the family that decides what
-the agent does next, and what you do about it. Rendered from `margo_lite/errors.py` by
+the agent does next, and what you do about it. Rendered from `margo_lite/errors/` by
 `tests/support/errortable.py`; do not edit by hand.
 
 - **transient**: the cause may go away by itself. The agent backs off and tries again (a
@@ -28,14 +28,25 @@ the agent does next, and what you do about it. Rendered from `margo_lite/errors.
 """
 
 
+#: The modules of margo_lite.errors in the order the page lists them.
+AREA_MODULES = ("base", "source", "packages", "engine", "wos")
+
+
 def classes() -> list[type[errors.MargoLiteError]]:
-    """Every error class that declares codes, in the order errors.py defines them."""
+    """Every error class that declares codes, area by area (`AREA_MODULES`), each in the
+    order its module defines them."""
     found = [
         c
         for _, c in inspect.getmembers(errors, inspect.isclass)
         if issubclass(c, errors.MargoLiteError) and "codes" in vars(c)
     ]
-    return sorted(found, key=lambda c: inspect.getsourcelines(c)[1])
+    return sorted(
+        found,
+        key=lambda c: (
+            AREA_MODULES.index(c.__module__.rpartition(".")[2]),
+            inspect.getsourcelines(c)[1],
+        ),
+    )
 
 
 def family_name(cls: type[errors.MargoLiteError]) -> str:
