@@ -19,23 +19,22 @@ changed; caching by URL alone would never see a package republished under the sa
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from margo_lite import (
     archive,
     fileio,
     logs,
     oci,
-    ocipull,
     pgp,
     pkgfiles,
     pkgmanifest,
@@ -43,7 +42,6 @@ from margo_lite import (
     proxy,
 )
 from margo_lite.config import PackagesConfig
-from margo_lite.download import Downloader, Validators
 from margo_lite.errors import (
     PackageError,
     PackageTransientError,
@@ -51,6 +49,10 @@ from margo_lite.errors import (
     StateError,
 )
 from margo_lite.statestore import StateStore
+
+if TYPE_CHECKING:
+    from margo_lite.download import Downloader
+    from margo_lite.ocipull import Puller
 
 log = logs.get(__name__)
 
@@ -82,10 +84,9 @@ class PackageStore:
         self._blobs = self._root / "blobs"
         self._tmp = self._root / "tmp"
         self._limits = archive.Limits(max_bytes=cfg.max_size)
-        self._downloader = downloader or Downloader(
-            timeout=cfg.timeout, deadline=cfg.deadline, ca_file=cfg.ca_file, proxies=proxies
-        )
-        self._oci = ocipull.Puller(self._downloader, cfg.max_size)
+        self._proxies = proxies
+        if downloader is not None:  # else made on first use (`_downloader`)
+            self._downloader = downloader
         self._lock = threading.Lock()
         try:
             for folder in (self._root, self._pkgs, self._blobs, self._tmp):
@@ -97,6 +98,22 @@ class PackageStore:
         self._state = StateStore(self._root)
         self._index = self._load_index()
 
+    @functools.cached_property
+    def _downloader(self) -> Downloader:
+        """Made on first use: an idle agent downloads nothing and need not load this code."""
+        from margo_lite.download import Downloader  # late: only a download needs it
+
+        cfg = self._cfg
+        return Downloader(
+            timeout=cfg.timeout, deadline=cfg.deadline, ca_file=cfg.ca_file, proxies=self._proxies
+        )
+
+    @functools.cached_property
+    def _oci(self) -> Puller:
+        from margo_lite.ocipull import Puller  # late: only an OCI package needs it
+
+        return Puller(self._downloader, self._cfg.max_size)
+
     # --- public -------------------------------------------------------------------------------
 
     def prepare(
@@ -104,7 +121,7 @@ class PackageStore:
     ) -> PreparedPackage:
         """A ready folder for the package; verified first when a signature is required."""
         with self._lock:
-            work = self._tmp / f"prepare-{uuid.uuid4().hex}"
+            work = self._tmp / f"prepare-{os.urandom(16).hex()}"
             try:
                 work.mkdir(mode=0o700)
                 with self._downloader.one_deadline():  # package, signature, key: one budget
@@ -210,8 +227,10 @@ class PackageStore:
         if entry and (entry.get("etag") or entry.get("last_modified")):
             blob = self._blobs / entry["blob"]
             if blob.is_file() and pkgfiles.sha256_file(blob) == entry["blob"]:
+                from margo_lite.download import Validators  # late, as in `_downloader`
+
                 validators = Validators(entry.get("etag"), entry.get("last_modified"))
-        tmp = self._tmp / f"download-{uuid.uuid4().hex}"
+        tmp = self._tmp / f"download-{os.urandom(16).hex()}"
         fetched = self._downloader.fetch(url, tmp, limit=limit, validators=validators)
         now = time.time()
         if not fetched.modified:
@@ -354,7 +373,7 @@ class PackageStore:
 
     def _discard(self, folder: Path) -> None:
         """Move out of the cache first, so a crash never leaves a half-deleted package."""
-        trash = self._tmp / f"trash-{uuid.uuid4().hex}"
+        trash = self._tmp / f"trash-{os.urandom(16).hex()}"
         os.rename(folder, trash)
         fileio.fsync_dir(folder.parent)
         _remove(trash)

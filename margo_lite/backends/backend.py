@@ -177,15 +177,15 @@ class Backend:
     def _up(self, name: str, unit: ComponentUnit, doc: Mapping[str, Any]) -> None:
         """Clear leftovers, then let the driver bring the project to `doc`. A port held by
         an orphaned engine process of our own project is freed once and tried again."""
-        self._clear_leftovers(unit.deployment_id, unit.component, doc)
+        kept = self._clear_leftovers(unit.deployment_id, unit.component, doc)
         try:
-            self.driver.up(name, doc, self._workdir(name))
+            self.driver.up(name, doc, self._workdir(name), kept)
         except EngineError as exc:
             if exc.code != "PORT_IN_USE" or not self.engine.reap_orphans(name):
                 raise
             log.warning("%s: freed a port held by an orphaned process; trying again", name)
-            self._clear_leftovers(unit.deployment_id, unit.component, doc)
-            self.driver.up(name, doc, self._workdir(name))
+            kept = self._clear_leftovers(unit.deployment_id, unit.component, doc)
+            self.driver.up(name, doc, self._workdir(name), kept)
 
     def _roll_back(
         self,
@@ -337,16 +337,21 @@ class Backend:
         owned = project.ownership_labels(deployment_id, component, device=self.device)
         return _by_service(self.engine.containers(owned))
 
-    def _clear_leftovers(self, deployment_id: str, component: str, doc: Mapping[str, Any]) -> None:
+    def _clear_leftovers(
+        self, deployment_id: str, component: str, doc: Mapping[str, Any]
+    ) -> list[Container]:
         """Before `up`: remove containers of services the document no longer has (they may
         hold ports) and containers that do not run (left in Created or Exited by a crash or
-        a failed start); every driver then creates what is missing."""
+        a failed start); every driver then creates what is missing. Returns the containers
+        left, so that the driver need not list them again."""
+        kept: list[Container] = []
         for service, containers in self._containers(deployment_id, component).items():
             if service not in doc["services"]:
                 log.info("%s/%s: removing service %r", deployment_id, component, service)
                 self._remove_containers(containers)
                 continue
             stale = [c for c in containers if c.status not in ("running", "restarting")]
+            kept += [c for c in containers if c not in stale]
             if stale:
                 log.info(
                     "%s/%s: removing %d stopped container(s) of %r",
@@ -356,6 +361,7 @@ class Backend:
                     service,
                 )
                 self._remove_containers(stale)
+        return kept
 
     def _remove_containers(self, containers: list[Container]) -> None:
         """Remove containers, dependents first: podman refuses to remove a container that

@@ -13,13 +13,14 @@ whose hash still matches and recreates the others, so an update touches only wha
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from margo_lite import composedoc, imageref, logs, schedule
 from margo_lite.backends import project
 from margo_lite.backends.compose import Driver
+from margo_lite.backends.engine import Container
 from margo_lite.errors import ComposeError
 
 log = logs.get(__name__)
@@ -131,7 +132,13 @@ class BuiltinDriver(Driver):
     def check(self, doc: Mapping[str, Any]) -> None:
         check_supported(doc)
 
-    def up(self, name: str, doc: Mapping[str, Any], workdir: Path) -> None:
+    def up(
+        self,
+        name: str,
+        doc: Mapping[str, Any],
+        workdir: Path,
+        current: Sequence[Container] | None = None,
+    ) -> None:
         check_supported(doc)
         owned = {
             k: v
@@ -151,12 +158,13 @@ class BuiltinDriver(Driver):
             if not definition.get("external") and real not in existing_volumes:
                 self.engine.create_volume(real, definition.get("labels") or {})
 
-        current: dict[str, list] = {}
-        for container in self.engine.containers(owned):
-            current.setdefault(container.labels.get(project.SERVICE, ""), []).append(container)
-        for service in list(current):
+        by_service: dict[str, list] = {}
+        listed = self.engine.containers(owned) if current is None else current
+        for container in listed:
+            by_service.setdefault(container.labels.get(project.SERVICE, ""), []).append(container)
+        for service in list(by_service):
             if service not in doc["services"]:
-                for container in current.pop(service):
+                for container in by_service.pop(service):
                     log.info("%s: removing %s (service gone)", name, container.name)
                     self.engine.remove_container(container.id)
 
@@ -165,10 +173,10 @@ class BuiltinDriver(Driver):
             wanted = project.config_hash(argv)
             keep = [
                 c
-                for c in current.get(service, [])
+                for c in by_service.get(service, [])
                 if c.labels.get(project.CONFIG_HASH) == wanted and c.status == "running"
             ]
-            for container in current.get(service, []):
+            for container in by_service.get(service, []):
                 if container not in keep[:1]:
                     log.info("%s: removing %s (%s)", name, container.name, container.status)
                     self.engine.remove_container(container.id)

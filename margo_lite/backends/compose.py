@@ -19,7 +19,7 @@ from typing import Any
 
 from margo_lite import composedoc, logs
 from margo_lite.backends import project
-from margo_lite.backends.engine import Engine
+from margo_lite.backends.engine import Container, Engine
 from margo_lite.backends.runner import answers, run_tool
 from margo_lite.constants import COMPOSE_FILE
 from margo_lite.fileio import write_file_atomic
@@ -45,8 +45,16 @@ class Driver:
     def check(self, doc: Mapping[str, Any]) -> None:
         """Refuse a document this driver cannot run faithfully, before anything is touched."""
 
-    def up(self, name: str, doc: Mapping[str, Any], workdir: Path) -> None:
-        """Create or update the project `name` to `doc`; only changed services are recreated."""
+    def up(
+        self,
+        name: str,
+        doc: Mapping[str, Any],
+        workdir: Path,
+        current: Sequence[Container] | None = None,
+    ) -> None:
+        """Create or update the project `name` to `doc`; only changed services are recreated.
+        `current`: the project's containers as the caller just listed them (saves a driver
+        that lists them itself an engine command); None: unknown."""
         raise NotImplementedError
 
 
@@ -66,7 +74,13 @@ class ExternalDriver(Driver):
     def _global(self, name: str, file: Path) -> list[str]:
         return ["-p", name, "-f", str(file)]
 
-    def up(self, name: str, doc: Mapping[str, Any], workdir: Path) -> None:
+    def up(
+        self,
+        name: str,
+        doc: Mapping[str, Any],
+        workdir: Path,
+        current: Sequence[Container] | None = None,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         file = workdir / COMPOSE_FILE
         # The document can hold parameter values (secrets): readable by root only.
