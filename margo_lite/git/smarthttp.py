@@ -261,6 +261,7 @@ class HttpRemote:
                 raise _network_error(exc, self._shown) from exc
         except SourceError:
             self._capabilities = None  # ask again next time: the server may have changed
+            resp.close()  # its body is unread: never hand this connection out again
             raise
         finally:
             resp.release_conn()
