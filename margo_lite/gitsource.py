@@ -32,10 +32,12 @@ from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError, MargoLiteError
 from margo_lite.git.localrepo import LocalRemote
 from margo_lite.git.objects import typed
+from margo_lite.git.pktline import HEX40
 from margo_lite.git.remote import Remote
 from margo_lite.git.signature import verify_commit_signature
-from margo_lite.git.smarthttp import HEX40, HttpRemote, short_reason
+from margo_lite.git.smarthttp import HttpRemote
 from margo_lite.git.store import CORRUPT, Store, read_files
+from margo_lite.pools import short_reason
 from margo_lite.source import PollResult, Snapshot
 from margo_lite.statestore import write_file_atomic
 

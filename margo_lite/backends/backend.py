@@ -16,13 +16,12 @@ recreate only what changed.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from margo_lite import composedoc, logs
-from margo_lite.backends import legacy, project
+from margo_lite.backends import legacy, project, readiness
 from margo_lite.backends.compose import Driver
 from margo_lite.backends.engine import Container, Engine
 from margo_lite.backends.project import project_name
@@ -37,7 +36,6 @@ log = logs.get(__name__)
 RECORDS = "backends"
 #: A started container must stay up this long, unrestarted, to count (`runtime.settle`).
 SETTLE_SECONDS = 1.0
-POLL_SECONDS = 0.1  # how often a start is looked at while it settles (one engine command)
 
 
 class Backend:
@@ -242,100 +240,18 @@ class Backend:
         ) from cause
 
     def _wait_ready(self, deployment_id: str, component: str, doc: Mapping[str, Any]) -> None:
-        """Wait until every service runs and is healthy, then stays up for `settle` seconds.
-
-        Fails early on a service that exited, restarts, or is unhealthy; fails with
-        HEALTHCHECK_FAILED when `health_timeout` passes first. Looks every POLL_SECONDS
-        with the engine's quick listing; the full one (restart counts) confirms the end.
-        """
-        deadline = time.monotonic() + self.health_timeout
-        settled: dict[str, tuple[str, str, int]] | None = None
-        settle_at = 0.0
         owned = project.ownership_labels(deployment_id, component, device=self.device)
-        while True:
-            containers = _by_service(self.engine.glance(owned))
-            problem, waiting = self._readiness(doc, containers)
-            if problem:
-                raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
-            if waiting:
-                settled = None
-            else:
-                now = {
-                    c.labels[project.SERVICE]: (c.id, c.started_at, c.restart_count)
-                    for cs in containers.values()
-                    for c in cs
-                }
-                if settled is None or settled != now:
-                    settled, settle_at = now, time.monotonic() + self.settle
-                elif time.monotonic() >= settle_at:
-                    full = self._containers(deployment_id, component)
-                    problem, waiting = self._readiness(doc, full)
-                    if problem:
-                        raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
-                    if not waiting:
-                        return
-                    settled = None
-            if time.monotonic() >= deadline:
-                raise EngineFailedError(
-                    f"not running and healthy within {self.health_timeout:g}s: {waiting}",
-                    code="HEALTHCHECK_FAILED",
-                )
-            time.sleep(POLL_SECONDS)
-
-    def _readiness(
-        self, doc: Mapping[str, Any], containers: Mapping[str, list[Container]]
-    ) -> tuple[str, str]:
-        """(problem, what is still awaited) for one look at the containers."""
-        waiting = []
-        for service, spec in doc["services"].items():
-            found = containers.get(service) or []
-            if not found:
-                return f"service {service}: no container was created", ""
-            c = found[0]
-            restart = str(spec.get("restart") or "no")
-            if c.status in ("exited", "stopped"):  # podman says "stopped" for a moment first
-                if c.exit_code == 0 and restart in ("no", "on-failure"):
-                    continue
-                return f"service {service}: exited with code {c.exit_code}", ""
-            if c.status == "restarting" or c.restart_count > 0:
-                return f"service {service}: keeps restarting (exit code {c.exit_code})", ""
-            if c.status != "running":
-                return f"service {service}: did not start ({c.status})", ""
-            if c.health == "unhealthy":
-                return f"service {service}: health check failed", ""
-            if c.health == "starting":
-                self.engine.run_health_check(c.id)
-                waiting.append(f"service {service} health check")
-        return "", ", ".join(waiting)
+        timeout, settle = self.health_timeout, self.settle
+        readiness.wait_ready(self.engine, owned, doc, timeout=timeout, settle=settle)
 
     def _health(
         self, deployment_id: str, component: str, doc: Mapping[str, Any] | None
     ) -> ComponentHealth:
-        containers = self._containers(deployment_id, component)
-        names = list(doc["services"]) if doc else sorted(containers)
-        services = {}
-        for service in names:
-            found = containers.get(service)
-            if not found:
-                services[service] = ServiceHealth("missing")
-                continue
-            c = found[0]
-            if c.status == "running" and c.health:
-                self.engine.run_health_check(c.id)
-                c = self.engine.container(c.id) or c
-            if c.status == "running" and c.health == "unhealthy":
-                services[service] = ServiceHealth("unhealthy", detail="health check failed")
-            elif c.status in ("running", "restarting", "created"):
-                services[service] = ServiceHealth(c.status)
-            elif c.status in ("exited", "stopped", "dead"):
-                services[service] = ServiceHealth("exited", c.exit_code)
-            else:
-                services[service] = ServiceHealth(c.status or "unknown")
-        return ComponentHealth(services)
+        return readiness.health(self.engine, doc, self._containers(deployment_id, component))
 
     def _containers(self, deployment_id: str, component: str) -> dict[str, list[Container]]:
         owned = project.ownership_labels(deployment_id, component, device=self.device)
-        return _by_service(self.engine.containers(owned))
+        return readiness.by_service(self.engine.containers(owned))
 
     def _clear_leftovers(
         self, deployment_id: str, component: str, doc: Mapping[str, Any]
@@ -439,10 +355,3 @@ class Backend:
             },
             secret=True,
         )
-
-
-def _by_service(containers: list[Container]) -> dict[str, list[Container]]:
-    by_service: dict[str, list[Container]] = {}
-    for c in containers:
-        by_service.setdefault(c.labels.get(project.SERVICE, ""), []).append(c)
-    return by_service

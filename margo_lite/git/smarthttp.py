@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -19,10 +18,12 @@ from pathlib import Path
 import urllib3
 from dulwich.object_store import PackBasedObjectStore
 
-from margo_lite import logs, proxy
+from margo_lite import logs, pools, proxy
 from margo_lite.constants import USER_AGENT
 from margo_lite.errors import GitError, GitTransientError, ProxyError, SourceError
-from margo_lite.pools import Pools
+from margo_lite.git import pktline
+from margo_lite.git.pktline import HEX40
+from margo_lite.pools import Pools, short_reason
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
 SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file in `spool`
@@ -30,9 +31,6 @@ MAX_REFS_BYTES = 1 << 20  # one ls-refs answer (it names one branch; anything ne
 MAX_ADVERTISEMENT_BYTES = 16 << 20  # a protocol v0 server names every ref of the repository
 
 log = logs.get(__name__)
-
-HEX40 = re.compile(rb"^[0-9a-f]{40}$")
-_FLUSH, _DELIM, _END = b"0000", b"0001", b"0002"
 
 
 class HttpRemote:
@@ -105,15 +103,15 @@ class HttpRemote:
         body = self._command(b"ls-refs", caps, [b"ref-prefix " + ref + b"\n"])
         with self._post(body) as resp:
             found = None
-            for line in _pkt_lines(_Reader(resp, MAX_REFS_BYTES, self._shown)):
-                if line in (_DELIM, _END):
-                    raise _protocol_error(self._shown, "unexpected delimiter in ls-refs")
-                if line == _FLUSH:
+            for line in pktline.pkt_lines(pktline.Reader(resp, MAX_REFS_BYTES, self._shown)):
+                if line in (pktline.DELIM, pktline.END):
+                    raise pktline.protocol_error(self._shown, "unexpected delimiter in ls-refs")
+                if line == pktline.FLUSH:
                     return found
                 oid, _, rest = line.rstrip(b"\n").partition(b" ")
                 if rest.split(b" ")[0] == ref and HEX40.match(oid):
                     found = oid.decode()
-            raise _protocol_error(self._shown, "ls-refs answer ends early")
+            raise pktline.protocol_error(self._shown, "ls-refs answer ends early")
 
     def fetch_into(
         self,
@@ -159,56 +157,57 @@ class HttpRemote:
                 asked.append(b"agent=" + USER_AGENT.encode())
             body = b"".join(
                 map(
-                    _pkt,
+                    pktline.pkt,
                     [b"want %s %s\n" % (want.encode(), b" ".join(asked)), *shallow_lines,
                      b"deepen 1\n"],
                 )
             )  # fmt: skip
-            body += _FLUSH + b"".join(map(_pkt, [*have_lines, b"done\n"]))
+            body += pktline.FLUSH + b"".join(map(pktline.pkt, [*have_lines, b"done\n"]))
         else:
             args = [b"thin-pack\n", b"ofs-delta\n", b"no-progress\n", b"deepen 1\n"]
             args += [*shallow_lines, b"want %s\n" % want.encode(), *have_lines, b"done\n"]
             body = self._command(b"fetch", caps, args)
         with self._post(body) as resp:
-            lines = _pkt_lines(_Reader(resp, MAX_PACK_BYTES, self._shown))
-            skip = _skip_v0_head if self._version == 0 else _skip_v2_sections
+            lines = pktline.pkt_lines(pktline.Reader(resp, MAX_PACK_BYTES, self._shown))
+            skip = pktline.skip_v0_head if self._version == 0 else pktline.skip_v2_sections
             first = skip(lines, self._shown)
             if first is None:
-                raise _pack_error(self._shown, "the answer ends before the pack")
+                raise pktline.pack_error(self._shown, "the answer ends before the pack")
             for line in itertools.chain((first,), lines):
-                if line == _FLUSH:
+                if line == pktline.FLUSH:
                     return
-                if line in (_DELIM, _END) or not line:
-                    raise _pack_error(self._shown, "unexpected packet in the pack stream")
+                if line in (pktline.DELIM, pktline.END) or not line:
+                    raise pktline.pack_error(self._shown, "unexpected packet in the pack stream")
                 band, data = line[0], line[1:]
                 if band == 1:
                     write(data)
                 elif band == 3:
                     raise GitTransientError(
-                        f"{self._shown}: server error: {_printable(data)}", code="GIT_SERVER_ERROR"
+                        f"{self._shown}: server error: {pktline.printable(data)}",
+                        code="GIT_SERVER_ERROR",
                     )
-            raise _pack_error(self._shown, "the pack was cut short")
+            raise pktline.pack_error(self._shown, "the pack was cut short")
 
     def _discover(self) -> dict[bytes, str] | None:
         """Learn the server's protocol and capabilities; for v0, return the refs it named."""
         url = f"{self._url}/info/refs?service=git-upload-pack"
         with self._request("GET", url, None, {"Accept": "*/*"}) as resp:
-            lines = _pkt_lines(_Reader(resp, MAX_ADVERTISEMENT_BYTES, self._shown))
-            first = next(lines, _FLUSH)
+            lines = pktline.pkt_lines(pktline.Reader(resp, MAX_ADVERTISEMENT_BYTES, self._shown))
+            first = next(lines, pktline.FLUSH)
             if first.startswith(b"# service="):  # v0, and some v2 servers, start with this
                 next(lines, None)
-                first = next(lines, _FLUSH)
+                first = next(lines, pktline.FLUSH)
             if first.rstrip(b"\n") == b"version 2":
                 caps, refs = {}, None
                 for line in lines:
-                    if line == _FLUSH:
+                    if line == pktline.FLUSH:
                         break
                     key, _, value = line.rstrip(b"\n").partition(b"=")
                     caps[key] = value
                 version = 2
                 usable = b"ls-refs" in caps and b"shallow" in caps.get(b"fetch", b"").split()
             else:
-                caps, refs = _parse_advertisement(first, lines, self._shown)
+                caps, refs = pktline.parse_advertisement(first, lines, self._shown)
                 if not refs:  # an empty repository: v0 servers send no capabilities then
                     return refs
                 version = 0
@@ -227,7 +226,12 @@ class HttpRemote:
         head = [b"command=%s\n" % name]
         if b"agent" in caps:
             head.append(b"agent=%s\n" % USER_AGENT.encode())
-        return b"".join(map(_pkt, head)) + _DELIM + b"".join(map(_pkt, args)) + _FLUSH
+        return (
+            b"".join(map(pktline.pkt, head))
+            + pktline.DELIM
+            + b"".join(map(pktline.pkt, args))
+            + pktline.FLUSH
+        )
 
     def _post(self, body: bytes) -> contextlib.AbstractContextManager[urllib3.HTTPResponse]:
         headers = {
@@ -272,67 +276,6 @@ _STALE_CAPABILITIES = ("GIT_PROTOCOL_ERROR", "GIT_PROTOCOL_UNSUPPORTED", "GIT_SE
 _V0_CAPABILITIES = (b"side-band-64k", b"thin-pack", b"ofs-delta", b"shallow", b"no-progress")
 
 
-def _parse_advertisement(
-    first: bytes, lines: Iterator[bytes], shown: str
-) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
-    """Capabilities and refs of a protocol v0 ref advertisement."""
-    if first == _FLUSH:  # an empty repository advertises nothing
-        return {}, {}
-    head, nul, cap_text = first.rstrip(b"\n").partition(b"\0")
-    if not nul:
-        raise _protocol_error(shown, "no capabilities in the ref advertisement")
-    caps = {}
-    for word in cap_text.split():
-        key, _, value = word.partition(b"=")
-        caps[key] = value
-    refs: dict[bytes, str] = {}
-    for line in itertools.chain((head,), lines):
-        if line == _FLUSH:
-            return caps, refs
-        oid, _, name = line.rstrip(b"\n").partition(b" ")
-        if not HEX40.match(oid):
-            raise _protocol_error(shown, "bad line in the ref advertisement")
-        refs[name] = oid.decode()
-    raise _protocol_error(shown, "the ref advertisement ends early")
-
-
-def _skip_v0_head(lines: Iterator[bytes], shown: str) -> bytes | None:
-    """Skip the shallow-update lines and the ACK/NAK lines of a v0 fetch answer; return
-    the first pack packet (None when the answer ends first)."""
-    for line in lines:
-        if line == _FLUSH:
-            break
-        if not line.startswith((b"shallow ", b"unshallow ")):
-            raise _protocol_error(shown, "bad shallow line")
-    for line in lines:
-        if line.startswith(b"ACK ") or line == b"NAK\n":
-            continue
-        return line
-    return None
-
-
-def _skip_v2_sections(lines: Iterator[bytes], shown: str) -> bytes | None:
-    """Skip the sections of a v2 fetch answer up to "packfile"; return the first pack
-    packet (None when the answer ends first)."""
-    section = None
-    for line in lines:
-        if line in (_DELIM, _END):
-            section = None
-        elif line == _FLUSH:
-            raise _protocol_error(shown, "no pack in the fetch answer")
-        elif section is None:
-            section = line.rstrip(b"\n")
-            if section == b"packfile":
-                return next(lines, None)
-            if section not in (b"acknowledgments", b"shallow-info", b"wanted-refs"):
-                raise _protocol_error(shown, f"unexpected section {section!r}")
-        elif section == b"shallow-info":
-            kind, _, oid = line.rstrip(b"\n").partition(b" ")
-            if kind not in (b"shallow", b"unshallow") or not HEX40.match(oid):
-                raise _protocol_error(shown, "bad shallow-info line")
-    return None
-
-
 def _check_status(resp: urllib3.HTTPResponse, shown: str) -> None:
     status = resp.status
     if status == 200:
@@ -361,97 +304,8 @@ def _check_status(resp: urllib3.HTTPResponse, shown: str) -> None:
 
 def _network_error(exc: Exception, shown: str) -> GitError:
     """A typed error for what urllib3 raised; the cause stays attached by the caller."""
-    errors = urllib3.exceptions
-    reason = exc.reason if isinstance(exc, errors.MaxRetryError) and exc.reason else exc
-    if isinstance(reason, errors.SSLError):
-        return GitError(f"{shown}: TLS failed: {short_reason(reason)}", code="GIT_TLS_FAILED")
-    if isinstance(reason, errors.NewConnectionError):
-        return GitTransientError(
-            f"cannot connect to {shown}: {short_reason(reason)}", code="GIT_UNREACHABLE"
-        )
-    if isinstance(reason, errors.TimeoutError):
-        return GitTransientError(f"{shown} did not answer in time", code="GIT_TIMEOUT")
-    return GitTransientError(
-        f"{shown}: connection failed: {short_reason(reason)}", code="GIT_UNREACHABLE"
-    )
-
-
-def short_reason(exc: BaseException) -> str:
-    """The useful end of an exception's text: urllib3 nests causes inside its messages."""
-    text = str(exc)
-    if re.search(r"Name or service not known|Failed to resolve|failure in name resolution", text):
-        return "cannot resolve the host name"
-    for marker in ("Failed to establish a new connection: ", "Caused by "):
-        text = text.split(marker, 1)[-1]
-    text = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", text)
-    return logs.redact(text.strip("()'\" "))[:200]
-
-
-def _protocol_error(shown: str, what: str) -> GitError:
-    return GitTransientError(f"{shown}: bad answer: {what}", code="GIT_PROTOCOL_ERROR")
-
-
-def _pack_error(shown: str, what: str) -> GitError:
-    return GitTransientError(f"{shown}: invalid pack: {what}", code="GIT_PACK_INVALID")
-
-
-def _printable(data: bytes) -> str:
-    return logs.redact(data.decode("utf-8", "replace").strip())[:200]
-
-
-def _pkt(payload: bytes) -> bytes:
-    return b"%04x" % (len(payload) + 4) + payload
-
-
-class _Reader:
-    """Exact reads from a response, within a byte budget; a short read means a cut stream."""
-
-    def __init__(self, resp: urllib3.HTTPResponse, limit: int, shown: str) -> None:
-        self._resp, self._left, self.shown = resp, limit, shown
-
-    def __call__(self, n: int) -> bytes:
-        if n > self._left:
-            raise GitError(f"{self.shown}: answer larger than allowed", code="GIT_TOO_LARGE")
-        chunks = []
-        want = n
-        while want:
-            try:
-                chunk = self._resp.read(want)
-            except urllib3.exceptions.ProtocolError:  # the connection broke: a cut answer
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            want -= len(chunk)
-        data = b"".join(chunks)
-        self._left -= len(data)
-        return data
-
-
-def _pkt_lines(read: _Reader) -> Iterator[bytes]:
-    """Payloads of pkt-lines; flush, delim and response-end as their four-byte markers.
-
-    Ends quietly where the stream ends, so callers detect a cut answer by what is missing.
-    An "ERR" line becomes an error.
-    """
-    while True:
-        head = read(4)
-        if len(head) < 4:
-            return
-        try:
-            size = int(head, 16)
-        except ValueError:
-            size = -1
-        if size in (0, 1, 2):
-            yield head
-            continue
-        if size < 4:
-            raise _protocol_error(read.shown, f"bad pkt-line length {head!r}")
-        payload = read(size - 4)
-        if len(payload) != size - 4:
-            return
-        if payload.startswith(b"ERR "):
-            raise GitTransientError(
-                f"{read.shown}: server error: {_printable(payload[4:])}", code="GIT_SERVER_ERROR"
-            )
-        yield payload
+    kind, message = pools.failure(exc, shown)
+    if kind == "tls":
+        return GitError(message, code="GIT_TLS_FAILED")
+    code = "GIT_TIMEOUT" if kind == "timeout" else "GIT_UNREACHABLE"
+    return GitTransientError(message, code=code)

@@ -32,8 +32,8 @@ from margo_lite import logs
 from margo_lite.errors import GitError, GitTransientError
 from margo_lite.fileio import fsync_dir, fsync_file, remove_write_leftovers, write_file_atomic
 from margo_lite.git.objects import typed
+from margo_lite.git.pktline import HEX40
 from margo_lite.git.remote import Remote
-from margo_lite.git.smarthttp import HEX40
 
 log = logs.get(__name__)
 
