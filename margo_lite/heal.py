@@ -66,6 +66,9 @@ def heal_one(
             return record
         if health.ok:
             return record
+        if health.settling:  # a stop or removal under way: look again at the next heal
+            log.debug("%s/%s is changing state; not restored yet", record.id, component.name)
+            return record
         problems = "; ".join(health.problems()) or "not running"
         log.warning(
             "%s/%s is not running as it should (%s); restoring it",

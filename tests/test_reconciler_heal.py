@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from margo_lite.backends import ComponentHealth, ServiceHealth
 from margo_lite.errors import EngineError, EngineTransientError
 from tests.support.rig import APP
 from tests.support.twindevice import WEB, Device, app, settings
@@ -95,6 +96,27 @@ def test_a_stopped_component_is_restored_without_a_report(device):
     assert ("web-1", "web") not in device.backend.stopped
     assert device.backend.calls_of("apply")[-1].digest == installed.digest  # as recorded
     assert len(device.sender.delivered) == reports
+    assert device.record("web-1")["state"] == "Installed"
+
+
+def test_a_component_being_removed_is_restored_once_it_is_gone(device):
+    """An operator's `podman rm -f` under way shows the container "stopping": restoring then
+    races the removal for the port, so the heal waits for its end, then restores quietly."""
+    device.source.commit(app())
+    agent = device.started()
+    agent.once()
+    reports = len(device.sender.delivered)
+    real_health = device.backend.health
+    device.backend.health = lambda dep, comp: ComponentHealth({"web": ServiceHealth("stopping")})
+
+    agent.heal()
+    assert len(device.backend.calls_of("apply")) == 1  # nothing done while it settles
+
+    device.backend.health = real_health
+    device.backend.stop("web-1")
+    agent.heal()
+    assert len(device.backend.calls_of("apply")) == 2
+    assert len(device.sender.delivered) == reports  # the WOS was not alarmed
     assert device.record("web-1")["state"] == "Installed"
 
 

@@ -66,6 +66,10 @@ class ServiceHealth:
     detail: str = ""
 
 
+#: Engine states of a container on its way out (podman and docker `ps`).
+SETTLING = frozenset({"stopping", "removing"})
+
+
 @dataclass(frozen=True)
 class ComponentHealth:
     services: Mapping[str, ServiceHealth] = field(default_factory=dict)
@@ -77,6 +81,12 @@ class ComponentHealth:
             s.state == "running" or (s.state == "exited" and s.exit_code == 0)
             for s in self.services.values()
         )
+
+    @property
+    def settling(self) -> bool:
+        """A service is being stopped or removed right now (by an operator, or the engine):
+        what it ends as is not known yet, so nothing is done about it until then."""
+        return any(s.state in SETTLING for s in self.services.values())
 
     def problems(self) -> list[str]:
         return [
