@@ -71,7 +71,9 @@ def load(ctx: Context, revision: str) -> None:
     try:
         snapshot = ctx.parts.source.snapshot(revision)
         try:
-            state = desired.parse_files(snapshot.files, device_id=ctx.cfg.device.id)
+            state = desired.parse_files(
+                snapshot.files, device_id=ctx.cfg.device.id, file_ids=snapshot.file_ids
+            )
         except MargoLiteError:
             raise
         except Exception as exc:  # the whole revision's boundary: the last one stays in force

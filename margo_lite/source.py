@@ -11,8 +11,9 @@ force. `gitsource.GitSource` is the Git implementation, `wfmsource.WfmSource` th
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -22,6 +23,9 @@ class Snapshot:
 
     revision: str  # a Git commit id, or a source's own version name
     files: Mapping[str, bytes]  # every regular file of the desired state; posix relative path
+    #: file -> the deployment id the source lists it under (the WFM manifest's
+    #: `deploymentId`); the document must carry that id. Empty for Git: names mean nothing.
+    file_ids: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,10 @@ class WfmSource:
                     code="WFM_CACHE_CORRUPT",
                 )
             files[f"{dep}.yaml"] = data
-        return Snapshot(str(held.version), types.MappingProxyType(files))
+        file_ids = {f"{dep}.yaml": dep for dep, _ in held.documents}
+        return Snapshot(
+            str(held.version), types.MappingProxyType(files), types.MappingProxyType(file_ids)
+        )
 
     def close(self) -> None:
         """Nothing to release: the pool is its maker's (shared with the status client, its

@@ -375,6 +375,7 @@ def test_every_parser_code_is_exercised():
         "DUPLICATE_DEPLOYMENT_ID",
         "CONFLICTING_PARAMETERS",
         "WRONG_DEVICE",  # tests/test_v1doc.py: only the v1 shape names a device
+        "DEPLOYMENT_ID_MISMATCH",  # only with file_ids (a WFM manifest)
     }
     planner_codes = {"DEPENDENCY_CYCLE", "WAITING_FOR_DEPENDENCY", "NOT_STARTED"}
     assert set(DESIRED_STATE_CODES) == tested | planner_codes
@@ -472,6 +473,21 @@ def test_bad_document_fails_alone():
     (failure,) = state.failures
     assert (failure.deployment_id, failure.error.code) == ("bad", "UNSUPPORTED_PROFILE")
     assert state.complete
+
+
+def test_a_file_holds_the_deployment_it_is_listed_under_or_fails_it():
+    broken = doc("three")
+    broken["spec"]["deploymentProfile"]["type"] = "lxc"
+    files = {"one.yaml": dump(doc("one")), "two.yaml": dump(doc("other")), "3.yaml": dump(broken)}
+    listed = {"one.yaml": "one", "two.yaml": "two", "3.yaml": "3"}
+    state = desired.parse_files(files, file_ids=listed)
+    assert [d.id for d in state.deployments] == ["one"]
+    failures = {f.deployment_id: f.error.code for f in state.failures}
+    # a document under another id fails the listed deployment; any other failure of a listed
+    # file is the listed deployment's too (never an unknown id that would hold every removal)
+    assert failures == {"two": "DEPLOYMENT_ID_MISMATCH", "3": "UNSUPPORTED_PROFILE"}
+    # without file_ids (Git) a file's name means nothing
+    assert sorted(d.id for d in desired.parse_files(files).deployments) == ["one", "other"]
 
 
 def test_duplicate_ids_fail_every_document_using_them():

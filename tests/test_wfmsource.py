@@ -366,6 +366,21 @@ def test_what_the_wfm_serves_becomes_the_one_model(server, state, pool):
     assert {f.error.code for f in elsewhere.failures} == {"WRONG_DEVICE"}
 
 
+def test_a_document_listed_under_another_deployment_id_fails_that_deployment(server, state, pool):
+    # The manifest lists one and three; one's document says it is two (which may run
+    # elsewhere): nothing is installed under two and one fails with a code the WFM hears.
+    one, two, three = (f"7f1c1a52-0c5e-4f55-9a7e-1d2b3c4d5e6{n}" for n in "123")
+    server.publish({one: doc(two), three: doc(three)}, 1)
+    src = source(server, state, pool)
+    snap = src.snapshot(src.poll().revision)
+    parsed = desired.parse_files(snap.files, device_id="dev-1", file_ids=snap.file_ids)
+    assert [d.id for d in parsed.deployments] == [three]
+    [failure] = parsed.failures
+    assert failure.deployment_id == one
+    assert failure.error.code == "DEPLOYMENT_ID_MISMATCH"
+    assert repr(two) in str(failure.error) and repr(one) in str(failure.error)
+
+
 class Crash(BaseException):
     """Stands for the process dying at a step of a state write."""
 

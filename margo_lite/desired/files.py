@@ -12,6 +12,7 @@ would remove it while it runs).
 from __future__ import annotations
 
 import difflib
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +33,11 @@ log = logs.get(__name__)
 
 
 def parse_files(
-    files: Mapping[str, bytes], limits: Limits = DEFAULT_LIMITS, *, device_id: str | None = None
+    files: Mapping[str, bytes],
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    device_id: str | None = None,
+    file_ids: Mapping[str, str] = types.MappingProxyType({}),
 ) -> DesiredState:
     """Every ApplicationDeployment in the `*.yaml`/`*.yml` files of `files`; never raises.
 
@@ -40,6 +45,10 @@ def parse_files(
     `files` maps posix paths relative to the desired-state folder to their bytes; other
     files (in-repository package content) are only read to digest packages. Documents in
     the Margo 1.0 shape are normalised first (`v1doc`; `device_id` checks their deviceId).
+    `file_ids` names the deployment a file must hold (the WFM's manifest lists each
+    document under its `deploymentId`): a document with another id fails that deployment
+    with DEPLOYMENT_ID_MISMATCH, so a WFM cannot install or report under one name what it
+    listed under another.
     """
     failures: list[DocumentFailure] = []
     parsed: list[Deployment] = []
@@ -82,12 +91,13 @@ def parse_files(
             if isinstance(doc, dict) and kind != KIND and not looks_like_deployment(doc):
                 ignored.append((source, repr(kind)[:80]))
                 continue
+            listed = file_ids.get(path)
             try:
                 if v1doc.is_v1(doc):
                     doc = v1doc.normalize(doc, source, device_id)
-                parsed.append(DocumentParser(doc, source, files).deployment())
+                parsed.append(_listed_as(DocumentParser(doc, source, files).deployment(), listed))
             except DesiredStateError as exc:
-                failures.append(DocumentFailure(source, exc.deployment_id, exc))
+                failures.append(DocumentFailure(source, listed or exc.deployment_id, exc))
     deployments = _drop_duplicates(parsed, failures)
     _log_ignored(ignored, deployments)
     for f in failures:
@@ -111,6 +121,20 @@ def looks_like_deployment(doc: dict) -> bool:
         return True
     return isinstance(kind, str) and (
         difflib.SequenceMatcher(None, kind.lower(), KIND.lower()).ratio() >= 0.8
+    )
+
+
+def _listed_as(deployment: Deployment, listed: str | None) -> Deployment:
+    """The deployment, when its id is the one its source listed it under (or none)."""
+    if listed is None or deployment.id == listed:
+        return deployment
+    raise DesiredStateError(
+        f"the document's id {deployment.id!r} is not the deploymentId {listed!r} it is "
+        "listed under; refused",
+        code="DEPLOYMENT_ID_MISMATCH",
+        source=deployment.source,
+        field="id",
+        deployment_id=listed,
     )
 
 

@@ -148,6 +148,8 @@ class DesiredStateError(StalledError):
         "DEPENDENCY_CYCLE": "break the cycle in `dependsOn`",
         "WRONG_DEVICE": "the document's `metadata.deviceId` names another device: fix it, or "
         "move the document to that device's desired state",
+        "DEPLOYMENT_ID_MISMATCH": "the WFM listed the document under another deploymentId "
+        "than its own `id`: fix the WFM's manifest or the document",
     }
 
     def __init__(
