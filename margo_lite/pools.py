@@ -198,7 +198,7 @@ def _proxy_failure(exc: BaseException, via: proxy.Proxy) -> ProxyError | None:
     if wrapper is None:
         return None
     inner = [a for a in wrapper.args if isinstance(a, BaseException)]
-    reason = _short(inner[0] if inner else wrapper)
+    reason = short_reason(inner[0] if inner else wrapper)
     return ProxyError(
         f"cannot connect to proxy {via.shown} (from {via.source}): {reason}",
         code="PROXY_UNREACHABLE",
@@ -222,12 +222,6 @@ def causes(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def _short(exc: BaseException) -> str:
-    text = _OBJECT_REPR.sub("", str(exc)).strip()
-    text = text.split("Failed to establish a new connection: ", 1)[-1]
-    return logs.redact(text) or type(exc).__name__
-
-
 def failure(exc: Exception, shown: str) -> tuple[str, str]:
     """What a urllib3 request to `shown` failed on, for the transport's coded error: its
     kind ("tls", "connect", "timeout" or "other") and a message that is safe to show."""
@@ -243,11 +237,12 @@ def failure(exc: Exception, shown: str) -> tuple[str, str]:
 
 
 def short_reason(exc: BaseException) -> str:
-    """The useful end of an exception's text: urllib3 nests causes inside its messages."""
-    text = str(exc)
+    """The useful end of an exception's text: urllib3 nests causes inside its messages, and
+    object reprs (memory addresses) say nothing to a user."""
+    text = _OBJECT_REPR.sub("", str(exc))
     if re.search(r"Name or service not known|Failed to resolve|failure in name resolution", text):
         return "cannot resolve the host name"
     for marker in ("Failed to establish a new connection: ", "Caused by "):
         text = text.split(marker, 1)[-1]
     text = re.sub(r"\s*\(_ssl\.c:\d+\)?", "", text)
-    return logs.redact(text.strip("()'\" "))[:200]
+    return logs.redact(text.strip("()'\" "))[:200] or type(exc).__name__
