@@ -116,6 +116,7 @@ def check_measured(found: dict[str, dict], expected: dict[str, str]) -> None:
         assert isinstance(found[key]["value"], int | float), found[key]
 
 
+@pytest.mark.slow  # about 30 s: a whole (small) benchmark run
 def test_quick_run_without_engine_prints_every_other_figure():
     result = bench("--json", "--no-engine")
     found = figures(result)
