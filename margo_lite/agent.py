@@ -134,10 +134,10 @@ class Agent:
             self.heal()
             timers.next_heal = ctx.clock() + self.cfg.runtime.observe_interval
         self.report()
-        due = [timers.next_poll, timers.next_heal]
-        if timers.next_retry is not None:
-            due.append(timers.next_retry)
-        return max(0.0, min(due) - ctx.clock())
+        due = [timers.next_poll, timers.next_heal, timers.next_retry]
+        if not ctx.in_downtime():  # a downtime holds reports: its end is a poll's time
+            due += [timers.capabilities_due, self.parts.outbox.next_attempt()]
+        return max(0.0, min(d for d in due if d is not None) - ctx.clock())
 
     def once(self) -> CycleResult:
         """One full cycle: fetch, apply, flush reports. For `margo-lite once`."""

@@ -175,6 +175,16 @@ class Outbox:
 
     # --- delivering ----------------------------------------------------------------------
 
+    def next_attempt(self) -> float | None:
+        """When a flush would next send something, on the outbox's clock; None when empty.
+        The agent's loop wakes for it, so held reports go out when the backoff says."""
+        if not self._entries:
+            return None
+        heads: dict[str, float] = {}  # a deployment's oldest report holds back its later ones
+        for entry in self._entries.values():
+            heads.setdefault(entry.deployment_id, entry.not_before)
+        return max(self._not_before, min(heads.values()))
+
     def flush(
         self,
         client: StatusSender,

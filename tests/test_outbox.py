@@ -199,6 +199,7 @@ def test_transient_error_backs_off_and_not_before_is_respected(tmp_path):
         first = box.flush(client, now=100.0)
         assert first.error is not None and first.error.code == "WOS_SERVER_ERROR"
         assert first.not_before == 101.0  # base 2, equal jitter at 0
+        assert box.next_attempt() == 101.0  # when the agent's loop wakes for it
         seen = len(sim.requests())
         assert box.flush(client, now=100.5).skipped
         assert len(sim.requests()) == seen  # nothing sent before the time
@@ -207,6 +208,7 @@ def test_transient_error_backs_off_and_not_before_is_respected(tmp_path):
         sim.fault = None
         assert box.flush(client, now=103.0).delivered == 1
         assert box.flush(client, now=103.1).not_before is None  # reset after recovery
+        assert box.next_attempt() is None  # nothing to wake for
 
 
 def test_token_expiry_mid_run_costs_one_refresh(tmp_path):
@@ -230,6 +232,9 @@ def test_rejected_report_is_logged_and_dropped_after_bounded_tries(tmp_path, sec
         box.add("dep-a", bad)
         box.add("dep-a", report("dep-a", 1))
         box.add("dep-b", report("dep-b", 2))
+        box.flush(client, now=0.0)
+        # dep-a's next report waits behind the rejected one: the loop wakes for that, not now
+        assert box.next_attempt() > 0.0
         results = [box.flush(client, now=1000.0 * i) for i in range(MAX_REJECTIONS)]
         assert [r.dropped for r in results] == [0] * (MAX_REJECTIONS - 1) + [1]
         assert steps(sim.statuses("dep-b")) == [2]  # another deployment did not wait

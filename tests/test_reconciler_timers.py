@@ -247,3 +247,19 @@ def test_capabilities_are_sent_once_the_wos_answers(device):
     assert len(device.sender.capabilities) == 1  # once a process: not at every tick
     body = device.sender.capabilities[0]
     assert body["properties"]["id"] == "gw-twin"
+
+
+def test_the_loop_wakes_for_a_capabilities_retry_and_for_held_reports(device):
+    # The WOS is away at start, back a second later: the retries come when their backoffs
+    # say (reports 2 s, capabilities 10 s), not at the next heal look (30 s) or poll (60 s).
+    device.sender.down = True
+    device.source.commit(app())
+    agent = device.started()
+    start = device.clock.monotonic()
+    device.run(agent, 1)
+    device.sender.down = False
+    device.run(agent, 20)
+
+    assert device.sender.states("web-1") == ["Pending", "Installing", "Installed"]
+    assert max(_since(start, device.sender.delivered_at)) < 5
+    assert _since(start, device.sender.capabilities_at) == [10]
