@@ -212,9 +212,9 @@ class _Handler(SimHandler):
         if sim.prefix and not path.startswith(sim.prefix + "/"):
             return path, *_problem(404, "not-found", "Not found", "outside the prefix")
         path = path[len(sim.prefix) :]
-        return path, *self._answer(sim, path, body)
+        return path, *self._route(sim, path, body)
 
-    def _answer(self, sim: WfmSimulator, path: str, body: bytes) -> tuple[int, dict, bytes]:
+    def _route(self, sim: WfmSimulator, path: str, body: bytes) -> tuple[int, dict, bytes]:
         own = sim.wfm_id
         if own and (self.client_id or "").rpartition("/client/")[0] != own:
             return _problem(403, "forbidden", "Forbidden", "not a client of this WFM")
