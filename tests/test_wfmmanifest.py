@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from margo_lite import wfmmanifest
+from margo_lite.devkit.wfmsim import digest, make_bundle
 from margo_lite.errors import WfmError
 from tests.support.hypo import examples
-from tests.support.wfmserver import digest, make_bundle
 
 SETTINGS = settings(
     max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -15,11 +15,12 @@ import pytest
 import urllib3
 
 from margo_lite import desired, pools, wfmmanifest, wfmsource
+from margo_lite.devkit.wfmsim import digest, make_bundle
 from margo_lite.errors import SourceError, TransientError
 from margo_lite.statestore import StateStore
 from margo_lite.wfmsource import WfmSource
 from tests.support.testca import make_ca
-from tests.support.wfmserver import WfmServer, digest, make_bundle
+from tests.support.wfmserver import WfmServer
 
 
 def doc(dep: str, image: str = "nginx") -> bytes:
@@ -71,7 +72,7 @@ def listing(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def paths(server: WfmServer, since: int = 0) -> list[str]:
-    return [s.path[len(server.prefix) :] for s in server.requests(since)]
+    return [s.path for s in server.requests()[since:]]
 
 
 def test_first_poll_fetches_the_bundle_and_the_snapshot_holds_each_document(server, state, pool):
@@ -83,8 +84,8 @@ def test_first_poll_fetches_the_bundle_and_the_snapshot_holds_each_document(serv
     assert (result.revision, result.changed) == ("1", True)
     assert paths(server) == ["/api/v1/deployments", paths(server)[1]]
     assert paths(server)[1].startswith("/api/v1/bundles/sha256:")
-    assert server.requests()[0].headers["accept"] == "application/vnd.margo.manifest.v1+json"
-    assert "if-none-match" not in server.requests()[0].headers
+    assert server.requests()[0].header("accept") == "application/vnd.margo.manifest.v1+json"
+    assert server.requests()[0].header("if-none-match") is None
     snap = src.snapshot("1")
     assert snap.revision == "1"
     assert dict(snap.files) == {"d-1.yaml": docs["d-1"], "d-2.yaml": docs["d-2"]}
@@ -99,9 +100,9 @@ def test_an_idle_poll_is_one_conditional_get_answered_304_and_writes_nothing(ser
     for _ in range(3):
         result = src.poll()
         assert (result.revision, result.changed) == ("7", False)
-    seen = server.requests(mark)
-    assert [s.status for s in seen] == [304, 304, 304]
-    assert {s.headers["if-none-match"] for s in seen} == {f'"{digest(manifest)}"'}
+    seen = server.requests()[mark:]
+    assert [s.answer for s in seen] == [304, 304, 304]
+    assert {s.header("if-none-match") for s in seen} == {f'"{digest(manifest)}"'}
     assert listing(state) == before
 
 
@@ -199,10 +200,10 @@ def test_the_same_bytes_again_under_another_etag_are_accepted_unchanged(server, 
     mark = len(server.requests())
     result = src.poll()
     assert (result.revision, result.changed) == ("3", False)
-    assert [s.status for s in server.requests(mark)] == [200]
+    assert [s.answer for s in server.requests()[mark:]] == [200]
     src.poll()  # the new ETag is what the device sends now
-    assert server.requests(mark)[-1].headers["if-none-match"] == '"another-etag"'
-    assert server.requests(mark)[-1].status == 304
+    assert server.requests()[-1].header("if-none-match") == '"another-etag"'
+    assert server.requests()[-1].answer == 304
 
 
 def test_a_restart_keeps_the_version_and_etag(server, state, pool):
@@ -213,7 +214,7 @@ def test_a_restart_keeps_the_version_and_etag(server, state, pool):
     before = listing(state)
     mark = len(server.requests())
     assert again.poll().changed is False
-    assert [s.status for s in server.requests(mark)] == [304]
+    assert [s.answer for s in server.requests()[mark:]] == [304]
     assert again.snapshot("9").files["d-1.yaml"] == doc("d-1")
     assert listing(state) == before
 

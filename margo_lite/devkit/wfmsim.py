@@ -22,27 +22,23 @@ serial number and SPIFFE ID of the client certificate it came with; handshakes a
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
 import json
 import re
-import socket
 import ssl
 import tarfile
-import threading
-import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
+
+from margo_lite.devkit.simserver import SimHandler, SimServer
 
 MANIFEST_TYPE = "application/vnd.margo.manifest.v1+json"
 BUNDLE_TYPE = "application/vnd.margo.bundle.v1+tar+gzip"
 PROBLEM_TYPE = "https://docs.margo.org/specification/problem-types#"
-MAX_BODY = 1 << 20
 STATES = {"pending", "installing", "installed", "failed", "removing", "removed"}
 _DOCUMENT = re.compile(r"^/api/v1/deployments/([^/]+)/(sha256:[0-9a-f]{64})$")
 _BUNDLE = re.compile(r"^/api/v1/bundles/(sha256:[0-9a-f]{64})$")
@@ -65,24 +61,6 @@ def make_bundle(files: Mapping[str, bytes]) -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-@dataclass(frozen=True)
-class Seen:
-    """One request as the simulator received it, and what it answered."""
-
-    method: str
-    path: str  # below the prefix
-    headers: Mapping[str, str]
-    body: bytes
-    answer: int
-    client_serial: int | None
-    client_id: str | None
-    tls_version: str | None = None
-    at: float = field(default_factory=time.monotonic)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 @dataclass
 class Problem:
     """What `fault = "problem"` answers."""
@@ -94,7 +72,7 @@ class Problem:
     paths: tuple[str, ...] = ("/api/v1/",)  # answered with the problem (prefixes)
 
 
-class WfmSimulator:
+class WfmSimulator(SimServer):
     """`with WfmSimulator(cert, key, ca_file) as sim:`; `sim.url` is the `wos.url`."""
 
     def __init__(
@@ -113,7 +91,6 @@ class WfmSimulator:
         self.max_tls = max_tls
         self.wfm_id = wfm_id
         self.prefix = prefix.rstrip("/")
-        self.fault: str | None = None
         self.problem = Problem()
         self.tamper: str | None = None
         self.manifest_version = 0
@@ -122,12 +99,8 @@ class WfmSimulator:
         self.capabilities: dict[str, dict] = {}
         self.handshakes = 0
         self.failed_handshakes = 0
-        self._records: list[Seen] = []
         self._answered: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
-        self._tls = self._context(cert, key)
-        self._server = _Server((host, port), _Handler, self)
-        self._thread: threading.Thread | None = None
+        super().__init__(_Handler, host, port, self._context(cert, key))
 
     def _context(self, cert: str, key: str) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -142,31 +115,9 @@ class WfmSimulator:
         """Present another certificate from the next handshake on."""
         self._tls = self._context(cert, key)
 
-    # --- life ------------------------------------------------------------------------------
-
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"https://{host}:{port}{self.prefix}"
-
-    def start(self) -> WfmSimulator:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
-
-    def __enter__(self) -> WfmSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.origin + self.prefix
 
     # --- the desired state -------------------------------------------------------------------
 
@@ -216,14 +167,6 @@ class WfmSimulator:
 
     # --- what it saw -----------------------------------------------------------------------
 
-    def requests(self, path_prefix: str = "", method: str | None = None) -> list[Seen]:
-        with self._lock:
-            return [
-                r
-                for r in self._records
-                if r.path.startswith(path_prefix) and (method is None or r.method == method)
-            ]
-
     def statuses(self, deployment_id: str | None = None) -> list[dict]:
         """Bodies of the status reports accepted (200/201), in the order received."""
         found = []
@@ -235,10 +178,6 @@ class WfmSimulator:
                 found.append(r.json())
         return found
 
-    def _record(self, seen: Seen) -> None:
-        with self._lock:
-            self._records.append(seen)
-
     def _created(self, key: tuple[str, str]) -> int:
         with self._lock:
             known = key in self._answered
@@ -246,32 +185,10 @@ class WfmSimulator:
         return 200 if known else 201
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Handler(SimHandler):
+    server: Any  # its .sim is the WfmSimulator
 
-    def __init__(self, address: tuple[str, int], handler: type, sim: WfmSimulator) -> None:
-        self.sim = sim
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, addr = super().get_request()
-        # the handshake runs in the handler's thread, not the accept loop
-        conn = self.sim._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-        return conn, addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that went away
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the record is the log
-        pass
-
-    def handle(self) -> None:
+    def handshake(self) -> bool:
         sim = self.server.sim
         conn: Any = self.connection
         try:
@@ -279,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (ssl.SSLError, OSError):
             with sim._lock:
                 sim.failed_handshakes += 1
-            return
+            return False
         with sim._lock:
             sim.handshakes += 1
         peer = conn.getpeercert() or {}
@@ -288,54 +205,16 @@ class _Handler(BaseHTTPRequestHandler):
         uris = [v for k, v in peer.get("subjectAltName", ()) if k == "URI"]
         self.client_id = uris[0] if len(uris) == 1 else None
         self.tls_version = conn.version()
-        if sim.fault == "down":
-            return  # closed unanswered
-        with contextlib.suppress(OSError):
-            super().handle()
+        return True
 
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
+    def answer(self, path: str, body: bytes) -> tuple[str, int, dict[str, str], bytes]:
         sim = self.server.sim
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(min(length, MAX_BODY)) if length > 0 else b""
-        path = urllib.parse.urlsplit(self.path).path
-        if sim.fault == "down":
-            self.close_connection = True
-            return
         if sim.prefix and not path.startswith(sim.prefix + "/"):
-            status, headers, data = _problem(404, "not-found", "Not found", "outside the prefix")
-        else:
-            path = path[len(sim.prefix) :]
-            status, headers, data = self._answer(sim, path, body)
-        sim._record(
-            Seen(
-                self.command,
-                path,
-                dict(self.headers.items()),
-                body,
-                status,
-                self.client_serial,
-                self.client_id,
-                self.tls_version,
-            )
-        )
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+            return path, *_problem(404, "not-found", "Not found", "outside the prefix")
+        path = path[len(sim.prefix) :]
+        return path, *self._route(sim, path, body)
 
-    def _answer(self, sim: WfmSimulator, path: str, body: bytes) -> tuple[int, dict, bytes]:
+    def _route(self, sim: WfmSimulator, path: str, body: bytes) -> tuple[int, dict, bytes]:
         own = sim.wfm_id
         if own and (self.client_id or "").rpartition("/client/")[0] != own:
             return _problem(403, "forbidden", "Forbidden", "not a client of this WFM")

@@ -21,53 +21,28 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import re
 import secrets
 import signal
-import socket
 import ssl
 import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from margo_lite.devkit.simserver import SimHandler, SimServer
+
 TOKEN_PATH = "/oauth/token"
-MAX_BODY = 1 << 20
 STATES = {"Pending", "Installing", "Installed", "Failed", "Removing", "Removed"}
 _STATUS = re.compile(r"^/device/([^/]+)/deployment/([^/]+)/status$")
 _CAPABILITIES = re.compile(r"^/device/([^/]+)/capabilities$")
 
 
-@dataclass(frozen=True)
-class Recorded:
-    """One request as the simulator received it, and what it answered."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
-    client: tuple[str, int]
-    answer: int
-    at: float = field(default_factory=time.monotonic)
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers.items():
-            if key.lower() == name.lower():
-                return value
-        return None
-
-
-class WosSimulator:
+class WosSimulator(SimServer):
     """Start with `with WosSimulator(...) as sim:`; `sim.url` is the Device API base URL."""
 
     def __init__(
@@ -88,64 +63,28 @@ class WosSimulator:
         self.token_lifetime = token_lifetime
         self.ca_pem = ca_pem
         self.git = dict(git or {})
-        self.fault: str | None = None
         self.slow_seconds = 2.0
         self.capabilities: dict[str, dict] = {}
         self.onboarded: list[dict] = []
         self._tokens: dict[str, float] = {}  # token -> expiry (monotonic)
-        self._records: list[Recorded] = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._tls = None
+        context = None
         if tls:
-            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._tls.load_cert_chain(*tls)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
             if client_ca:  # mutual TLS: a client certificate from this CA is required
-                self._tls.verify_mode = ssl.CERT_REQUIRED
-                self._tls.load_verify_locations(client_ca)
-        self._server = _Server((host, port), _Handler, self)
-        self._thread: threading.Thread | None = None
-
-    # --- life ------------------------------------------------------------------------------
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(client_ca)
+        super().__init__(_Handler, host, port, context)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{'https' if self._tls else 'http'}://{host}:{port}"
+        return self.origin
 
     @property
     def token_url(self) -> str:
         return self.url + TOKEN_PATH
 
-    def start(self) -> WosSimulator:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
-
-    def __enter__(self) -> WosSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # --- what it saw -----------------------------------------------------------------------
-
-    def requests(self, path_prefix: str = "", method: str | None = None) -> list[Recorded]:
-        with self._lock:
-            return [
-                r
-                for r in self._records
-                if r.path.startswith(path_prefix) and (method is None or r.method == method)
-            ]
 
     def statuses(self, deployment_id: str | None = None) -> list[dict]:
         """Bodies of the status reports accepted (201), in the order received."""
@@ -181,74 +120,20 @@ class WosSimulator:
             expiry = self._tokens.get(header[7:])
         return expiry is not None and time.monotonic() < expiry
 
-    def _record(self, record: Recorded) -> None:
-        with self._lock:
-            self._records.append(record)
 
+class _Handler(SimHandler):
+    server: Any  # its .sim is the WosSimulator
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type, sim: WosSimulator) -> None:
-        self.sim = sim
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, addr = super().get_request()
-        if self.sim._tls is not None:  # handshake in the handler's thread, not the accept loop
-            conn = self.sim._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-        return conn, addr
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the record is the log
-        pass
-
-    def handle(self) -> None:
-        if self.server.sim.fault == "down":
-            return  # closed unanswered
-        with contextlib.suppress(OSError):  # a client that went away (SSLError is an OSError)
-            super().handle()
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
+    def answer(self, path: str, body: bytes) -> tuple[str, int, dict[str, str], bytes]:
         sim = self.server.sim
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(min(length, MAX_BODY)) if length > 0 else b""
-        path = urllib.parse.urlsplit(self.path).path
         fault = sim.fault
-        if fault == "down":
-            self.close_connection = True
-            return
         if fault == "slow":
             sim._stopping.wait(sim.slow_seconds)
         if fault and fault.isdigit():
             status, answer = int(fault), {"error": f"simulated fault {fault}"}
         else:
             status, answer = self._route(sim, path, body)
-        sim._record(
-            Recorded(
-                self.command, path, dict(self.headers.items()), body, self.client_address, status
-            )
-        )
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        return path, status, {"Content-Type": "application/json"}, json.dumps(answer).encode()
 
     def _route(self, sim: WosSimulator, path: str, body: bytes) -> tuple[int, Any]:
         method = self.command
