@@ -127,7 +127,7 @@ def run_tool(
         raise EngineTransientError(
             f"{what}: no answer within {exc.timeout:.0f}s", argv=masked_argv(argv)
         ) from None
-    # where an apply's time goes, at debug level: `what` never holds a value of the argv
+    # where an apply's time goes, at debug level (`what` names the command, no environment value)
     log.debug("%s: %.3f s, exit status %d", what, time.monotonic() - started, result.returncode)
     if result.returncode != 0:
         raise engine_error(what, argv, result.returncode, result.stderr or result.stdout)
