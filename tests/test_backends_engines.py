@@ -204,6 +204,51 @@ def test_missing_image_and_unsupported_key(engine: str, engine_environ, tmp_path
     assert not {d for d, _ in backend.managed()} & {"dep-absent", "dep-unsupported"}
 
 
+@pytest.mark.parametrize("engine", ["podman", "docker"])
+def test_an_install_takes_only_its_own_network_and_waits_out_the_settle_window(
+    engine: str, engine_environ, tmp_path: Path
+) -> None:
+    """An install creates its network straight away: one of its own left by a crash is
+    used, one with its name but not its labels never is; a service that dies within the
+    settle window fails the install and leaves nothing behind."""
+    backend = make_backend(engine, "builtin", engine_environ(engine), tmp_path / "state")
+    package = write_app(tmp_path / "simple", free_port(), text=SIMPLE)
+
+    ours = "dep-net-ours"
+    owned = proj.ownership_labels(ours, "app", device=DEVICE)
+    network = f"{proj.project_name(ours, 'app', device=DEVICE)}_default"
+    backend.engine.create_network(network, owned)  # left by a crash before the start
+    backend.apply(unit(package, ours, "o1"))
+    assert backend.health(ours, "app").ok
+    assert [n["Name"] for n in backend.engine.networks(owned)] == [network]
+    backend.remove(ours, "app")
+
+    foreign = "dep-net-foreign"
+    network = f"{proj.project_name(foreign, 'app', device=DEVICE)}_default"
+    backend.engine.create_network(network, {"owner": "someone-else"})
+    try:
+        with pytest.raises(EngineError) as failed:
+            backend.apply(unit(package, foreign, "f1"))
+        assert network in failed.value.message
+        assert backend.engine.networks({"owner": "someone-else"}) == [
+            {"Name": network, "Labels": {"owner": "someone-else"}}
+        ]
+        assert (foreign, "app") not in backend.managed()
+    finally:
+        backend.engine.remove_network(network)
+
+    dies = tmp_path / "dies"
+    dies.mkdir()
+    (dies / "compose.yaml").write_text(
+        f'services:\n  web:\n    image: {IMAGE}\n    command: ["sh", "-c", "sleep 0.4; exit 3"]\n'
+    )
+    with pytest.raises(EngineError) as failed:
+        backend.apply(unit(dies, "dep-dies", "x1"))
+    assert failed.value.code == "HEALTHCHECK_FAILED", failed.value
+    assert "exited with code 3" in failed.value.message
+    assert ("dep-dies", "app") not in backend.managed()
+
+
 FAKE_CONMON = """\
 import socket, sys, time
 s = socket.socket()

@@ -259,9 +259,11 @@ class Backend:
         """Before `up`: remove containers of services the document no longer has (they may
         hold ports) and containers that do not run (left in Created or Exited by a crash or
         a failed start); every driver then creates what is missing. Returns the containers
-        left, so that the driver need not list them again."""
+        left, so that the driver need not list them again. The engine's quick listing is
+        enough here: the driver reads only labels and states."""
+        owned = project.ownership_labels(deployment_id, component, device=self.device)
         kept: list[Container] = []
-        for service, containers in self._containers(deployment_id, component).items():
+        for service, containers in readiness.by_service(self.engine.glance(owned)).items():
             if service not in doc["services"]:
                 log.info("%s/%s: removing service %r", deployment_id, component, service)
                 self._remove_containers(containers)

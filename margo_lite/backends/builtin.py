@@ -12,6 +12,7 @@ whose hash still matches and recreates the others, so an update touches only wha
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from margo_lite import composedoc, imageref, logs, schedule
 from margo_lite.backends import project
 from margo_lite.backends.compose import Driver
 from margo_lite.backends.engine import Container
-from margo_lite.errors import ComposeError
+from margo_lite.errors import ComposeError, EngineError
 
 log = logs.get(__name__)
 
@@ -51,6 +52,8 @@ HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "d
 PORT_KEYS = {"target", "published", "host_ip", "protocol", "mode"}
 MOUNT_KEYS = {"type", "source", "target", "read_only", "bind", "volume"}
 RESTART = {"no", "always", "on-failure", "unless-stopped"}
+#: The engine's answer to a network create whose name exists (podman, docker).
+_TAKEN = re.compile(r"already (exists|used|in use)", re.I)
 
 
 def check_supported(doc: Mapping[str, Any]) -> None:
@@ -147,9 +150,9 @@ class BuiltinDriver(Driver):
         }
         if set(owned) != set(project.OWNERSHIP_KEYS):
             raise ComposeError("the document carries no ownership labels")
-        network = network_name(name, doc)
-        if not any(n["Name"] == network for n in self.engine.networks(owned)):
-            self.engine.create_network(network, doc["networks"]["default"].get("labels") or {})
+        self._ensure_network(
+            network_name(name, doc), owned, doc, fresh=current is not None and not current
+        )
         volumes = doc.get("volumes") or {}
         existing_volumes = {v["Name"] for v in self.engine.volumes(owned)} if volumes else set()
         for volume, definition in volumes.items():
@@ -187,6 +190,27 @@ class BuiltinDriver(Driver):
                 ["run", "-d", f"--label={project.CONFIG_HASH}={wanted}", *argv],
                 what=f"start service {service} of {name}",
             )
+
+    def _ensure_network(
+        self, network: str, owned: Mapping[str, str], doc: Mapping[str, Any], *, fresh: bool
+    ) -> None:
+        """Create the project's network unless one carrying its ownership labels exists.
+
+        A project with no container (`fresh`: an install) most likely has no network yet:
+        the create comes first, and only a name taken sends it to the listing, where a
+        network without the labels is never used (the create's own error is raised)."""
+        labels = doc["networks"]["default"].get("labels") or {}
+        if not fresh:
+            if not any(n["Name"] == network for n in self.engine.networks(owned)):
+                self.engine.create_network(network, labels)
+            return
+        try:
+            self.engine.create_network(network, labels)
+        except EngineError as exc:
+            if not _TAKEN.search(exc.stderr) or exc.code == "ENGINE_UNAVAILABLE":
+                raise
+            if not any(n["Name"] == network for n in self.engine.networks(owned)):
+                raise
 
     def run_argv(self, name: str, doc: Mapping[str, Any], service: str) -> list[str]:
         """The engine's `run -d` arguments (after `run -d`) for one service.

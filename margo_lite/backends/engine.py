@@ -85,9 +85,11 @@ class Engine:
         argv = ["ps", "-a", "-q", "--no-trunc"]
         for key, value in labels.items():
             argv += ["--filter", f"label={key}={value}"]
-        ids = self.run(argv).stdout.split()
-        if not ids:
-            return []
+        return self.inspect_containers(self.run(argv).stdout.split(), labels)
+
+    def inspect_containers(self, ids: Sequence[str], labels: Mapping[str, str]) -> list[Container]:
+        """The containers `ids` that still exist and carry all of `labels`, fully read (one
+        command): for a second look at containers a listing named."""
         found = []
         for item in self._inspect("container", ids):
             container = self._container(item)
@@ -96,8 +98,9 @@ class Engine:
         return found
 
     def glance(self, labels: Mapping[str, str]) -> list[Container]:
-        """Like `containers`, for polling while a start settles: the engine may save a
-        command here; `restart_count` may then read 0 and `started_at` be coarser."""
+        """Like `containers`, for polling while a start settles and for a look at labels and
+        states: the engine may save a command here; `restart_count` may then read 0 and
+        `started_at` be coarser."""
         return self.containers(labels)
 
     def container(self, ref: str) -> Container | None:
@@ -281,6 +284,25 @@ class Podman(Engine):
                     raw=item,
                 )
             )
+        return found
+
+    def networks(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        # `network ls --format json` holds each network's labels: one command, where
+        # `ls -q` + `inspect` take two. The labels are checked here all the same.
+        argv = ["network", "ls", "--format", "json"]
+        for key, value in labels.items():
+            argv += ["--filter", f"label={key}={value}"]
+        try:
+            items = json.loads(self.run(argv).stdout or "[]")
+        except ValueError:
+            return super().networks(labels)
+        found = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict) or not isinstance(item.get("labels") or {}, dict):
+                continue
+            item_labels = item.get("labels") or {}
+            if all(item_labels.get(k) == v for k, v in labels.items()) and item.get("name"):
+                found.append({"Name": str(item["name"]), "Labels": item_labels})
         return found
 
     def reap_orphans(self, project: str) -> int:

@@ -33,41 +33,54 @@ def wait_ready(
     """Wait until every service runs and is healthy, then stays up for `settle` seconds.
 
     Fails early on a service that exited, restarts, or is unhealthy; fails with
-    HEALTHCHECK_FAILED when `timeout` passes first. Looks every POLL_SECONDS
-    with the engine's quick listing; the full one (restart counts) confirms the end.
+    HEALTHCHECK_FAILED when `timeout` passes first. Looks every POLL_SECONDS with the
+    engine's quick listing; a full look at the same containers (restart counts) confirms the
+    end. The start has returned when this is called, so what runs and is ready at the first
+    look has been up since the call: the window counts from there (from the look otherwise).
     """
-    deadline = time.monotonic() + timeout
+    called = time.monotonic()
+    deadline = called + timeout
     settled: dict[str, tuple[str, str, int]] | None = None
-    settle_at = 0.0
+    settle_at = look = 0.0  # look: how long the last quick look took
+    since: float | None = called  # None once a look saw a service not ready, or a change
+    containers: dict[str, list[Container]] = {}
     while True:
-        containers = by_service(engine.glance(owned))
-        problem, waiting = check(engine, doc, containers)
-        if problem:
-            raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
-        if waiting:
+        if settled is not None and time.monotonic() + look >= settle_at:
+            # no quick look would end before the window does: wait it out, then confirm
+            time.sleep(max(0.0, settle_at - time.monotonic()))
+            ids = [c.id for cs in containers.values() for c in cs]
+            problem, waiting = check(engine, doc, by_service(engine.inspect_containers(ids, owned)))
+            if problem:
+                raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
+            if not waiting:
+                return
             settled = None
         else:
-            now = {
-                c.labels[project.SERVICE]: (c.id, c.started_at, c.restart_count)
-                for cs in containers.values()
-                for c in cs
-            }
-            if settled is None or settled != now:
-                settled, settle_at = now, time.monotonic() + settle
-            elif time.monotonic() >= settle_at:
-                full = by_service(engine.containers(owned))
-                problem, waiting = check(engine, doc, full)
-                if problem:
-                    raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
-                if not waiting:
-                    return
-                settled = None
+            started = time.monotonic()
+            containers = by_service(engine.glance(owned))
+            seen = time.monotonic()
+            look = seen - started
+            problem, waiting = check(engine, doc, containers)
+            if problem:
+                raise EngineFailedError(problem, code="HEALTHCHECK_FAILED")
+            if waiting:
+                settled = since = None
+            else:
+                now = {
+                    c.labels[project.SERVICE]: (c.id, c.started_at, c.restart_count)
+                    for cs in containers.values()
+                    for c in cs
+                }
+                if settled is None or settled != now:
+                    anchor = since if settled is None and since is not None else seen
+                    settled, settle_at, since = now, anchor + settle, None
         if time.monotonic() >= deadline:
             raise EngineFailedError(
                 f"not running and healthy within {timeout:g}s: {waiting}",
                 code="HEALTHCHECK_FAILED",
             )
-        time.sleep(POLL_SECONDS)
+        pause = POLL_SECONDS if settled is None else settle_at - time.monotonic()
+        time.sleep(min(POLL_SECONDS, max(0.0, pause)))
 
 
 def check(

@@ -13,10 +13,13 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from margo_lite import logs
 from margo_lite.errors import EngineError, EngineFailedError, EngineTransientError
+
+log = logs.get(__name__)
 
 STDERR_TAIL = 2000
 
@@ -104,6 +107,7 @@ def run_tool(
     A missing program or no answer in time is transient (ENGINE_UNAVAILABLE): it may be
     installed or come back; a failed command keeps the tool's own message, masked.
     """
+    started = time.monotonic()
     try:
         result = subprocess.run(
             list(argv),
@@ -123,6 +127,8 @@ def run_tool(
         raise EngineTransientError(
             f"{what}: no answer within {exc.timeout:.0f}s", argv=masked_argv(argv)
         ) from None
+    # where an apply's time goes, at debug level (`what` names the command, no environment value)
+    log.debug("%s: %.3f s, exit status %d", what, time.monotonic() - started, result.returncode)
     if result.returncode != 0:
         raise engine_error(what, argv, result.returncode, result.stderr or result.stdout)
     return result

@@ -110,6 +110,9 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
+        # An answer is two writes (head, body): without this, Nagle holds the body until the
+        # client's delayed ACK (~40 ms) on a kept-alive connection; real servers set it too.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = self.sim._tls
         if tls is not None:  # handshake in the handler's thread, not the accept loop
             conn = tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
