@@ -45,6 +45,8 @@ KILL_AT_ENV = "MARGO_LITE_TEST_KILL_AT"
 #: exception (RuntimeError) at prepare, apply or heal of that deployment, every time.
 RAISE_AT_ENV = "MARGO_LITE_TEST_RAISE_AT"
 
+_REPORT_WAKE = 0.1  # s: the soonest the loop comes back for reports or capabilities
+
 
 @dataclass
 class CycleResult:
@@ -136,7 +138,9 @@ class Agent:
         self.report()
         due = [timers.next_poll, timers.next_heal, timers.next_retry]
         if not ctx.in_downtime():  # a downtime holds reports: its end is a poll's time
-            due += [timers.capabilities_due, self.parts.outbox.next_attempt()]
+            soonest = ctx.clock() + _REPORT_WAKE  # a report that keeps failing cannot spin
+            for wake in (timers.capabilities_due, self.parts.outbox.next_attempt()):
+                due.append(None if wake is None else max(wake, soonest))
         return max(0.0, min(d for d in due if d is not None) - ctx.clock())
 
     def once(self) -> CycleResult:
