@@ -111,12 +111,12 @@ def reconcile_idle(ctx: Context) -> bool:
     if not _still_idle(ctx):
         return False
     ctx.timers.next_retry = None
-    if ctx.tidy_needed:
+    if ctx.tidy_needed:  # the sweep; not the cache: the mark was kept after its pruning,
+        # and with the same revision and records nothing could have been added to it
         from margo_lite import tidy
 
         ids = (ctx.idle_mark or {}).get("desired_ids", [])
         ctx.tidy_needed = not tidy.remove_orphans(ctx, frozenset(ids))
-        tidy.prune_packages(ctx)
     return True
 
 
