@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from margo_lite.errors import EngineTransientError
 from tests.support.twindevice import Device, app, settings
 
 
@@ -75,6 +76,28 @@ def test_a_stopped_component_reads_the_revision_and_is_restored(device):
 def test_a_corrupt_idle_mark_reads_the_revision(device):
     device.store.write_bytes("idle.json", b"{not json")
     agent = device.started()
+
+    assert device.source.reads == [device.source.tip]
+    assert agent.desired is not None
+
+
+def test_an_engine_that_cannot_answer_a_health_check_leaves_the_revision_unread(device):
+    agent = device.started()
+    device.backend.script(
+        "health", "web-1", EngineTransientError("no engine", code="ENGINE_UNAVAILABLE")
+    )
+    device.run(agent, 40)
+
+    assert device.source.reads == []  # nothing is known to be wrong: nothing to restore
+    assert device.record("web-1")["state"] == "Installed"
+
+
+def test_a_record_that_moves_while_idle_reads_the_revision_first(device):
+    agent = device.started()
+    device.run(agent, 10)
+    agent.ctx.book.generation += 1  # a record saved by another step since the start
+
+    agent.reconcile()
 
     assert device.source.reads == [device.source.tip]
     assert agent.desired is not None
