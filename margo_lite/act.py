@@ -22,19 +22,25 @@ import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from margo_lite import backends, desired, logs, planner, policy, schedule
-from margo_lite.cycle import Context, coded, internal_error
+from margo_lite import backends, desired, idlemark, logs, planner, policy, schedule
+from margo_lite.cycle import Context, coded, internal_error, retry_backoff
 from margo_lite.errors import MargoLiteError, PackageError, StalledError, family
 from margo_lite.planner import Action, Step
-from margo_lite.records import AGENT_RECORD, AGENT_REVISION_KEY, DeploymentRecord, Reason, State
+from margo_lite.records import (
+    AGENT_RECORD,
+    AGENT_REVISION_KEY,
+    SETTLED,
+    DeploymentRecord,
+    Reason,
+    State,
+)
+from margo_lite.tidy import PACKAGE_FACT, prune_packages, remove_orphans
 
 log = logs.get(__name__)
 
-PACKAGE_FACT = "package"  # ComponentRecord.data key: digest of the package in use
 POLICY_CHECK = Reason(
     policy.PENDING_REASON, "preparing the package and checking it against local policy"
 )
-SETTLED = (State.INSTALLED, State.REMOVED)
 
 
 def reconcile(ctx: Context, report: Callable[[], None]) -> None:
@@ -80,6 +86,13 @@ def reconcile(ctx: Context, report: Callable[[], None]) -> None:
         ctx.parts.store.write_json(AGENT_RECORD, {AGENT_REVISION_KEY: revision})
     if not plan.changes and not ctx.tidy_needed and ctx.book.generation == generation:
         ctx.idle_plan = (ctx.desired, generation)
+    if revision == ctx.applied_revision and ctx.desired.complete and not ctx.tidy_needed:
+        # The idle mark, once a plan has nothing to do: this one, or (after changes that
+        # all settled) the next one, made now so that a stop before it costs no read.
+        if ctx.idle_plan is None and not (plan := planner.plan(ctx.desired, records)).changes:
+            ctx.idle_plan = (ctx.desired, ctx.book.generation)
+        if ctx.idle_plan is not None:
+            idlemark.record(ctx, revision, plan.desired_ids)
 
 
 def _reconcile_one(
@@ -219,11 +232,6 @@ def retry_later(ctx: Context, key: tuple[str, str]) -> None:
     timers.retry_at(due)
 
 
-def retry_backoff(cap: float) -> schedule.Backoff:
-    """Retries of a failed component: 10 s after the first failure, doubling, capped."""
-    return schedule.Backoff(5.0, max(5.0, cap))
-
-
 def prepare(ctx: Context, step: Step) -> tuple[backends.ComponentUnit, str]:
     """The component's canonical document, built once and checked by the policy gate:
     the very object the backend runs and records; and its package's digest."""
@@ -255,40 +263,3 @@ def checked_unit(
     )
     policy.check_compose(unit.document, ctx.cfg.policy, package_dir=package_dir)
     return unit
-
-
-def remove_orphans(ctx: Context, desired_ids: frozenset[str]) -> bool:
-    """Remove labelled containers no record or desired deployment accounts for.
-
-    Returns whether the engine could be asked (if not, the sweep is tried again)."""
-    try:
-        managed = ctx.backend.managed()
-    except MargoLiteError as exc:
-        log.warning("cannot list managed containers: %s", exc)
-        return False
-    records = ctx.book.by_id
-    known = {(r.id, c.name) for r in records.values() for c in r.components}
-    for deployment_id, component in sorted(managed - known):
-        if deployment_id in desired_ids and deployment_id not in records:
-            continue
-        log.warning("removing leftover %s/%s that no record accounts for", deployment_id, component)
-        try:
-            with ctx.long_step():
-                ctx.backend.remove(deployment_id, component)
-        except MargoLiteError as exc:
-            log.error("cannot remove leftover %s/%s: %s", deployment_id, component, exc)
-    return True
-
-
-def prune_packages(ctx: Context) -> None:
-    """Drop the cached packages that no record uses any more."""
-    keep = {
-        c.data[PACKAGE_FACT]
-        for r in ctx.book.by_id.values()
-        for c in r.components
-        if c.data.get(PACKAGE_FACT)
-    }
-    try:
-        ctx.parts.packages.prune(keep)
-    except MargoLiteError as exc:
-        log.warning("cannot prune the package cache: %s", exc)

@@ -23,18 +23,23 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from margo_lite import act, backends, config, desired, heal, logs, poll, report, schedule
-from margo_lite.cycle import Context, Hooks, Parts, Timers
+from margo_lite import config, idlemark, logs, poll, report, schedule
+from margo_lite.cycle import Context, Hooks, Parts, Timers, retry_backoff
 from margo_lite.errors import SourceError
 from margo_lite.records import (
     AGENT_RECORD,
     AGENT_REVISION_KEY,
+    SETTLED,
     DeploymentRecord,
     RecordBook,
     State,
 )
 from margo_lite.source import Snapshot
+
+if TYPE_CHECKING:  # the act and heal steps load what they need when there is a plan
+    from margo_lite import backends, desired
 
 log = logs.get(__name__)
 
@@ -94,12 +99,13 @@ class Agent:
                 poll_backoff=schedule.Backoff(
                     poll_cfg.interval, max(poll_cfg.interval, poll_cfg.max_backoff)
                 ),
-                capabilities_backoff=act.retry_backoff(poll_cfg.max_backoff),
+                capabilities_backoff=retry_backoff(poll_cfg.max_backoff),
             ),
         )
 
     def start(self) -> None:
-        """Recover: clean up after a crash, read every record, load the held revision."""
+        """Recover: clean up after a crash, read every record, load the held revision
+        (or defer reading it while the idle mark says nothing is to do: `idlemark`)."""
         ctx = self.ctx
         removed = self.parts.store.remove_leftovers()
         if removed:
@@ -109,7 +115,9 @@ class Agent:
             AGENT_REVISION_KEY
         )
         held = self.parts.source.held_revision()
-        if held:
+        if held and idlemark.resume(ctx, held):
+            log.info("revision %s is applied and nothing is to do", held[:12])
+        elif held:
             try:
                 poll.load(ctx, held)
             except SourceError as exc:  # e.g. unsigned: wait for a good one, keep what runs
@@ -146,11 +154,12 @@ class Agent:
     def once(self) -> CycleResult:
         """One full cycle: fetch, apply, flush reports. For `margo-lite once`."""
         poll_error = self.observe(force=True)
+        idlemark.ensure_loaded(self.ctx)  # what `complete` below is read from
         self.reconcile()
         self.report(force=True)
         records = self.records.values()
         failed = tuple(sorted(r.id for r in records if r.state is State.FAILED))
-        pending = tuple(sorted(r.id for r in records if r.state not in act.SETTLED))
+        pending = tuple(sorted(r.id for r in records if r.state not in SETTLED))
         complete = self.desired is not None and self.desired.complete
         converged = not failed and not pending and poll_error is None and complete
         return CycleResult(
@@ -165,10 +174,18 @@ class Agent:
 
     def reconcile(self) -> None:
         """Carry out the plan from the loaded desired state."""
+        if idlemark.reconcile_idle(self.ctx):
+            return
+        from margo_lite import act
+
         act.reconcile(self.ctx, self.report)
 
     def heal(self) -> None:
         """Restore Installed components whose containers stopped, exited or vanished."""
+        if idlemark.heal_idle(self.ctx):
+            return
+        from margo_lite import heal
+
         heal.heal(self.ctx)
 
     def report(self, *, force: bool = False) -> None:

@@ -15,20 +15,19 @@ tarball, a bare compose file or a folder in the repository.
 
 from __future__ import annotations
 
-import bz2
 import errno
-import gzip
 import hashlib
 import io
-import lzma
 import os
 import posixpath
 import stat
-import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # tarfile and the decompressors load when an archive is extracted
+    import tarfile
 
 from margo_lite.errors import PackageError
 from margo_lite.fileio import create_file, write_all
@@ -91,6 +90,10 @@ class _LimitedReader(io.RawIOBase):
 
 
 def _decompressed(raw: BinaryIO) -> BinaryIO:
+    import bz2
+    import gzip
+    import lzma
+
     head = raw.read(6)
     raw.seek(0)
     if head.startswith(_GZIP_MAGIC):
@@ -135,6 +138,9 @@ def extract(raw: BinaryIO, dest: Path, limits: Limits = Limits()) -> None:
     Raises PackageError with UNSAFE_ARCHIVE, PACKAGE_TOO_LARGE or PACKAGE_INVALID. On
     error `dest` may hold part of the package: the caller throws the folder away.
     """
+    import lzma
+    import tarfile
+
     stream = io.BufferedReader(_LimitedReader(_decompressed(raw), limits.max_stream), CHUNK)
     writer = _TreeWriter(dest, limits)
     try:

@@ -15,3 +15,9 @@ USER_AGENT = f"margo-lite/{__version__}"
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 #: The name margo-lite writes a rendered compose document under.
 COMPOSE_FILE = COMPOSE_FILE_NAMES[0]
+
+#: The labels that mark what margo-lite runs (`backends.project`, `portcheck`).
+MANAGED_BY = "io.margo.managed-by"
+MANAGED_BY_VALUE = "margo-lite"
+DEPLOYMENT = "io.margo.deployment"
+COMPONENT = "io.margo.component"

@@ -17,27 +17,18 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from margo_lite import (
-    backends,
-    config,
-    desired,
-    logs,
-    mtls,
-    pools,
-    proxy,
-    schedule,
-    wfmclient,
-    wos,
-)
+from margo_lite import config, logs, pools, proxy, schedule
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
-from margo_lite.gitsource import GitSource
 from margo_lite.outbox import Outbox
-from margo_lite.packages import PackageStore
 from margo_lite.records import RecordBook
 from margo_lite.source import DesiredSource, Snapshot
 from margo_lite.statestore import StateStore
-from margo_lite.wfmsource import WfmSource
+
+if TYPE_CHECKING:  # imported where first used: an idle agent never loads most of them
+    from margo_lite import backends, desired, mtls
+    from margo_lite.packages import PackageStore
 
 log = logs.get(__name__)
 
@@ -49,10 +40,22 @@ class Parts:
     store: StateStore
     runtime: StateStore
     source: DesiredSource
-    packages: PackageStore
+    packages_factory: Callable[[], PackageStore]
     outbox: Outbox
-    client: wos.WosClient | wfmclient.WfmClient
+    client: Any  # wos.WosClient, or wfmclient.WfmClient with wos.api v1
     backend_factory: Callable[[], backends.Backend]
+    _packages: PackageStore | None = field(default=None, init=False, repr=False)
+
+    @property
+    def packages(self) -> PackageStore:
+        """Built at first use: only a step that installs, heals or prunes needs it."""
+        if self._packages is None:
+            self._packages = self.packages_factory()
+        return self._packages
+
+    @packages.setter
+    def packages(self, store: PackageStore) -> None:
+        self._packages = store
 
     @classmethod
     def build(cls, cfg: config.Config) -> Parts:
@@ -62,17 +65,35 @@ class Parts:
         log.info("network: %s", proxies.describe())
         # v1: one set of mTLS pools (the WFM's SPIFFE identity checked) for the desired
         # state and the reports alike, its connections reused by both.
-        wfm = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source) if v1(cfg) else None
+        wfm = None
+        if v1(cfg):
+            from margo_lite import wfmclient
+
+            wfm = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
+            client = wfmclient.make_client(cfg, proxies, pools=wfm)
+        else:
+            from margo_lite import wos
+
+            client = wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies)
+
+        def packages() -> PackageStore:
+            from margo_lite.packages import PackageStore
+
+            return PackageStore(cfg.packages, state_dir / "packages", proxies=proxies)
+
+        def backend() -> backends.Backend:
+            from margo_lite import backends
+
+            return backends.select(cfg.runtime, state_dir, os.environ, device=cfg.device.id)
+
         return cls(
             store=store,
             runtime=StateStore(cfg.device.runtime_dir),
             source=desired_source(cfg, proxies, wfm),
-            packages=PackageStore(cfg.packages, state_dir / "packages", proxies=proxies),
+            packages_factory=packages,
             outbox=Outbox(store, cfg.wos.outbox_limit),
-            client=wfmclient.make_client(cfg, proxies, pools=wfm),
-            backend_factory=lambda: backends.select(
-                cfg.runtime, state_dir, os.environ, device=cfg.device.id
-            ),
+            client=client,
+            backend_factory=backend,
         )
 
 
@@ -86,9 +107,14 @@ def desired_source(
     """The source `desired.source` names: the Git repository, or the WFM (`wos.api: v1`,
     over `wfm`, the v1 pools; made here when not given)."""
     if cfg.desired.source == "wos":
+        from margo_lite import wfmclient
+        from margo_lite.wfmsource import WfmSource
+
         pool = wfm or wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
         return WfmSource(cfg.wos.url, cfg.state_dir, pool)
     assert cfg.git is not None  # the configuration requires it with desired.source: git
+    from margo_lite.gitsource import GitSource
+
     return GitSource(cfg.git, cfg.state_dir, proxies=proxies)
 
 
@@ -108,6 +134,11 @@ class Timers:
     def retry_at(self, due: float) -> None:
         """Wake the loop for a component retry at `due` (or earlier, if one is sooner)."""
         self.next_retry = due if self.next_retry is None else min(self.next_retry, due)
+
+
+def retry_backoff(cap: float) -> schedule.Backoff:
+    """Retries of a failed component: 10 s after the first failure, doubling, capped."""
+    return schedule.Backoff(5.0, max(5.0, cap))
 
 
 @dataclass(frozen=True)
@@ -156,6 +187,10 @@ class Context:
     #: (desired, records generation) of the last plan that had nothing to do: until either
     #: moves, a reconcile has nothing to do either (`act.reconcile` skips planning)
     idle_plan: tuple[object, int] | None = None
+    #: the held revision, applied, left unread while the idle mark holds (`idlemark`)
+    deferred: str | None = None
+    deferred_generation: int = 0  # the records' generation when it was deferred
+    idle_mark: dict[str, Any] | None = None  # the idle mark as on disk
     _backend: backends.Backend | None = field(default=None, init=False, repr=False)
 
     @property

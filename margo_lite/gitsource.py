@@ -22,24 +22,21 @@ import re
 import types
 import urllib.parse
 from pathlib import Path
-
-from dulwich.object_store import BaseObjectStore
-from dulwich.objects import Commit
-from dulwich.refs import check_ref_format
+from typing import TYPE_CHECKING
 
 from margo_lite import logs, proxy
 from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError, MargoLiteError
-from margo_lite.git.localrepo import LocalRemote
-from margo_lite.git.objects import typed
 from margo_lite.git.pktline import HEX40
 from margo_lite.git.remote import Remote
-from margo_lite.git.signature import verify_commit_signature
 from margo_lite.git.smarthttp import HttpRemote
 from margo_lite.git.store import CORRUPT, Store, read_files
 from margo_lite.pools import short_reason
 from margo_lite.source import PollResult, Snapshot
 from margo_lite.statestore import write_file_atomic
+
+if TYPE_CHECKING:  # dulwich loads to fetch or read a commit, never for an idle poll
+    from dulwich.object_store import BaseObjectStore
 
 log = logs.get(__name__)
 
@@ -47,6 +44,7 @@ MAX_TOKEN_BYTES = 16 << 10
 MAX_PROTOCOL_BYTES = 64 << 10
 PROTOCOL_FILE = "server.json"  # in state_dir/git: the server's capabilities, as last seen
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")
+_PLAIN_BRANCH = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 
 
 class GitSource:
@@ -127,6 +125,11 @@ class GitSource:
         raise self._store.discard(damage)
 
     def _read(self, store: BaseObjectStore, commit: str) -> dict[str, bytes]:
+        from dulwich.objects import Commit
+
+        from margo_lite.git.objects import typed
+        from margo_lite.git.signature import verify_commit_signature
+
         if commit.encode() not in store:
             if commit == self._store.tip():
                 raise KeyError(commit)  # the recorded tip is gone: a damaged repository
@@ -143,6 +146,10 @@ class GitSource:
 
 
 def _check_branch(branch: str) -> str:
+    if _PLAIN_BRANCH.fullmatch(branch):
+        return branch  # no dot, no special character: valid, without loading dulwich.refs
+    from dulwich.refs import check_ref_format
+
     if not check_ref_format(f"refs/heads/{branch}".encode()):
         raise ConfigError(f"{branch!r} is not a valid branch name", key="git.branch")
     return branch
@@ -191,6 +198,8 @@ def _remote_for(
         return HttpRemote(
             url, ca_file=cfg.ca_file, timeout=cfg.timeout, proxies=proxies, known=known
         )
+    from margo_lite.git.localrepo import LocalRemote  # reads with dulwich: tests, the demo
+
     if scheme == "file":
         parts = urllib.parse.urlsplit(url)
         if parts.netloc not in ("", "localhost"):

@@ -15,11 +15,12 @@ change.
 from __future__ import annotations
 
 from margo_lite import desired, logs, planner, policy
-from margo_lite.act import PACKAGE_FACT, boundary, checked_unit, schedule_after_failure
+from margo_lite.act import boundary, checked_unit, schedule_after_failure
 from margo_lite.cycle import Context, coded
 from margo_lite.errors import MargoLiteError, PackageTransientError
 from margo_lite.planner import Action, Step
 from margo_lite.records import DeploymentRecord, Reason, State
+from margo_lite.tidy import PACKAGE_FACT
 
 log = logs.get(__name__)
 

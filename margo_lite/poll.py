@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from margo_lite import desired, logs, schedule
+from margo_lite import logs, schedule
 from margo_lite.cycle import Context, internal_error
 from margo_lite.errors import MargoLiteError, RevisionError, SourceError, StalledError, family
 from margo_lite.records import POLL_RECORD
@@ -48,7 +48,7 @@ def observe(ctx: Context, *, force: bool = False) -> str | None:
         return str(exc)
     timers.poll_backoff = timers.poll_backoff.succeeded()
     _schedule(ctx)
-    if ctx.snapshot is not None and ctx.snapshot.revision == result.revision:
+    if held(ctx) == result.revision:
         _note(ctx, "unchanged")
         return None
     if ctx.refused is not None and ctx.refused[0] == result.revision:
@@ -68,6 +68,8 @@ def observe(ctx: Context, *, force: bool = False) -> str | None:
 def load(ctx: Context, revision: str) -> None:
     """Read and parse a held revision; it replaces the loaded one only once it parsed. A
     revision refused for a stalled cause (a bad signature) is remembered, not read again."""
+    from margo_lite import desired  # the parser: only when a revision is read
+
     try:
         snapshot = ctx.parts.source.snapshot(revision)
         try:
@@ -84,9 +86,14 @@ def load(ctx: Context, revision: str) -> None:
         raise
     for failure in state.failures:
         log.error("desired state: %s", failure.error)
-    ctx.snapshot, ctx.desired = snapshot, state
+    ctx.snapshot, ctx.desired, ctx.deferred = snapshot, state, None
     ctx.book.revision = snapshot.revision  # what the reports from now on are about
     ctx.tidy_needed = True
+
+
+def held(ctx: Context) -> str | None:
+    """The revision in force: the loaded one, or the one the idle mark left unread."""
+    return ctx.snapshot.revision if ctx.snapshot is not None else ctx.deferred
 
 
 def _after_failure(backoff: schedule.Backoff, exc: SourceError) -> schedule.Backoff:
@@ -125,7 +132,7 @@ def _note(ctx: Context, result: str) -> None:
         "last_poll": wall.isoformat(timespec="seconds"),
         "last_poll_result": logs.redact(result),
         "next_poll": next_at.isoformat(timespec="seconds"),
-        "revision_held": ctx.snapshot.revision if ctx.snapshot else None,
+        "revision_held": held(ctx),
     }
     try:
         ctx.parts.runtime.write_json(POLL_RECORD, status)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import logs
-from margo_lite.backends.project import COMPONENT, DEPLOYMENT, MANAGED_BY, MANAGED_BY_VALUE
+from margo_lite.constants import COMPONENT, DEPLOYMENT, MANAGED_BY, MANAGED_BY_VALUE
 from margo_lite.errors import MargoLiteError
 
 log = logs.get(__name__)

@@ -47,6 +47,9 @@ class State(StrEnum):
     REMOVED = "Removed"
 
 
+SETTLED = (State.INSTALLED, State.REMOVED)  # nothing under way: the revision may be applied
+
+
 @dataclass(frozen=True)
 class Reason:
     """The code and message of a Failed state, or the reason of a Pending one."""

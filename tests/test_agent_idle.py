@@ -81,7 +81,7 @@ def test_an_idle_tick_does_not_plan_and_a_new_commit_does(tmp_path, sim, monkeyp
     assert [s["status"]["state"] for s in sim.statuses(DEP)][-1] == "Installed"
 
 
-def test_a_restart_plans_once_then_idles(tmp_path, sim, monkeypatch):
+def test_a_restart_with_nothing_to_do_never_plans(tmp_path, sim, monkeypatch):
     device, _, _ = _device(tmp_path, sim)
     device.start()
     device.tick(poll_now=True)
@@ -91,6 +91,6 @@ def test_a_restart_plans_once_then_idles(tmp_path, sim, monkeypatch):
     monkeypatch.setattr(planner, "plan", lambda *a, **k: plans.append(1) or real_plan(*a, **k))
     again.start()
     again.tick(poll_now=True)
-    assert len(plans) == 1  # the first tick after a start plans (and sweeps leftovers)
+    assert plans == []  # the idle mark: the revision is applied and nothing is to do
     again.tick(poll_now=True)
-    assert len(plans) == 1
+    assert plans == [] and again.desired is None

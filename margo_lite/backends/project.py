@@ -21,16 +21,18 @@ from typing import Any
 import yaml
 
 from margo_lite import yamlload
-from margo_lite.constants import COMPOSE_FILE_NAMES
+from margo_lite.constants import (
+    COMPONENT,
+    COMPOSE_FILE_NAMES,
+    DEPLOYMENT,
+    MANAGED_BY,
+    MANAGED_BY_VALUE,
+)
 from margo_lite.errors import ComposeError, MargoLiteError
 
 MAX_FILE_BYTES = 1 << 20
 
-MANAGED_BY = "io.margo.managed-by"
-MANAGED_BY_VALUE = "margo-lite"
 DEVICE = "io.margo.device"
-DEPLOYMENT = "io.margo.deployment"
-COMPONENT = "io.margo.component"
 SERVICE = "io.margo.service"
 CONFIG_HASH = "io.margo.config-hash"
 OWNERSHIP_KEYS = (MANAGED_BY, DEVICE, DEPLOYMENT, COMPONENT)

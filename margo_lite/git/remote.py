@@ -10,9 +10,10 @@ them and records the tip itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from dulwich.object_store import PackBasedObjectStore
+if TYPE_CHECKING:
+    from dulwich.object_store import PackBasedObjectStore
 
 
 class Remote(Protocol):

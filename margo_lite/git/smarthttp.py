@@ -14,9 +14,9 @@ import itertools
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import urllib3
-from dulwich.object_store import PackBasedObjectStore
 
 from margo_lite import logs, pools, proxy
 from margo_lite.constants import USER_AGENT
@@ -24,6 +24,9 @@ from margo_lite.errors import GitError, GitTransientError, ProxyError, SourceErr
 from margo_lite.git import pktline
 from margo_lite.git.pktline import HEX40
 from margo_lite.pools import Pools, short_reason
+
+if TYPE_CHECKING:
+    from dulwich.object_store import PackBasedObjectStore
 
 MAX_PACK_BYTES = 256 << 20  # one fetch
 SPOOL_IN_MEMORY = 4 << 20  # a downloaded pack larger than this goes to a file in `spool`

@@ -21,19 +21,21 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dulwich.errors import ChecksumMismatch, NotGitRepository, ObjectFormatException
-from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
-from dulwich.objects import S_ISGITLINK, Blob, Commit, ShaFile, Tree
-from dulwich.pack import pack_objects_to_data
-from dulwich.repo import Repo
 
 from margo_lite import logs
 from margo_lite.errors import GitError, GitTransientError
 from margo_lite.fileio import fsync_dir, fsync_file, remove_write_leftovers, write_file_atomic
-from margo_lite.git.objects import typed
 from margo_lite.git.pktline import HEX40
-from margo_lite.git.remote import Remote
+
+if TYPE_CHECKING:  # the object store loads when a commit is fetched or read: not to poll
+    from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
+    from dulwich.objects import Commit, ShaFile, Tree
+    from dulwich.repo import Repo
+
+    from margo_lite.git.remote import Remote
 
 log = logs.get(__name__)
 
@@ -89,6 +91,8 @@ class Store:
 
     @contextlib.contextmanager
     def _open_unlocked(self) -> Iterator[Repo]:
+        from dulwich.repo import Repo
+
         repo = Repo(str(self._repo))
         try:
             yield repo
@@ -136,6 +140,8 @@ class Store:
 
     def _create(self) -> None:
         """Make the bare repository in a temporary folder, then rename it into place."""
+        from dulwich.repo import Repo
+
         if (self._repo / "HEAD").exists():
             try:
                 Repo(str(self._repo)).close()
@@ -184,6 +190,11 @@ class Store:
     def _compact(self, store: PackBasedObjectStore, commit: Commit) -> tuple[set[str], set[str]]:
         """Write the tip's objects to one new pack; return the new shallow list and the
         packs to delete once the tip is recorded."""
+        from dulwich.objects import S_ISGITLINK, Tree
+        from dulwich.pack import pack_objects_to_data
+
+        from margo_lite.git.objects import typed
+
         objects: dict[bytes, tuple[ShaFile, bytes | None]] = {commit.id: (commit, None)}
         pending: list[tuple[bytes, bytes]] = [(commit.tree, b"")]
         while pending:
@@ -256,6 +267,10 @@ def _fsync_new(repo: Path, before: set[str]) -> None:
 def _check_complete(store: BaseObjectStore, want: str) -> Commit:
     """The commit and every tree and blob of it are held, each of the type that names it:
     never record a partial tip, nor one that a walk would trip over."""
+    from dulwich.objects import S_ISGITLINK, Commit, Tree
+
+    from margo_lite.git.objects import typed
+
     try:
         commit = typed(store, want.encode(), Commit, "the branch")
         pending = [commit.tree]
@@ -280,6 +295,10 @@ def read_files(store: BaseObjectStore, tree_id: bytes, path: tuple[bytes, ...]) 
     A missing folder gives no files: Git cannot hold an empty folder, so a WOS that removed
     the last deployment removed the folder too.
     """
+    from dulwich.objects import Blob, Tree
+
+    from margo_lite.git.objects import typed
+
     tree = typed(store, tree_id, Tree, "the commit's tree")
     for name in path:
         entry = next((e for e in tree.iteritems() if e.path == name), None)

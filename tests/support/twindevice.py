@@ -72,7 +72,7 @@ class Device:
             store=self.store,
             runtime=self.runtime,
             source=self.source,
-            packages=PackageStore(self.cfg.packages, self.packages_dir),
+            packages_factory=lambda: PackageStore(self.cfg.packages, self.packages_dir),
             outbox=Outbox(
                 self.store,
                 self.cfg.wos.outbox_limit,

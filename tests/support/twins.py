@@ -281,7 +281,8 @@ class ScriptedSource:
 
     `commit(files)` adds a revision at the tip; a poll takes the tip as held. `fail_next`
     makes the next polls raise; `refuse` makes a revision's snapshot raise (an unsigned or
-    badly signed commit). `polls` stamps every poll with the wall clock."""
+    badly signed commit). `polls` stamps every poll with the wall clock; `reads` lists the
+    revisions read."""
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.revisions: dict[str, Mapping[str, bytes]] = {}
@@ -290,6 +291,7 @@ class ScriptedSource:
         self.errors: list[Exception] = []
         self.refused: dict[str, Exception] = {}
         self.polls: list[dt.datetime | None] = []
+        self.reads: list[str] = []  # every revision `snapshot` was asked for, in order
         self._clock = clock
 
     def commit(self, files: Mapping[str, str | bytes]) -> str:
@@ -323,6 +325,7 @@ class ScriptedSource:
         return self.held
 
     def snapshot(self, revision: str) -> Snapshot:
+        self.reads.append(revision)
         if revision in self.refused:
             raise self.refused[revision]
         if revision not in self.revisions:

@@ -1,0 +1,101 @@
+"""What an idle agent's process loads: a restart whose applied revision has nothing to do
+reaches its idle loop without dulwich's object store, tarfile, the desired-state parser or
+the install path (they cost RSS and start-up time on a gateway: `bench/run`).
+
+Each agent runs in a process of its own (the modules a process loaded are the evidence)
+against C git's http-backend and the WOS simulator on 127.0.0.1, with an engine twin.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from margo_lite.devkit import wossim
+from tests.support.gitserver import GitServer, Upstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Modules an idle restart must not load (the first start fetched and read its revision).
+NOT_IDLE = (
+    "dulwich.repo",
+    "dulwich.objects",
+    "dulwich.object_store",
+    "tarfile",  # (bz2 and lzma come with shutil)
+    "gzip",
+    "difflib",
+    "margo_lite.desired",
+    "margo_lite.planner",
+    "margo_lite.act",
+    "margo_lite.heal",
+    "margo_lite.policy",
+    "margo_lite.ocipull",
+    "margo_lite.download",
+    "margo_lite.wfmclient",
+    "margo_lite.wfmsource",
+    "margo_lite.mtls",
+)
+
+CHILD = """
+import dataclasses, json, sys
+from margo_lite import agent, config
+
+class Engine:  # no container runs: the start's sweep lists none
+    def managed(self):
+        return set()
+
+cfg = config.parse_config(json.loads(sys.argv[1]))
+parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=Engine)
+device = agent.Agent(cfg, parts=parts)
+device.start()
+for _ in range(3):
+    device.tick(poll_now=True)
+device.stop()
+print(json.dumps({"modules": sorted(sys.modules), "read": device.snapshot is not None}))
+"""
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    (tmp_path / "srv").mkdir()
+    Upstream(tmp_path / "srv" / "idle.git").commit({"README.md": "no deployments\n"})
+    with wossim.WosSimulator() as sim, GitServer(tmp_path / "srv") as git:
+        yield sim.url, git.url("idle.git")
+
+
+def run_agent(settings: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(settings)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_an_idle_restart_loads_neither_dulwich_nor_the_install_path(tmp_path, servers):
+    wos_url, git_url = servers
+    settings = {
+        "device": {
+            "id": "gw-lean",
+            "state_dir": str(tmp_path / "state"),
+            "runtime_dir": str(tmp_path / "run"),
+        },
+        "wos": {"url": wos_url},
+        "git": {"url": git_url},
+        "poll": {"interval": "1s", "jitter": 0},
+    }
+    first = run_agent(settings)
+    assert first["read"] and "dulwich.objects" in first["modules"]  # it fetched and read
+
+    again = run_agent(settings)
+
+    assert not again["read"]
+    assert [m for m in NOT_IDLE if m in again["modules"]] == []
