@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from margo_lite import logs, poll
+from margo_lite import __version__, logs, poll
 from margo_lite.cycle import Context
 from margo_lite.errors import MargoLiteError, SourceError
 from margo_lite.records import State
@@ -34,10 +34,11 @@ def _sha256(text: str) -> str:
 
 
 def expected(ctx: Context, revision: str) -> dict[str, Any]:
-    """What a mark must hold to stand for `revision` with this configuration and these
-    records (the repr of the frozen configuration covers every option)."""
+    """What a mark must hold to stand for `revision` with this configuration, these records
+    and this margo-lite (the repr of the frozen configuration covers every option)."""
     records = [r.to_json() for _, r in sorted(ctx.book.by_id.items())]
     return {
+        "version": __version__,  # another margo-lite may plan (or digest) otherwise
         "revision": revision,
         "config": _sha256(repr(ctx.cfg)),
         "records": _sha256(json.dumps(records, sort_keys=True)),

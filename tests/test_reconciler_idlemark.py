@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from margo_lite import idlemark
 from margo_lite.errors import EngineTransientError
 from tests.support.twindevice import Device, app, settings
 
@@ -48,6 +49,13 @@ def test_a_changed_configuration_reads_the_revision(device):
     device.cfg = dataclasses.replace(
         device.cfg, poll=dataclasses.replace(device.cfg.poll, interval=120.0)
     )
+    device.started()
+
+    assert device.source.reads == [device.source.tip]
+
+
+def test_another_margo_lite_version_reads_the_revision(device, monkeypatch):
+    monkeypatch.setattr(idlemark, "__version__", "99.0.0")  # an upgrade may plan otherwise
     device.started()
 
     assert device.source.reads == [device.source.tip]
