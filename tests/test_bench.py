@@ -55,6 +55,7 @@ WITHOUT_ENGINE = {
     "once_requests": "requests/run",
     "cold_start_ms": "ms",
     "anchor_python_start_ms": "ms",
+    "anchor_python_deps_start_ms": "ms",
 }
 #: The Margo 1.0 profile (bench/wfm.py, whose own quick test is tests/test_bench_wfm.py).
 V1 = {key: unit for key, _, unit in wfm.ROWS}
