@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import render
 from bench.goals import short
-from bench.suite import render
 
 
 def markdown(report: dict) -> str:

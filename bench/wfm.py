@@ -38,6 +38,7 @@ import yaml  # noqa: E402
 
 from bench import goals  # noqa: E402
 from bench.goals import Goal, short  # noqa: E402
+from bench.processes import AgentProcess, private_podman, volatile_dir  # noqa: E402
 from bench.relay import CountingRelay, handshake_alone  # noqa: E402
 from margo_lite import config, cycle, proxy  # noqa: E402
 from margo_lite.devkit.svidca import SvidCA, wfm_id  # noqa: E402
@@ -175,8 +176,6 @@ class Paused:
 
 def running(cfg_path: Path, run: Path, sim, relay, polls: int, env, log: Path) -> dict:
     """`polls` idle polls of a running `margo-lite run`, between two paused snapshots."""
-    from bench.suite import AgentProcess  # the suite's process reader; it imports this module
-
     runtime = StateStore(run)
     agent = AgentProcess(cfg_path, env, log)
     try:
@@ -274,8 +273,6 @@ def wfm_behind_relay(tmp: Path) -> Iterator[tuple[SvidCA, Any, WfmSimulator, Cou
 def figures(tmp: Path, polls: int, runs: int, env: dict[str, str]) -> list:
     """(key, label, value, unit, note) rows, in ROWS order; `env` runs podman (an empty
     private store). runtime_dir and the log go to tmpfs: their writes are not state_dir's."""
-    from bench.suite import volatile_dir  # the suite's helpers; it imports this module
-
     volatile = volatile_dir("margo-bench-v1-")
     try:
         return _figures(tmp, polls, runs, env, volatile)
@@ -337,8 +334,6 @@ def _figures(tmp: Path, polls: int, runs: int, env: dict[str, str], volatile: Pa
 
 
 def main() -> None:
-    from bench.suite import private_podman
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 polls, 2 `once` runs")
     args = parser.parse_args()
