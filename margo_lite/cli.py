@@ -88,15 +88,18 @@ def _load(args: argparse.Namespace) -> config.Config:
     return cfg
 
 
-def _check_writable(cfg: config.Config) -> None:
-    """The folders the agent writes: refused here (exit 2) rather than at the first write."""
+def _check_writable(cfg: config.Config, *, predict_service: bool = False) -> None:
+    """The folders the agent writes: refused here (exit 2) rather than at the first write.
+    `run` and `once` ask their own file system (inside the service, the sandbox is in force);
+    `check-config` predicts the service's from the unit's sandbox (`systemctl show`)."""
     folders = {"device.state_dir": cfg.state_dir, "device.runtime_dir": cfg.device.runtime_dir}
-    writable.check(folders, writable.service_sandbox(), source=str(cfg.source))
+    sandbox = writable.service_sandbox() if predict_service else None
+    writable.check(folders, sandbox, source=str(cfg.source))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    _check_writable(cfg)
+    _check_writable(cfg, predict_service=True)
     proxies = _proxies(cfg)  # the environment's proxy variables are checked too
     identity = _check_svid(cfg)
     print(f"configuration OK: {cfg.source}")

@@ -7,9 +7,10 @@ syntax check and then fail at the first write, restarting forever; a read-only
 configuration errors (exit 2, which the unit does not restart) whose message names the drop-in
 that would allow the folder.
 
-Inside the service the file system itself answers (a read-only bind mount says EROFS).
-Outside it (`check-config` run by an operator) the unit's sandbox is asked of systemd, since
-the operator's own shell may write anywhere.
+Inside the service the file system itself answers (a read-only bind mount says EROFS), and so
+it does for `run` and `once` started by hand: that process, not the unit, writes there.
+`check-config`, run by an operator to predict the service, asks systemd for the unit's
+sandbox, since the operator's own shell may write anywhere.
 """
 
 from __future__ import annotations

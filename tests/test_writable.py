@@ -92,3 +92,47 @@ def test_a_read_only_folder_is_refused_with_exit_2_and_one_line(tmp_path: Path, 
             "(read-only file system); allow it with a drop-in (systemctl edit margo-lite): "
             f"[Service] ReadWritePaths={ro} [CONFIG_DIR_NOT_WRITABLE]"
         ]
+
+
+def test_only_check_config_predicts_the_service_from_the_units_sandbox(tmp_path: Path) -> None:
+    """An installed unit whose sandbox would refuse the folder: `check-config` says so (it
+    predicts the service); `once` started by hand writes there itself, so its own file system
+    answers, and it asks systemd nothing. (No systemd runs here as PID 1: a `systemctl` that
+    prints what systemd would stands in for it; the real unit is in tests/test_packaging.py.)"""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    asked = tmp_path / "asked"
+    show = SHOW.replace("PrivateTmp=yes\n", "")  # tmp_path is not among its folders
+    (bin_dir / "systemctl").write_text(
+        f"#!/bin/sh\necho \"$@\" >> {asked}\ncat <<'END'\n{show}END\n"
+    )
+    (bin_dir / "systemctl").chmod(0o755)
+    state = tmp_path / "state"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device": {"id": "gw-1", "state_dir": str(state), "runtime_dir": str(tmp_path)},
+                "wos": {"url": "http://127.0.0.1:9"},
+                "git": {"url": "http://127.0.0.1:9/none.git", "timeout": "1s"},
+            }
+        )
+    )
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def margo(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "margo_lite", "-c", str(config), command],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+
+    checked = margo("check-config")
+    assert checked.returncode == 2
+    assert "outside the folders margo-lite.service may write" in checked.stderr
+    assert asked.read_text().startswith("show margo-lite.service")
+
+    asked.unlink()
+    once = margo("once")
+    assert "CONFIG_DIR_NOT_WRITABLE" not in once.stderr + once.stdout
+    assert state.is_dir()  # it went on: the state folder is made, the poll fails (no server)
+    assert not asked.exists()
