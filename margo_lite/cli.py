@@ -150,13 +150,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_capabilities(args: argparse.Namespace) -> int:
-    from margo_lite import capabilities, wfmclient
+    from margo_lite import capabilities, cycle
 
     cfg = _load(args)
     body = capabilities.discover_for(cfg)
     print(json.dumps(body, indent=2, sort_keys=True))
     if args.send:
-        with wfmclient.make_client(cfg, _proxies(cfg)) as client:
+        with cycle.report_client(cfg, _proxies(cfg)) as client:
             client.send_capabilities(body, force=True)
         print(f"sent to {logs.sanitize_url(cfg.wos.url)}", file=sys.stderr)
     return EXIT_OK

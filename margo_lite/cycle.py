@@ -70,11 +70,7 @@ class Parts:
             from margo_lite import wfmclient
 
             wfm = wfmclient.make_pools(cfg.wos, proxies, source=cfg.source)
-            client = wfmclient.make_client(cfg, proxies, pools=wfm)
-        else:
-            from margo_lite import wos
-
-            client = wos.WosClient(cfg.wos, cfg.device.id, state_dir, proxies=proxies)
+        client = report_client(cfg, proxies, wfm)
 
         def packages() -> PackageStore:
             from margo_lite.packages import PackageStore
@@ -99,6 +95,23 @@ class Parts:
 
 def v1(cfg: config.Config) -> bool:
     return cfg.wos.api == "v1"
+
+
+def report_client(
+    cfg: config.Config, proxies: proxy.Settings, wfm: mtls.WfmPools | None = None
+) -> Any:
+    """The report client of the configured profile (`wos.api`): the draft's `WosClient`, or
+    in v1 the `WfmClient`, which may share `wfm` with the desired-state source (one identity,
+    connections reused by both). A draft device never imports the v1 modules."""
+    if v1(cfg):
+        from margo_lite import wfmclient
+
+        return wfmclient.WfmClient(
+            cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies, pools=wfm, source=cfg.source
+        )
+    from margo_lite import wos
+
+    return wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies)
 
 
 def desired_source(

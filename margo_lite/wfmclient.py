@@ -25,8 +25,8 @@ from typing import Any
 
 import urllib3
 
-from margo_lite import logs, mtls, proxy, wfmbody, wos, woshttp, wospayload
-from margo_lite.config import Config, WosConfig
+from margo_lite import logs, mtls, proxy, wfmbody, woshttp, wospayload
+from margo_lite.config import WosConfig
 from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ConfigError, WosRejectedError, WosTransientError
 from margo_lite.statestore import StateStore
@@ -60,18 +60,6 @@ def make_pools(
         retries=False,
         maxsize=2,
     )
-
-
-def make_client(
-    cfg: Config, proxies: proxy.Settings = proxy.DIRECT, *, pools: mtls.WfmPools | None = None
-) -> Any:
-    """The report client of the configured profile (`wos.api`); in v1 it may share `pools`
-    with the desired-state source (one identity, connections reused by both)."""
-    if getattr(cfg.wos, "api", "draft") == "v1":
-        return WfmClient(
-            cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies, pools=pools, source=cfg.source
-        )
-    return wos.WosClient(cfg.wos, cfg.device.id, cfg.state_dir, proxies=proxies)
 
 
 class WfmClient:
