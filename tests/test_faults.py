@@ -11,7 +11,6 @@ Most tests share one device (module scope) with one installed app, and leave it 
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -497,8 +496,7 @@ def test_engine_daemon_stopped_and_started_again(
                 rig.agent.wait(timeout=30)
             if daemon.running:
                 rig.cleanup()
-            daemon.stop()
-            shutil.rmtree(daemon.top, ignore_errors=True)
+            daemon.close()
 
 
 # --- hostile desired state and package servers ----------------------------------------------

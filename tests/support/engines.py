@@ -181,25 +181,36 @@ class Dockerd:
             if point.startswith(f"{self.top}/"):
                 subprocess.run(["umount", point], capture_output=True, timeout=30)
 
+    def close(self) -> None:
+        """Remove every container and network the daemon made, stop it and remove its
+        folder. A network's bridge outlives a stopped dockerd in the host's namespace and
+        holds one of docker's 31 default address pools until it is deleted: left behind,
+        they starve every later dockerd on the machine."""
+        if self.running:
+            env = self.environ
+            ids = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True, text=True)
+            if ids.stdout.split():
+                subprocess.run(
+                    ["docker", "rm", "-f", *ids.stdout.split()], env=env, capture_output=True
+                )
+            subprocess.run(
+                ["docker", "network", "prune", "-f"], env=env, capture_output=True, timeout=60
+            )
+        self.stop()
+        shutil.rmtree(self.top, ignore_errors=True)
+
 
 @contextlib.contextmanager
 def dockerd(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
-    """A private `Dockerd` under `top`, the image imported; stopped (after removing its
-    containers) on exit. Yields the environment for docker clients."""
+    """A private `Dockerd` under `top`, the image imported; closed on exit (its containers
+    and networks removed). Yields the environment for docker clients."""
     daemon = Dockerd(top)
-    env = daemon.environ
     try:
         daemon.start()
-        run(["docker", "import", str(image_tar), IMAGE], env)
-        yield env
+        run(["docker", "import", str(image_tar), IMAGE], daemon.environ)
+        yield daemon.environ
     finally:
-        ids = subprocess.run(["docker", "ps", "-aq"], env=env, capture_output=True, text=True)
-        if ids.stdout.split():
-            subprocess.run(
-                ["docker", "rm", "-f", *ids.stdout.split()], env=env, capture_output=True
-            )
-        daemon.stop()
-        shutil.rmtree(top, ignore_errors=True)
+        daemon.close()
 
 
 def free_port() -> int:
