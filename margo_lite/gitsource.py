@@ -21,12 +21,14 @@ import json
 import re
 import types
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from margo_lite import logs, proxy
 from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError, MargoLiteError
+from margo_lite.git import forked
 from margo_lite.git.pktline import HEX40
 from margo_lite.git.remote import Remote
 from margo_lite.git.smarthttp import HttpRemote
@@ -40,6 +42,8 @@ if TYPE_CHECKING:  # dulwich loads to fetch or read a commit, never for an idle 
 
 log = logs.get(__name__)
 
+T = TypeVar("T")
+
 MAX_TOKEN_BYTES = 16 << 10
 MAX_PROTOCOL_BYTES = 64 << 10
 PROTOCOL_FILE = "server.json"  # in state_dir/git: the server's capabilities, as last seen
@@ -52,7 +56,12 @@ class GitSource:
     `source.DesiredSource` whose revisions are commit ids."""
 
     def __init__(
-        self, cfg: GitConfig, state_dir: Path, *, proxies: proxy.Settings = proxy.DIRECT
+        self,
+        cfg: GitConfig,
+        state_dir: Path,
+        *,
+        proxies: proxy.Settings = proxy.DIRECT,
+        fork: bool | None = None,
     ) -> None:
         self._cfg = cfg
         self._branch = _check_branch(cfg.branch)
@@ -61,6 +70,9 @@ class GitSource:
         self._protocol_file = Path(state_dir) / "git" / PROTOCOL_FILE
         self._noted = _read_protocol(self._protocol_file, cfg.url)
         self._remote: Remote = _remote_for(cfg, proxies, self._noted)
+        # Fetch and read in a forked child (git/forked.py), so the agent never loads dulwich;
+        # a local repository is read with dulwich anyway, so it stays in the process.
+        self._fork = isinstance(self._remote, HttpRemote) if fork is None else fork
 
     def poll(self) -> PollResult:
         """Ask for the branch tip (one request); fetch it (one more) only when it changed."""
@@ -78,7 +90,7 @@ class GitSource:
             if tip == held:
                 return PollResult(tip, changed=False)
             log.info("branch %s moved to %s; fetching", self._branch, tip)
-            self._store.fetch(self._remote, tip, held)
+            self._step(lambda: self._store.fetch(self._remote, tip, held), f"fetches {tip[:12]}")
             return PollResult(tip, changed=True)
         finally:
             self._remote.close()
@@ -115,10 +127,17 @@ class GitSource:
         network). With `git.trusted_keys`, only for a commit signed by one of them."""
         if not HEX40.match(commit.encode("utf-8", "replace")):
             raise GitTransientError(f"{commit!r} is not a commit id", code="GIT_COMMIT_MISSING")
+        files = self._step(lambda: self._files(commit), f"reads {commit[:12]}")
+        return Snapshot(commit, types.MappingProxyType(files))
+
+    def _step(self, step: Callable[[], T], what: str) -> T:
+        """A step that needs dulwich: in a forked child, or here (see `__init__`)."""
+        return forked.call(step, what) if self._fork else step()
+
+    def _files(self, commit: str) -> dict[str, bytes]:
         with self._store.open() as repo:
             try:
-                files = self._read(repo.object_store, commit)
-                return Snapshot(commit, types.MappingProxyType(files))
+                return self._read(repo.object_store, commit)
             except CORRUPT as exc:  # KeyError here: an object missing below a held commit
                 damage = f"{type(exc).__name__}: {short_reason(exc)}"
         # Raised outside the block: the caught exception's frames pin dulwich's pack maps.

@@ -1,6 +1,7 @@
-"""What an idle agent's process loads: a restart whose applied revision has nothing to do
-reaches its idle loop without dulwich's object store, tarfile, the desired-state parser or
-the install path (they cost RSS and start-up time on a gateway: `bench/run`).
+"""What an idle agent's process loads: dulwich never (a fetch and a read run in forked
+children); a restart whose applied revision has nothing to do reaches its idle loop without
+tarfile, the desired-state parser or the install path either (they cost RSS and start-up
+time on a gateway: `bench/run`).
 
 Each agent runs in a process of its own (the modules a process loaded are the evidence)
 against C git's http-backend and the WOS simulator on 127.0.0.1, with an engine twin.
@@ -21,11 +22,11 @@ from tests.support.gitserver import GitServer, Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: What fetching and reading a commit loads: only ever in a forked child (git/forked.py).
+DULWICH = ("dulwich.repo", "dulwich.objects", "dulwich.object_store", "dulwich.pack")
 #: Modules an idle restart must not load (the first start fetched and read its revision).
 NOT_IDLE = (
-    "dulwich.repo",
-    "dulwich.objects",
-    "dulwich.object_store",
+    *DULWICH,
     "tarfile",  # (bz2 and lzma come with shutil)
     "gzip",
     "difflib",
@@ -93,7 +94,10 @@ def test_an_idle_restart_loads_neither_dulwich_nor_the_install_path(tmp_path, se
         "poll": {"interval": "1s", "jitter": 0},
     }
     first = run_agent(settings)
-    assert first["read"] and "dulwich.objects" in first["modules"]  # it fetched and read
+    assert first["read"]  # it fetched the revision and read its files: in forked children
+    tip = tmp_path / "state" / "git" / "repo" / "refs" / "heads" / "desired"
+    assert len(tip.read_text().strip()) == 40
+    assert [m for m in DULWICH if m in first["modules"]] == []
 
     again = run_agent(settings)
 

@@ -62,6 +62,8 @@ class GitTransientError(SourceError, TransientError):
         "GIT_STORE_CORRUPT": "none: the damaged local repository is discarded and fetched again",
         "GIT_STORE_BUSY": "another margo-lite process holds the local repository: stop it",
         "GIT_COMMIT_MISSING": "none: the next poll fetches the commit again",
+        "GIT_CHILD_FAILED": "the process that fetches or reads the local repository ended "
+        "without an answer (killed, out of memory) or met a bug: see the log; retried",
         **ProxyError.codes,
     }
 

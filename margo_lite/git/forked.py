@@ -1,0 +1,101 @@
+"""A step on the local repository, run in a forked child so that the agent never holds dulwich.
+
+Fetching a commit and reading its files need dulwich and map its packs; in the long-running
+process both would stay for good (about 2.5 MiB of a gateway's memory, for a step taken
+only when the desired state moves). `call` forks: the child runs the step, writes its value
+or its error down a pipe and exits, and its memory goes with it. A hostile pack that makes
+dulwich balloon or crash takes down only the child; the agent gets a coded error.
+
+The child shares the parent's memory as it was at the fork (configuration, open
+connections, registered secrets); the parent waits for it and never touches what the child
+used meanwhile. The value crosses as `marshal` data (str, bytes, dicts, tuples): both ends
+are this code.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import signal
+from collections.abc import Callable
+from typing import TypeVar
+
+from margo_lite import errors, logs
+from margo_lite.errors import GitTransientError, MargoLiteError
+from margo_lite.pools import short_reason
+
+log = logs.get(__name__)
+
+T = TypeVar("T")
+
+CHILD_FAILED = "GIT_CHILD_FAILED"
+_VALUE, _ERROR = "value", "error"
+
+
+def call(step: Callable[[], T], what: str) -> T:
+    """`step()` in a forked child: its value, or its `MargoLiteError` raised again here.
+
+    Any other end of the child (a bug, a signal, no memory left) is a `GitTransientError`
+    coded `GIT_CHILD_FAILED`; `what` names the step in its message."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        _child(step, write_end)
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as answer:
+            data = answer.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    return _outcome(data, status, what)
+
+
+def _child(step: Callable[[], object], fd: int) -> None:
+    """Run the step; write its outcome; leave at once, without the parent's exit handlers."""
+    code = 1
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)  # a stop ends the child, not a flag of it
+        try:
+            outcome = (_VALUE, step())
+        except MargoLiteError as exc:
+            outcome = (_ERROR, type(exc).__name__, exc.message, exc.code)
+        except Exception as exc:  # a surprise of the step: coded in the parent
+            log.debug("the forked step failed", exc_info=True)
+            outcome = (_ERROR, "", f"{type(exc).__name__}: {short_reason(exc)}", CHILD_FAILED)
+        data = marshal.dumps(outcome)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        code = 0
+    finally:  # no flush of stdio here: what the parent had buffered is the parent's
+        os._exit(code)
+
+
+def _outcome(data: bytes, status: int, what: str) -> T:
+    """The child's value, or its error raised in the parent's terms."""
+    try:
+        outcome = marshal.loads(data) if os.waitstatus_to_exitcode(status) == 0 else None
+    except (EOFError, ValueError, TypeError):
+        outcome = None
+    if not isinstance(outcome, tuple) or not outcome:
+        raise GitTransientError(
+            f"the process that {what} ended without an answer ({_ended(status)})",
+            code=CHILD_FAILED,
+        )
+    if outcome[0] == _VALUE:
+        return outcome[1]
+    _, name, message, code = outcome
+    cls = getattr(errors, name, None) if name else None
+    if not (isinstance(cls, type) and issubclass(cls, MargoLiteError)):
+        raise GitTransientError(f"the process that {what} failed: {message}", code=code)
+    exc = cls.__new__(cls)  # the class as raised, whatever its own constructor asks
+    MargoLiteError.__init__(exc, message, code=code)
+    raise exc
+
+
+def _ended(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exit status {code}"

@@ -1,0 +1,127 @@
+"""Fetches and reads in a forked child (margo_lite/git/forked.py): values and coded errors
+cross back as raised; any other end of the child is GIT_CHILD_FAILED and the agent's
+process goes on. The source's part runs against C git's http-backend on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from margo_lite.config import GitConfig
+from margo_lite.errors import GitError, GitTransientError, StateCorruptError
+from margo_lite.git import forked
+from margo_lite.gitsource import GitSource
+from tests.support.gitserver import DEPLOYMENT, Fault, GitServer, Upstream
+from tests.support.wait import wait_for
+
+
+def test_a_value_crosses_back_and_the_child_changes_nothing_here():
+    seen: list[int] = []
+
+    def step() -> dict[str, bytes]:
+        seen.append(os.getpid())
+        return {"a.yaml": b"\x00\xff", "b/c.yaml": b""}
+
+    assert forked.call(step, "reads") == {"a.yaml": b"\x00\xff", "b/c.yaml": b""}
+    assert seen == []  # the step ran in another process
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        GitError("no such folder", code="GIT_PATH_INVALID"),
+        GitTransientError("cut", code="GIT_PACK_INVALID"),
+        StateCorruptError("bad record"),
+    ],
+)
+def test_a_coded_error_is_raised_again_with_its_class_code_and_message(error):
+    def step() -> None:
+        raise error
+
+    with pytest.raises(type(error)) as raised:
+        forked.call(step, "reads")
+    assert (type(raised.value), raised.value.code, raised.value.message) == (
+        type(error),
+        error.code,
+        error.message,
+    )
+
+
+def killed() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def leaves() -> None:
+    sys.exit(3)  # must not run the parent's exit handlers nor its pytest
+
+
+def fails() -> None:
+    raise ValueError("a surprise in dulwich")
+
+
+@pytest.mark.parametrize(
+    ("step", "says"),
+    [
+        (killed, "ended without an answer (killed by signal SIGKILL)"),
+        (leaves, "ended without an answer (exit status 1)"),
+        (fails, "failed: ValueError: a surprise in dulwich"),
+    ],
+)
+def test_any_other_end_of_the_child_is_a_coded_transient_error(step, says):
+    with pytest.raises(GitTransientError) as raised:
+        forked.call(step, "fetches abc")
+    assert raised.value.code == "GIT_CHILD_FAILED"
+    assert f"the process that fetches abc {says}" in raised.value.message
+
+
+def children() -> set[int]:
+    """The live child processes of this one."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry.name))
+    return found
+
+
+def test_a_fetch_killed_midway_keeps_the_held_commit_and_the_next_poll_fetches(tmp_path):
+    (tmp_path / "srv").mkdir()
+    upstream = Upstream(tmp_path / "srv" / "dev.git")
+    upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=1)}, "first")
+    with GitServer(tmp_path / "srv") as server:
+        source = GitSource(GitConfig(url=server.url("dev.git"), timeout=30.0), tmp_path / "state")
+        held = source.poll().revision
+        upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=2)}, "second")
+        before = children()
+        server.fault, server.fault_skip = Fault.STALL, 1  # ls-refs passes, the fetch stalls
+        asked = server.requests
+
+        def kill_the_fetch() -> None:
+            wait_for(lambda: server.requests >= asked + 2, timeout=30, what="the stalled fetch")
+            for pid in children() - before:
+                os.kill(pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_the_fetch)
+        killer.start()
+        with pytest.raises(GitTransientError) as raised:
+            source.poll()
+        killer.join()
+        server.release_stalled()
+        assert raised.value.code == "GIT_CHILD_FAILED"
+        assert "killed by signal SIGKILL" in raised.value.message
+        assert source.held_revision() == held
+        server.fault = None
+        assert source.poll().changed
+        assert source.snapshot(upstream.tip()).files["apps/a.yaml"] == (
+            DEPLOYMENT.format(n=2).encode()
+        )
+    assert children() - before == set()  # every child was waited for
