@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from margo_lite import oci
+from margo_lite.desired.model import PROFILE_ALIASES
 from margo_lite.desired.parameters import Fields
 from margo_lite.desired.values import show
 from margo_lite.errors import OciError
@@ -34,8 +35,6 @@ from margo_lite.errors import OciError
 KIND = "ApplicationDeployment"
 API_VERSIONS = ("application.margo.org/v1alpha1", "application.margo.org/v1")
 DRAFT_API_VERSION = "application.margo.org/v1alpha1"
-TYPES = {"compose": "docker-compose", "docker-compose": "docker-compose", "helm": "helm.v3",
-         "helm.v3": "helm.v3"}  # fmt: skip
 EXTENSION = re.compile(r"x-[a-z][a-z0-9-]*-extensions")
 DEVICE_ID = re.compile(r"[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*(?:/\*)?")
 SEMVER = re.compile(
@@ -48,18 +47,6 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 APPLICATION_ID = re.compile(r"[-a-z0-9]{1,200}")
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_ID = 253
-
-
-def is_v1(doc: Any) -> bool:
-    """Whether `doc` uses the 1.0 shape (or one on the way to it), not the draft's."""
-    if not isinstance(doc, dict):
-        return False
-    metadata, spec = doc.get("metadata"), doc.get("spec")
-    return (
-        "id" in doc
-        or (isinstance(metadata, dict) and "deviceId" in metadata)
-        or (isinstance(spec, dict) and "applicationId" in spec)
-    )
 
 
 def matches_device(pattern: str, device_id: str) -> bool:
@@ -148,13 +135,13 @@ class _Normaliser(Fields):
         kind = profile.get("type")
         if kind is None:
             raise self.fail("MISSING_FIELD", f"{where}.type", "required field is missing")
-        if not isinstance(kind, str) or kind not in TYPES:
+        if not isinstance(kind, str) or kind not in PROFILE_ALIASES:
             raise self.fail(
                 "UNSUPPORTED_PROFILE",
                 f"{where}.type",
                 f"{show(kind)} is not a deployment type (compose, helm)",
             )
-        profile_type = TYPES[kind]
+        profile_type = PROFILE_ALIASES[kind]
         components = profile.get("components")
         if isinstance(components, list):
             components = [self.component(i, c, profile_type) for i, c in enumerate(components)]

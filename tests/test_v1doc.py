@@ -10,7 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from margo_lite import desired, planner, v1doc
+from margo_lite import desired, planner
+from margo_lite.desired.model import is_v1
 from tests.support.hypo import examples
 from tests.test_desired_properties import check, paths, values
 
@@ -239,11 +240,11 @@ def test_a_broken_v1_document_does_not_stop_the_others():
 
 
 def test_the_v1_shape_is_recognised_by_its_own_fields():
-    assert v1doc.is_v1(v1())
-    assert v1doc.is_v1({"metadata": {"deviceId": "x"}})
-    assert v1doc.is_v1({"spec": {"applicationId": "x"}})
-    assert not v1doc.is_v1({"metadata": {"annotations": {"id": "x"}}, "spec": {}})
-    assert not v1doc.is_v1(["id"])
+    assert is_v1(v1())
+    assert is_v1({"metadata": {"deviceId": "x"}})
+    assert is_v1({"spec": {"applicationId": "x"}})
+    assert not is_v1({"metadata": {"annotations": {"id": "x"}}, "spec": {}})
+    assert not is_v1(["id"])
 
 
 BASE = v1()

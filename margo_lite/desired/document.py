@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from margo_lite import logs, v1doc, yamlload
+from margo_lite import logs, yamlload
 from margo_lite.constants import COMPOSE_FILE_NAMES
 from margo_lite.desired import values
 from margo_lite.desired.model import (
@@ -28,6 +28,7 @@ from margo_lite.desired.model import (
     KIND,
     MAX_COMPONENTS,
     MAX_NAME,
+    PROFILE_ALIASES,
     PROFILE_TYPES,
     Component,
     Deployment,
@@ -80,7 +81,7 @@ class DocumentParser(Parameters):
         spec = self.mapping(doc, "spec", "spec")
         profile = self.mapping(spec, "deploymentProfile", "spec.deploymentProfile")
         profile_type = self.string(profile, "type", "spec.deploymentProfile.type")
-        profile_type = v1doc.TYPES.get(profile_type or "", profile_type)  # compose, helm too
+        profile_type = PROFILE_ALIASES.get(profile_type or "", profile_type)  # compose, helm too
         if profile_type not in PROFILE_TYPES:
             raise self.fail(
                 "UNSUPPORTED_PROFILE",

@@ -11,12 +11,11 @@ would remove it while it runs).
 
 from __future__ import annotations
 
-import difflib
 import types
 from collections.abc import Mapping
 from typing import Any
 
-from margo_lite import logs, v1doc, yamlload
+from margo_lite import logs, yamlload
 from margo_lite.desired.document import DocumentParser
 from margo_lite.desired.model import (
     DEFAULT_LIMITS,
@@ -26,6 +25,7 @@ from margo_lite.desired.model import (
     DesiredState,
     DocumentFailure,
     Limits,
+    is_v1,
 )
 from margo_lite.errors import DesiredStateError, InvalidYamlError
 
@@ -93,7 +93,9 @@ def parse_files(
                 continue
             listed = file_ids.get(path)
             try:
-                if v1doc.is_v1(doc):
+                if is_v1(doc):
+                    from margo_lite import v1doc  # with the OCI references: a 1.0 document
+
                     doc = v1doc.normalize(doc, source, device_id)
                 parsed.append(_listed_as(DocumentParser(doc, source, files).deployment(), listed))
             except DesiredStateError as exc:
@@ -119,6 +121,8 @@ def looks_like_deployment(doc: dict) -> bool:
         return False
     if kind is None:
         return True
+    import difflib  # only for a kind that is not ApplicationDeployment
+
     return isinstance(kind, str) and (
         difflib.SequenceMatcher(None, kind.lower(), KIND.lower()).ratio() >= 0.8
     )

@@ -22,6 +22,8 @@ KIND = "ApplicationDeployment"
 COMPOSE = "docker-compose"
 HELM = "helm.v3"
 PROFILE_TYPES = (COMPOSE, HELM)
+#: a deployment profile's type as Margo 1.0 and the draft spell it -> the one margo-lite uses
+PROFILE_ALIASES = {"compose": COMPOSE, COMPOSE: COMPOSE, "helm": HELM, HELM: HELM}
 #: Optional annotation: comma-separated ids of deployments that must be Installed first.
 DEPENDS_ON = "margo-lite.io/depends-on"
 
@@ -111,3 +113,15 @@ class DesiredState:
         its absence as "remove it".
         """
         return all(f.deployment_id is not None for f in self.failures)
+
+
+def is_v1(doc: Any) -> bool:
+    """Whether `doc` uses the 1.0 shape (or one on the way to it), not the draft's."""
+    if not isinstance(doc, dict):
+        return False
+    metadata, spec = doc.get("metadata"), doc.get("spec")
+    return (
+        "id" in doc
+        or (isinstance(metadata, dict) and "deviceId" in metadata)
+        or (isinstance(spec, dict) and "applicationId" in spec)
+    )
