@@ -16,6 +16,9 @@ COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "doc
 #: The name margo-lite writes a rendered compose document under.
 COMPOSE_FILE = COMPOSE_FILE_NAMES[0]
 
+#: The folder of `state_dir` that caches packages (`packages.PackageStore`).
+PACKAGE_CACHE = "packages"
+
 #: The labels that mark what margo-lite runs (`backends.project`, `portcheck`).
 MANAGED_BY = "io.margo.managed-by"
 MANAGED_BY_VALUE = "margo-lite"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from margo_lite import config, logs, pools, proxy, schedule
+from margo_lite.constants import PACKAGE_CACHE
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.outbox import Outbox
 from margo_lite.records import RecordBook
@@ -75,7 +76,7 @@ class Parts:
         def packages() -> PackageStore:
             from margo_lite.packages import PackageStore
 
-            return PackageStore(cfg.packages, state_dir / "packages", proxies=proxies)
+            return PackageStore(cfg.packages, state_dir / PACKAGE_CACHE, proxies=proxies)
 
         def backend() -> backends.Backend:
             from margo_lite import backends

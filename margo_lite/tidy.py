@@ -8,6 +8,7 @@ not read. It needs the records, the desired deployment ids and the engine, not t
 from __future__ import annotations
 
 from margo_lite import logs
+from margo_lite.constants import PACKAGE_CACHE
 from margo_lite.cycle import Context
 from margo_lite.errors import MargoLiteError
 
@@ -47,6 +48,8 @@ def prune_packages(ctx: Context) -> None:
         for c in r.components
         if c.data.get(PACKAGE_FACT)
     }
+    if not keep and not (ctx.cfg.state_dir / PACKAGE_CACHE).exists():
+        return  # no package was ever cached: the package store is not even loaded
     try:
         ctx.parts.packages.prune(keep)
     except MargoLiteError as exc:

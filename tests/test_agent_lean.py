@@ -24,6 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: What fetching and reading a commit loads: only ever in a forked child (git/forked.py).
 DULWICH = ("dulwich.repo", "dulwich.objects", "dulwich.object_store", "dulwich.pack")
+#: What a draft device without packages never needs, even when it reads and applies a revision.
+NEVER_HERE = (
+    "margo_lite.packages",  # the package store: built for the first package, or to prune
+    "margo_lite.pgp",
+    "margo_lite.archive",
+    "margo_lite.v1doc",  # the Margo 1.0 shape, with the OCI references
+    "margo_lite.oci",
+    "difflib",  # the guess at a misspelt kind
+)
 #: Modules an idle restart must not load (the first start fetched and read its revision).
 NOT_IDLE = (
     *DULWICH,
@@ -97,7 +106,8 @@ def test_an_idle_restart_loads_neither_dulwich_nor_the_install_path(tmp_path, se
     assert first["read"]  # it fetched the revision and read its files: in forked children
     tip = tmp_path / "state" / "git" / "repo" / "refs" / "heads" / "desired"
     assert len(tip.read_text().strip()) == 40
-    assert [m for m in DULWICH if m in first["modules"]] == []
+    assert [m for m in (*DULWICH, *NEVER_HERE) if m in first["modules"]] == []
+    assert not (tmp_path / "state" / "packages").exists()
 
     again = run_agent(settings)
 
