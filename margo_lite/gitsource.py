@@ -32,7 +32,7 @@ from margo_lite.git import forked
 from margo_lite.git.pktline import HEX40
 from margo_lite.git.remote import Remote
 from margo_lite.git.smarthttp import HttpRemote
-from margo_lite.git.store import CORRUPT, Store, read_files
+from margo_lite.git.store import Store, corrupt, read_files
 from margo_lite.pools import short_reason
 from margo_lite.source import PollResult, Snapshot
 from margo_lite.statestore import write_file_atomic
@@ -138,7 +138,7 @@ class GitSource:
         with self._store.open() as repo:
             try:
                 return self._read(repo.object_store, commit)
-            except CORRUPT as exc:  # KeyError here: an object missing below a held commit
+            except corrupt() as exc:  # KeyError here: an object missing below a held commit
                 damage = f"{type(exc).__name__}: {short_reason(exc)}"
         # Raised outside the block: the caught exception's frames pin dulwich's pack maps.
         raise self._store.discard(damage)

@@ -23,7 +23,7 @@ from tests.support.gitserver import GitServer, Upstream
 ROOT = Path(__file__).resolve().parent.parent
 
 #: What fetching and reading a commit loads: only ever in a forked child (git/forked.py).
-DULWICH = ("dulwich.repo", "dulwich.objects", "dulwich.object_store", "dulwich.pack")
+DULWICH = ("dulwich", "dulwich.repo", "dulwich.objects", "dulwich.object_store", "dulwich.pack")
 #: What a draft device without packages never needs, even when it reads and applies a revision.
 NEVER_HERE = (
     "margo_lite.packages",  # the package store: built for the first package, or to prune

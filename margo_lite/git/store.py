@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dulwich.errors import ChecksumMismatch, NotGitRepository, ObjectFormatException
-
 from margo_lite import logs
 from margo_lite.errors import GitError, GitTransientError
 from margo_lite.fileio import fsync_dir, fsync_file, remove_write_leftovers, write_file_atomic
@@ -48,8 +46,6 @@ DELTA_MAX_BYTES = 8 << 20
 DELTA_MAX_OBJECTS = 5000
 LOCK_WAIT = 60.0  # seconds another process may hold the local repository
 LOCAL_REF = "refs/heads/desired"  # under refs/heads so that git tools see it as a branch
-# What reading a damaged local repository raises (a missing object, a bad zlib stream, ...).
-CORRUPT = (KeyError, OSError, ValueError, zlib.error, ChecksumMismatch, ObjectFormatException)
 
 
 class Store:
@@ -140,6 +136,7 @@ class Store:
 
     def _create(self) -> None:
         """Make the bare repository in a temporary folder, then rename it into place."""
+        from dulwich.errors import NotGitRepository
         from dulwich.repo import Repo
 
         if (self._repo / "HEAD").exists():
@@ -249,6 +246,14 @@ class Store:
             leftover.unlink(missing_ok=True)
         for folder in (self._folder, self._repo, (self._repo / LOCAL_REF).parent):  # ours
             remove_write_leftovers(folder)
+
+
+def corrupt() -> tuple[type[Exception], ...]:
+    """What reading a damaged local repository raises (a missing object, a bad zlib stream,
+    ...): for an `except` clause, which evaluates it only when something was raised."""
+    from dulwich.errors import ChecksumMismatch, ObjectFormatException
+
+    return (KeyError, OSError, ValueError, zlib.error, ChecksumMismatch, ObjectFormatException)
 
 
 def _pack_files(repo: Path) -> set[str]:
