@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,6 +125,8 @@ class HttpRemote:
     ) -> None:
         """`Remote.fetch_into`: the pack is spooled (in memory, or in `spool` when large),
         then added to `store` as a thin pack."""
+        import tempfile  # a fetch runs in a forked child: a poll never loads it
+
         with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY, dir=spool) as data:
             self.fetch(want, held, shallow, data.write)
             if not data.tell():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import stat
 import time
 import zlib
@@ -127,6 +126,8 @@ class Store:
             return self._discard(cause)
 
     def _discard(self, cause: object) -> GitError:
+        import shutil  # as the other steps that write here: in the forked child
+
         log.warning("the local repository is damaged (%s); it will be fetched again", cause)
         shutil.rmtree(self._repo, ignore_errors=True)
         return GitTransientError(
@@ -136,6 +137,8 @@ class Store:
 
     def _create(self) -> None:
         """Make the bare repository in a temporary folder, then rename it into place."""
+        import shutil
+
         from dulwich.errors import NotGitRepository
         from dulwich.repo import Repo
 
@@ -232,6 +235,8 @@ class Store:
 
     def _clean(self, doomed: set[str]) -> None:
         """Delete replaced packs and what an interrupted fetch left behind."""
+        import shutil
+
         pack_dir = self._repo / "objects" / "pack"
         if doomed:
             for name in doomed:
