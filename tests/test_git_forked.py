@@ -4,6 +4,7 @@ process goes on. The source's part runs against C git's http-backend on 127.0.0.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -77,6 +78,22 @@ def test_any_other_end_of_the_child_is_a_coded_transient_error(step, says):
         forked.call(step, "fetches abc")
     assert raised.value.code == "GIT_CHILD_FAILED"
     assert f"the process that fetches abc {says}" in raised.value.message
+
+
+def test_a_child_that_cannot_start_is_a_coded_transient_error(monkeypatch):
+    """The system refusing a process (EAGAIN) cannot be brought about here without starving
+    the machine: `os.fork` is made to fail as it would."""
+
+    def refuse() -> int:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(os, "fork", refuse)
+    opened = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(GitTransientError) as raised:
+        forked.call(lambda: None, "fetches abc")
+    assert raised.value.code == "GIT_CHILD_FAILED"
+    assert "cannot start the process that fetches abc" in raised.value.message
+    assert len(os.listdir("/proc/self/fd")) == opened  # the pipe was closed
 
 
 def children() -> set[int]:

@@ -37,8 +37,16 @@ def call(step: Callable[[], T], what: str) -> T:
 
     Any other end of the child (a bug, a signal, no memory left) is a `GitTransientError`
     coded `GIT_CHILD_FAILED`; `what` names the step in its message."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    except OSError as exc:  # out of file descriptors
+        raise _cannot_start(what, exc) from None
+    try:
+        pid = os.fork()
+    except OSError as exc:  # out of processes or memory: as a child that could not run
+        os.close(read_end)
+        os.close(write_end)
+        raise _cannot_start(what, exc) from None
     if pid == 0:  # the child: never returns
         os.close(read_end)
         _child(step, write_end)
@@ -92,6 +100,12 @@ def _outcome(data: bytes, status: int, what: str) -> T:
     exc = cls.__new__(cls)  # the class as raised, whatever its own constructor asks
     MargoLiteError.__init__(exc, message, code=code)
     raise exc
+
+
+def _cannot_start(what: str, exc: OSError) -> GitTransientError:
+    return GitTransientError(
+        f"cannot start the process that {what}: {exc.strerror}", code=CHILD_FAILED
+    )
 
 
 def _ended(status: int) -> str:
