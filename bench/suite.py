@@ -112,6 +112,7 @@ ORDER = [
     "rss_polls_pypi_kib",
     "anchor_rss_bare_kib",
     "anchor_rss_deps_kib",
+    "anchor_rss_agent_deps_kib",
     "state_dir_bytes",
     "state_dir_peak_bytes",
     "anchor_c_git_tip_bytes",
@@ -147,6 +148,9 @@ def measure(counts: Counts, engine: bool, progress: Callable[[str], None]) -> li
             fig("anchor_rss_deps_kib", "anchor: RSS of python with run's imports but margo_lite",
                 anchors["anchor_rss_deps_kib"], "KiB",
                 "the stdlib modules `run` imports + urllib3 + yaml + dulwich"),
+            fig("anchor_rss_agent_deps_kib", "anchor: RSS of python with the agent's own imports "
+                "but margo_lite", anchors["anchor_rss_agent_deps_kib"], "KiB",
+                "the same without dulwich, which only the forked fetch and read load"),
             fig("anchor_python_start_ms", "anchor: bare python, start to exit",
                 anchors["anchor_python_start_ms"], "ms", "python -c pass, median of 5"),
             fig("anchor_python_deps_start_ms", "anchor: python importing run's dependencies",

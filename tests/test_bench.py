@@ -47,6 +47,7 @@ WITHOUT_ENGINE = {
     "rss_growth_long_kib": "KiB",
     "anchor_rss_bare_kib": "KiB",  # issue 17's anchors, measured in the same run
     "anchor_rss_deps_kib": "KiB",
+    "anchor_rss_agent_deps_kib": "KiB",
     "state_dir_bytes": "B",
     "state_dir_peak_bytes": "B",
     "anchor_c_git_tip_bytes": "B",
