@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -136,6 +135,8 @@ def run_tool(
 
 def answers(probe: Callable[[], object], program: str, environ: Mapping[str, str]) -> bool:
     """Whether `program` is on the PATH of `environ` and `probe` (its version) succeeds."""
+    import shutil  # late: shutil loads bz2 and lzma; a configured engine never asks
+
     if not shutil.which(program, path=environ.get("PATH", os.defpath)):
         return False
     try:
