@@ -111,8 +111,9 @@ RUN_PATH = (
     "margo_lite.tidy",
     "margo_lite.backends",
 )
-#: shutil loads bz2 and lzma, tempfile loads shutil: margo-lite imports each where it is used.
-NOT_ON_RUN_PATH = ("shutil", "tempfile", "bz2", "lzma")
+#: shutil loads bz2 and lzma, tempfile loads shutil: margo-lite imports each where it is used;
+#: the port check runs after an unclean stop only.
+NOT_ON_RUN_PATH = ("shutil", "tempfile", "bz2", "lzma", "margo_lite.portcheck")
 
 RUN_CHILD = """
 import importlib, json, sys
