@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from margo_lite import __version__, config, logs, proxy, statestore, statusview, writable
 from margo_lite.errors import ConfigError, MargoLiteError, UsageError
@@ -22,8 +23,35 @@ EXIT_USAGE = 2
 log = logs.get(__name__)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help at the terminal's width, found without shutil: argparse imports it
+    for that, and shutil loads bz2 and lzma into every command, `run` included."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        kwargs.setdefault("width", _terminal_columns() - 2)  # as argparse sizes it
+        super().__init__(prog, **kwargs)
+
+
+def _terminal_columns() -> int:
+    """$COLUMNS, else the width of the terminal on stdout, else 80 (shutil's rule)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so every usage error goes one way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)

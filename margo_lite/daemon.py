@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from margo_lite import config, logs, portcheck, sdnotify
+from margo_lite import config, logs, runmark, sdnotify
 from margo_lite.errors import ConfigError, MargoLiteError, StateCorruptError
 
 log = logs.get(__name__)
@@ -131,8 +131,8 @@ class Daemon:
         self._install_signals()
         agent = self._agent(self.cfg)
         # killed with its podman calls (watchdog, OOM)? Then check the ports after the first
-        # cycle has put back what the kill interrupted (portcheck.py).
-        check_ports = portcheck.mark_running(self.cfg.device.runtime_dir)
+        # cycle has put back what the kill interrupted (runmark.py, portcheck.py).
+        check_ports = runmark.mark_running(self.cfg.device.runtime_dir)
         agent.start()
         interval = self.notifier.watchdog_interval()
         if interval:
@@ -155,6 +155,8 @@ class Daemon:
                     delay = _ERROR_PAUSE
                 if check_ports:
                     check_ports = False
+                    from margo_lite import portcheck  # only after an unclean stop
+
                     with self.long_step():  # podman calls and probes: keep the watchdog fed
                         portcheck.after_unclean_stop(agent)
                 if self.requests.stop:
@@ -164,7 +166,7 @@ class Daemon:
             self._stopped.set()
             self.notifier.stopping()
             agent.stop()
-            portcheck.mark_stopped(self.cfg.device.runtime_dir)
+            runmark.mark_stopped(self.cfg.device.runtime_dir)
             log.info("margo-lite stopped")
         return 0
 

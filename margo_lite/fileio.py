@@ -14,7 +14,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,6 +111,8 @@ def _keep_prev(path: Path) -> None:
     except OSError as exc:  # a filesystem without hard links: copy instead
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
             raise
+        import shutil  # late: shutil loads bz2 and lzma, and this is a rare path
+
         shutil.copy2(path, link_tmp)
         fsync_file(link_tmp)
     os.replace(link_tmp, prev)

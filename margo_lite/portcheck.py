@@ -7,8 +7,9 @@ port forwarding of a container it killed half-way (CNI's `CNI-HOSTPORT-DNAT`, ne
 address while podman reports the container running. Nothing else notices, so after such a
 stop the agent looks for itself:
 
-- an unclean stop is told by a marker in `runtime_dir` that a clean stop removes (`runtime_dir`
-  is tmpfs: a reboot clears it together with the firewall, so a reboot needs no check);
+- an unclean stop is told by the run mark in `runtime_dir` that a clean stop removes
+  (`runmark`; `runtime_dir` is tmpfs: a reboot clears it together with the firewall, so a
+  reboot needs no check);
 - for every running container the agent manages and each TCP port it publishes, forwarding
   rules for that host address and port that belong to a container the engine no longer runs
   are deleted (never a rule of a container this engine runs, nor one for another address);
@@ -38,42 +39,12 @@ from margo_lite.errors import MargoLiteError
 
 log = logs.get(__name__)
 
-MARKER = "agent.running"  # in runtime_dir while the agent runs; a clean stop removes it
 MANAGED = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
 PROBE_TIMEOUT = 2.0
 HOSTPORT_CHAINS = ("CNI-HOSTPORT-DNAT", "NETAVARK-HOSTPORT-DNAT")
 
 Run = Callable[[list[str]], str]  # argv -> stdout; raises OSError/CalledProcessError
 Probe = Callable[[str, int], bool]  # (address, port) -> whether a TCP connection opens
-
-
-# --- the unclean-stop marker ------------------------------------------------------------------
-
-
-def mark_running(runtime_dir: Path | str) -> bool:
-    """Note that the agent runs; True when the last run did not stop cleanly."""
-    marker = Path(runtime_dir) / MARKER
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        unclean = marker.exists()
-        marker.write_text("the agent runs; a clean stop removes this file\n")
-    except OSError as exc:  # volatile bookkeeping: never a reason not to start
-        log.warning("cannot write %s: %s", marker, exc)
-        return False
-    if unclean:
-        log.warning(
-            "the last run did not stop cleanly (%s was left): published ports are checked "
-            "after the first cycle",
-            marker,
-        )
-    return unclean
-
-
-def mark_stopped(runtime_dir: Path | str) -> None:
-    try:
-        (Path(runtime_dir) / MARKER).unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("cannot remove %s: %s", Path(runtime_dir) / MARKER, exc)
 
 
 # --- what podman publishes --------------------------------------------------------------------

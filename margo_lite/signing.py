@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,6 +99,8 @@ def verify(value: str, body: bytes) -> bool:
         public_pem, signature = split_header(value)
     except ValueError:
         return False
+    import tempfile  # late: only receivers and tests verify; tempfile loads shutil
+
     with tempfile.TemporaryDirectory(prefix="margo-lite-verify-") as tmp:
         key, sig = Path(tmp, "key.pem"), Path(tmp, "body.sig")
         key.write_bytes(public_pem)

@@ -113,3 +113,46 @@ def test_an_idle_restart_loads_neither_dulwich_nor_the_install_path(tmp_path, se
 
     assert not again["read"]
     assert [m for m in NOT_IDLE if m in again["modules"]] == []
+
+
+#: What `margo-lite run` imports on its way to the idle loop, the Git client aside (it is
+#: started by `gitsource`), and the modules of the start's sweep.
+RUN_PATH = (
+    "margo_lite.cli",
+    "margo_lite.daemon",
+    "margo_lite.agent",
+    "margo_lite.idlemark",
+    "margo_lite.tidy",
+    "margo_lite.backends",
+)
+#: shutil loads bz2 and lzma, tempfile loads shutil: margo-lite imports each where it is used;
+#: the port check runs after an unclean stop only.
+NOT_ON_RUN_PATH = ("shutil", "tempfile", "bz2", "lzma", "margo_lite.portcheck")
+
+RUN_CHILD = """
+import importlib, json, sys
+import urllib3, yaml  # what they load is theirs (urllib3 2 loads tempfile and shutil)
+
+theirs = set(sys.modules)
+from margo_lite import cli
+
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+cli.build_parser().parse_args(["-c", "margo-lite.yaml", "run"])
+print(json.dumps(sorted(set(sys.modules) - theirs)))
+"""
+
+
+def test_the_run_command_line_and_idle_steps_load_neither_shutil_nor_tempfile():
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_CHILD, *RUN_PATH],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=True,
+    )
+    modules = json.loads(out.stdout.splitlines()[-1])  # what margo-lite's modules added
+
+    assert set(RUN_PATH) <= set(modules)
+    assert [m for m in NOT_ON_RUN_PATH if m in modules] == []

@@ -3,6 +3,8 @@ driver's translation and refusals, and how engine messages are classified."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from margo_lite.backends import (
     project,
     project_name,
 )
-from margo_lite.backends.runner import classify, engine_error
+from margo_lite.backends.runner import classify, engine_error, on_path
 from margo_lite.errors import ComposeError, EngineTransientError
 
 
@@ -361,3 +363,30 @@ def test_component_health() -> None:
     assert health.ok and health.problems() == []
     health = ComponentHealth({"a": ServiceHealth("exited", 3), "b": ServiceHealth("missing")})
     assert health.problems() == ["a: exited (exit code 3)", "b: missing"]
+
+
+def test_the_engine_lookup_finds_what_shutil_which_finds(tmp_path: Path) -> None:
+    """`runtime.engine: auto` looks for podman and docker as `shutil.which` would: an
+    executable file on the PATH given (or the default one), a path as it is, never a folder."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "tool").write_text("#!/bin/sh\n")
+    (first / "tool").chmod(0o644)  # not executable: the one in `second` counts
+    (second / "tool").chmod(0o755)
+    (first / "folder").mkdir()
+    search = os.pathsep.join([str(first), str(second)])
+    cases = [
+        ("tool", search),
+        ("tool", str(first)),
+        ("folder", search),
+        ("missing", search),
+        ("tool", ""),
+        (str(second / "tool"), ""),
+        (str(first / "tool"), search),
+        ("sh", None),  # no PATH: the default one
+    ]
+    for program, path in cases:
+        environ = {} if path is None else {"PATH": path}
+        expected = shutil.which(program, path=os.defpath if path is None else path)
+        assert on_path(program, environ) is (expected is not None), (program, path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import portcheck
+from margo_lite import portcheck, runmark
 from tests.support import engines
 from tests.support.engines import IMAGE, free_port, http_get
 from tests.support.rig import app_files, wait_state
@@ -106,10 +106,10 @@ def test_a_port_that_still_goes_nowhere_gets_its_container_restarted(caplog):
 
 def test_the_marker_tells_an_unclean_stop(tmp_path):
     run = tmp_path / "run"
-    assert portcheck.mark_running(run) is False  # first start (or after a reboot)
-    assert portcheck.mark_running(run) is True  # killed: the marker was left
-    portcheck.mark_stopped(run)
-    assert portcheck.mark_running(run) is False
+    assert runmark.mark_running(run) is False  # first start (or after a reboot)
+    assert runmark.mark_running(run) is True  # killed: the marker was left
+    runmark.mark_stopped(run)
+    assert runmark.mark_running(run) is False
 
 
 # --- the hazard on real podman and the host's firewall -------------------------------------------
@@ -184,9 +184,9 @@ def test_the_agent_checks_its_ports_after_an_unclean_stop_only(rig):
     rig.upstream.commit(app_files(port, "checked"))
     rig.start()
     wait_state(rig, "web-1", "Installed")
-    assert (Path(rig.tmp) / "run" / portcheck.MARKER).exists()
+    assert (Path(rig.tmp) / "run" / runmark.MARKER).exists()
     assert rig.stop() == 0
-    assert not (Path(rig.tmp) / "run" / portcheck.MARKER).exists()
+    assert not (Path(rig.tmp) / "run" / runmark.MARKER).exists()
     assert "did not stop cleanly" not in rig.log_text()
     assert "port check" not in rig.log_text()
     rig.start()

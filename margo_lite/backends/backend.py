@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from margo_lite import composedoc, logs
+from margo_lite import logs
 from margo_lite.backends import legacy, project, readiness
 from margo_lite.backends.compose import Driver
 from margo_lite.backends.engine import Container, Engine
@@ -68,6 +68,8 @@ class Backend:
 
     def apply(self, unit: ComponentUnit) -> None:
         """Install or update a component; on a failed update, restore the previous version."""
+        from margo_lite import composedoc  # late: the start's sweep reads no compose document
+
         name = project_name(unit.deployment_id, unit.component, device=self.device)
         doc = composedoc.plain(unit.document)
         if doc.get("name") != name:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from margo_lite import composedoc, imageref, logs, schedule
+from margo_lite import imageref, logs, schedule
 from margo_lite.backends import project
 from margo_lite.backends.compose import Driver
 from margo_lite.backends.engine import Container
@@ -294,6 +294,8 @@ def _port(port: Any, where: str) -> str:
 def _mount(volume: Any, name: str, doc: Mapping[str, Any], where: str) -> str:
     """`--volume` text of a canonical mount (long syntax, bind sources absolute)."""
     if isinstance(volume, str):  # a document recorded before canonical documents (a rollback)
+        from margo_lite import composedoc  # late: the start's sweep reads no compose document
+
         volume = composedoc.short_syntax_mount(volume, f"{where}.volumes")
     if not isinstance(volume, dict) or volume.get("type") not in ("bind", "volume"):
         raise ComposeError(f"{where}.volumes: expected a canonical bind or volume mount")

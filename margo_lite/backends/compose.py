@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from margo_lite import composedoc, logs
+from margo_lite import logs
 from margo_lite.backends import project
 from margo_lite.backends.engine import Container, Engine
 from margo_lite.backends.runner import answers, run_tool
@@ -81,6 +81,8 @@ class ExternalDriver(Driver):
         workdir: Path,
         current: Sequence[Container] | None = None,
     ) -> None:
+        from margo_lite import composedoc  # late: the start's sweep reads no compose document
+
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         file = workdir / COMPOSE_FILE
         # The document can hold parameter values (secrets): readable by root only.

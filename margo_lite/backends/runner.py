@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -136,10 +135,21 @@ def run_tool(
 
 def answers(probe: Callable[[], object], program: str, environ: Mapping[str, str]) -> bool:
     """Whether `program` is on the PATH of `environ` and `probe` (its version) succeeds."""
-    if not shutil.which(program, path=environ.get("PATH", os.defpath)):
+    if not on_path(program, environ):
         return False
     try:
         probe()
     except EngineError:
         return False
     return True
+
+
+def on_path(program: str, environ: Mapping[str, str]) -> bool:
+    """Whether `program` (a name, or a path) is an executable file on the PATH of `environ`,
+    as `shutil.which` finds it: `runtime.engine: auto` asks at start, and shutil would load
+    bz2 and lzma into the agent for this one lookup."""
+    if os.path.dirname(program):
+        candidates = [program]
+    else:
+        candidates = [os.path.join(d, program) for d in os.get_exec_path(environ) if d]
+    return any(os.path.isfile(c) and os.access(c, os.X_OK) for c in candidates)

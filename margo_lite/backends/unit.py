@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from margo_lite import composedoc
-
 
 @dataclass(frozen=True)
 class ComponentUnit:
@@ -41,6 +39,8 @@ class ComponentUnit:
         device: str,
     ) -> ComponentUnit:
         """Build the canonical document of a package folder (no policy check: see agent)."""
+        from margo_lite import composedoc  # late: the start's sweep reads no compose document
+
         document = composedoc.build(
             package_dir,
             env,
