@@ -115,8 +115,8 @@ def test_an_idle_restart_loads_neither_dulwich_nor_the_install_path(tmp_path, se
     assert [m for m in NOT_IDLE if m in again["modules"]] == []
 
 
-#: What `margo-lite run` imports on its way to the idle loop, the Git client aside (it is
-#: started by `gitsource`), and the modules of the start's sweep.
+#: What `margo-lite run` imports on its way to the idle loop, the Git client's poll included,
+#: and the modules of the start's sweep.
 RUN_PATH = (
     "margo_lite.cli",
     "margo_lite.daemon",
@@ -124,10 +124,11 @@ RUN_PATH = (
     "margo_lite.idlemark",
     "margo_lite.tidy",
     "margo_lite.backends",
+    "margo_lite.gitsource",
 )
 #: shutil loads bz2 and lzma, tempfile loads shutil: margo-lite imports each where it is used;
 #: the port check runs after an unclean stop only.
-NOT_ON_RUN_PATH = ("shutil", "tempfile", "bz2", "lzma", "margo_lite.portcheck")
+NOT_ON_RUN_PATH = ("shutil", "tempfile", "bz2", "lzma", "margo_lite.portcheck", *DULWICH)
 
 RUN_CHILD = """
 import importlib, json, sys
