@@ -81,7 +81,8 @@ GOALS = [
             f"modules run needs + urllib3 + yaml + dulwich "
             f"{_n(f.get('anchor_rss_deps_kib'), 0)} KiB, without dulwich (the agent's "
             f"process: its fetches and reads are forked) "
-            f"{_n(f.get('anchor_rss_agent_deps_kib'), 0)} KiB; PyPI deps: "
+            f"{_n(f.get('anchor_rss_agent_deps_kib'), 0)} KiB; a restart with nothing to "
+            f"change {_n(f.get('rss_restart_polls_kib'), 0)} KiB; PyPI deps: "
             f"{_n(f.get('rss_polls_pypi_kib'), 0)} KiB"
         ),
     ),

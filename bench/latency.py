@@ -12,6 +12,8 @@ from bench.figures import Counts, Figure, fig
 from bench.processes import TimedGitServer
 from margo_lite import config
 from margo_lite.devkit import wossim
+from margo_lite.records import POLL_RECORD
+from margo_lite.statestore import StateStore
 from tests.support import engines
 from tests.support.rig import Rig, app_files, deployment
 from tests.support.wait import wait_for
@@ -54,7 +56,17 @@ def latency_figures(tmp: Path, counts: Counts, environ: dict[str, str]) -> list[
         rig.upstream.commit({"README.md": "nothing yet\n"})
         try:
             rig.start()
-            wait_for(lambda: server.requests, timeout=120, what="the agent's first poll")
+            runtime = StateStore(rig.tmp / "run")
+
+            def idle() -> bool:  # the first revision read and applied, then polled again
+                if rig.agent is not None and rig.agent.poll() is not None:
+                    raise RuntimeError(f"the agent exited:\n{rig.log_text()[-2000:]}")
+                record = runtime.read_json(POLL_RECORD)
+                return bool(record) and record["last_poll_result"] == "unchanged"
+
+            # A commit made while the first poll is still fetching is not seen before the
+            # next poll, and the poll-wait anchor would count a request of the first one.
+            wait_for(idle, timeout=120, what="the agent idle after its first poll")
             port = engines.free_port()
             rig.upstream.commit(app_files(port, "v0"))
             committed = time.monotonic()

@@ -231,10 +231,13 @@ def process_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figu
                 long_polls = len(server.answers(repo)) - base
             finally:
                 agent.stop()
+            rss_restart = None
             for _ in range(counts.starts - 1):  # restarts on the same state_dir
                 agent = AgentProcess(cfg_path, env, log)
                 try:
                     starts.append(first_poll_after(server, repo, agent))
+                    if rss_restart is None:  # the idle mark: nothing read, nothing to do
+                        rss_restart = idle_after(agent, counts.polls)
                 finally:
                     agent.stop()
             once = []
@@ -279,6 +282,15 @@ def process_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Figu
             rss_long - rss0,
             "KiB",
             f"{rss_long} KiB after them",
+        ),
+        fig(
+            "rss_restart_polls_kib",
+            f"RSS after {counts.polls} polls, a restart",
+            rss_restart,
+            "KiB",
+            "the same state_dir: nothing to read or change since its start"
+            if rss_restart
+            else "not measured: no restart (starts = 1)",
         ),
         fig(
             "rss_polls_pypi_kib",

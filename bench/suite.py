@@ -109,6 +109,7 @@ ORDER = [
     "rss_polls_kib",
     "rss_growth_kib",
     "rss_growth_long_kib",
+    "rss_restart_polls_kib",
     "rss_polls_pypi_kib",
     "anchor_rss_bare_kib",
     "anchor_rss_deps_kib",

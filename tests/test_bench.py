@@ -61,7 +61,7 @@ WITHOUT_ENGINE = {
 #: The Margo 1.0 profile (bench/wfm.py, whose own quick test is tests/test_bench_wfm.py).
 V1 = {key: unit for key, _, unit in wfm.ROWS}
 #: Measured when the other dependency set's environment (.venv-pypi) is there.
-OPTIONAL = {"rss_polls_pypi_kib": "KiB"}
+OPTIONAL = {"rss_polls_pypi_kib": "KiB", "rss_restart_polls_kib": "KiB"}
 ENGINE = {
     "latency_install_s": "s",
     "latency_update_s": "s",
