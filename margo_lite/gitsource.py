@@ -48,7 +48,7 @@ MAX_TOKEN_BYTES = 16 << 10
 MAX_PROTOCOL_BYTES = 64 << 10
 PROTOCOL_FILE = "server.json"  # in state_dir/git: the server's capabilities, as last seen
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")
-_PLAIN_BRANCH = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+_PLAIN_BRANCH = re.compile(r"(?!.*\.\.)[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")  # no ".."
 
 
 class GitSource:
@@ -165,9 +165,11 @@ class GitSource:
 
 
 def _check_branch(branch: str) -> str:
-    if _PLAIN_BRANCH.fullmatch(branch):
-        return branch  # no dot, no special character: valid, without loading dulwich.refs
-    from dulwich.refs import check_ref_format
+    if _PLAIN_BRANCH.fullmatch(branch) and not any(
+        part.startswith(".") or part.endswith((".", ".lock")) for part in branch.split("/")
+    ):
+        return branch  # git's rules for these characters hold: no need to load dulwich.refs
+    from dulwich.refs import check_ref_format  # what is left is rare (it loads dulwich)
 
     if not check_ref_format(f"refs/heads/{branch}".encode()):
         raise ConfigError(f"{branch!r} is not a valid branch name", key="git.branch")

@@ -24,6 +24,15 @@ _lock = threading.Lock()
 _secrets: dict[str, None] = {}  # insertion-ordered set
 
 
+def _unlock_in_child() -> None:
+    """A forked child (git/forked.py) logs: a lock another thread held at the fork is free."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_in_child)
+
+
 def register_secret(value: str | None) -> None:
     """Mask `value` in every log line and in `redact()` from now on."""
     if value and len(value) >= _MIN_SECRET_LEN:

@@ -157,3 +157,52 @@ def test_the_run_command_line_and_idle_steps_load_neither_shutil_nor_tempfile():
 
     assert set(RUN_PATH) <= set(modules)
     assert [m for m in NOT_ON_RUN_PATH if m in modules] == []
+
+
+BRANCHES = ["main", "release-1.0", "v1.x", "feature/a.b", "team/v2.0-rc.1"]
+NOT_BRANCHES = ["a..b", ".hidden", "a/.b", "x.lock", "a/b.lock", "end.", "a/", "x y"]
+
+BRANCH_CHILD = """
+import json, sys
+from margo_lite import errors, gitsource
+from margo_lite.config import GitConfig
+
+verdicts = {}
+for name in json.loads(sys.argv[1]):
+    try:
+        gitsource.GitSource(GitConfig(url="https://example.com/x.git", branch=name), sys.argv[2])
+        verdicts[name] = True
+    except errors.ConfigError:
+        verdicts[name] = False
+print(json.dumps({"verdicts": verdicts, "modules": sorted(sys.modules)}))
+"""
+
+
+def check_branches(names: list[str], tmp_path: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", BRANCH_CHILD, json.dumps(names), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_dotted_release_branches_are_checked_without_dulwich(tmp_path):
+    found = check_branches(BRANCHES, tmp_path)
+
+    assert found["verdicts"] == dict.fromkeys(BRANCHES, True)
+    assert [m for m in DULWICH if m in found["modules"]] == []
+
+
+def test_branch_names_get_git_s_verdict(tmp_path):
+    from dulwich.refs import check_ref_format
+
+    found = check_branches(BRANCHES + NOT_BRANCHES, tmp_path)
+
+    assert found["verdicts"] == {
+        name: check_ref_format(f"refs/heads/{name}".encode()) for name in BRANCHES + NOT_BRANCHES
+    }
+    assert not any(found["verdicts"][name] for name in NOT_BRANCHES)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from margo_lite import errors, logs
 from margo_lite.config import GitConfig
-from margo_lite.errors import GitError, GitTransientError, StateCorruptError
+from margo_lite.errors import ConfigError, GitError, GitTransientError, StateCorruptError
 from margo_lite.git import forked
 from margo_lite.gitsource import GitSource
 from tests.support.gitserver import DEPLOYMENT, Fault, GitServer, Upstream
@@ -53,6 +54,37 @@ def test_a_coded_error_is_raised_again_with_its_class_code_and_message(error):
     )
 
 
+def test_an_error_with_fields_of_its_own_keeps_its_code_message_and_family():
+    error = ConfigError("not a valid branch name", key="git.branch")
+
+    def step() -> None:
+        raise error
+
+    with pytest.raises(GitError) as raised:  # ConfigError's key could not cross
+        forked.call(step, "reads")
+    assert (raised.value.code, raised.value.message) == (error.code, error.message)
+    assert errors.family(raised.value) is errors.StalledError
+
+
+def test_a_log_lock_held_at_the_fork_is_free_in_the_child():
+    """The watchdog feeder thread may hold the secrets' lock when the agent forks."""
+    logs.register_secret("s3cr3t-token")
+    answers: list[str] = []
+    with logs._lock:  # held here at the fork, as by another thread
+        worker = threading.Thread(
+            target=lambda: answers.append(forked.call(lambda: logs.redact("s3cr3t-token"), "x"))
+        )
+        worker.start()
+        worker.join(timeout=30)
+    try:
+        assert answers == [logs.MASK]
+    finally:
+        if worker.is_alive():  # the child hangs on the lock: end it, so the test ends
+            for pid in children():
+                os.kill(pid, signal.SIGKILL)
+            worker.join(timeout=30)
+
+
 def killed() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -65,12 +97,17 @@ def fails() -> None:
     raise ValueError("a surprise in dulwich")
 
 
+def killed_realtime() -> None:
+    os.kill(os.getpid(), signal.SIGRTMIN + 1)  # no name in signal.Signals
+
+
 @pytest.mark.parametrize(
     ("step", "says"),
     [
         (killed, "ended without an answer (killed by signal SIGKILL)"),
         (leaves, "ended without an answer (exit status 1)"),
         (fails, "failed: ValueError: a surprise in dulwich"),
+        (killed_realtime, f"ended without an answer (killed by signal {signal.SIGRTMIN + 1})"),
     ],
 )
 def test_any_other_end_of_the_child_is_a_coded_transient_error(step, says):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from margo_lite import errors, logs
-from margo_lite.errors import GitTransientError, MargoLiteError
+from margo_lite.errors import GitError, GitTransientError, MargoLiteError, StalledError
 from margo_lite.pools import short_reason
 
 log = logs.get(__name__)
@@ -56,7 +56,9 @@ def call(step: Callable[[], T], what: str) -> T:
             data = answer.read()
     finally:
         _, status = os.waitpid(pid, 0)
-    return _outcome(data, status, what)
+    outcome = _decode(data, status)
+    del data  # a snapshot may be 64 MiB: not held twice
+    return _outcome(outcome, status, what)
 
 
 def _child(step: Callable[[], object], fd: int) -> None:
@@ -73,6 +75,7 @@ def _child(step: Callable[[], object], fd: int) -> None:
             log.debug("the forked step failed", exc_info=True)
             outcome = (_ERROR, "", f"{type(exc).__name__}: {short_reason(exc)}", CHILD_FAILED)
         data = marshal.dumps(outcome)
+        del outcome
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         code = 0
@@ -80,12 +83,16 @@ def _child(step: Callable[[], object], fd: int) -> None:
         os._exit(code)
 
 
-def _outcome(data: bytes, status: int, what: str) -> T:
-    """The child's value, or its error raised in the parent's terms."""
+def _decode(data: bytes, status: int) -> object:
+    """What a child that exited 0 wrote; None for anything else."""
     try:
-        outcome = marshal.loads(data) if os.waitstatus_to_exitcode(status) == 0 else None
+        return marshal.loads(data) if os.waitstatus_to_exitcode(status) == 0 else None
     except (EOFError, ValueError, TypeError):
-        outcome = None
+        return None
+
+
+def _outcome(outcome: object, status: int, what: str) -> T:
+    """The child's value, or its error raised in the parent's terms."""
     if not isinstance(outcome, tuple) or not outcome:
         raise GitTransientError(
             f"the process that {what} ended without an answer ({_ended(status)})",
@@ -97,9 +104,10 @@ def _outcome(data: bytes, status: int, what: str) -> T:
     cls = getattr(errors, name, None) if name else None
     if not (isinstance(cls, type) and issubclass(cls, MargoLiteError)):
         raise GitTransientError(f"the process that {what} failed: {message}", code=code)
-    exc = cls.__new__(cls)  # the class as raised, whatever its own constructor asks
-    MargoLiteError.__init__(exc, message, code=code)
-    raise exc
+    if cls.__init__ is not MargoLiteError.__init__:  # fields of its own would be lost
+        same_family = GitError if issubclass(cls, StalledError) else GitTransientError
+        raise same_family(message, code=code)
+    raise cls(message, code=code)
 
 
 def _cannot_start(what: str, exc: OSError) -> GitTransientError:
@@ -111,5 +119,8 @@ def _cannot_start(what: str, exc: OSError) -> GitTransientError:
 def _ended(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        return f"killed by signal {signal.Signals(-code).name}"
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"killed by signal {-code}"
     return f"exit status {code}"
