@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,9 +79,10 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, str]]:
         yield sim.url, git.url("idle.git")
 
 
-def run_agent(settings: dict) -> dict:
+def in_child(code: str, *args: str) -> Any:
+    """What `code`, run by a python of its own, prints last as JSON: a fresh `sys.modules`."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(settings)],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -88,6 +90,10 @@ def run_agent(settings: dict) -> dict:
         check=True,
     )
     return json.loads(out.stdout.splitlines()[-1])
+
+
+def run_agent(settings: dict) -> dict:
+    return in_child(CHILD, json.dumps(settings))
 
 
 def test_an_idle_restart_loads_neither_dulwich_nor_the_install_path(tmp_path, servers):
@@ -145,15 +151,7 @@ print(json.dumps(sorted(set(sys.modules) - theirs)))
 
 
 def test_the_run_command_line_and_idle_steps_load_neither_shutil_nor_tempfile():
-    out = subprocess.run(
-        [sys.executable, "-c", RUN_CHILD, *RUN_PATH],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=True,
-    )
-    modules = json.loads(out.stdout.splitlines()[-1])  # what margo-lite's modules added
+    modules = in_child(RUN_CHILD, *RUN_PATH)  # what margo-lite's modules added
 
     assert set(RUN_PATH) <= set(modules)
     assert [m for m in NOT_ON_RUN_PATH if m in modules] == []
@@ -179,15 +177,7 @@ print(json.dumps({"verdicts": verdicts, "modules": sorted(sys.modules)}))
 
 
 def check_branches(names: list[str], tmp_path: Path) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", BRANCH_CHILD, json.dumps(names), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=True,
-    )
-    return json.loads(out.stdout.splitlines()[-1])
+    return in_child(BRANCH_CHILD, json.dumps(names), str(tmp_path))
 
 
 def test_dotted_release_branches_are_checked_without_dulwich(tmp_path):
