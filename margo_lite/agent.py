@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from margo_lite import config, idlemark, logs, poll, report, schedule
 from margo_lite.cycle import Context, Hooks, Parts, Timers, retry_backoff
@@ -38,6 +37,7 @@ from margo_lite.records import (
 )
 from margo_lite.source import Snapshot
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # the act and heal steps load what they need when there is a plan
     from margo_lite import backends, desired
 

@@ -24,13 +24,14 @@ import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
-
-if TYPE_CHECKING:  # tarfile and the decompressors load when an archive is extracted
-    import tarfile
 
 from margo_lite.errors import PackageError
 from margo_lite.fileio import create_file, write_all
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # tarfile and the decompressors load when an archive is extracted
+    import tarfile
+    from typing import BinaryIO
 
 CHUNK = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"

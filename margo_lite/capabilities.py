@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from margo_lite.config import CapabilitiesConfig, Config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 API_VERSION = "device.margo/v1"
 KIND = "DeviceCapabilities"

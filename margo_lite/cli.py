@@ -11,10 +11,13 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from margo_lite import __version__, config, logs, proxy, statestore, statusview, writable
 from margo_lite.errors import ConfigError, MargoLiteError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -288,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"margo-lite: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    del parser  # every subcommand's parser, held for nothing while `run` runs for months
     logs.setup(args.log_level)
     try:
         return COMMANDS[args.command](args)

@@ -23,11 +23,14 @@ import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from margo_lite import imageref, pointer
 from margo_lite.backends import project
 from margo_lite.jsonvalue import CODE, digest, fail, plain  # noqa: F401 (one place to import)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _PORT = re.compile(

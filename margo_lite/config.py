@@ -16,14 +16,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from margo_lite import yamlload
 from margo_lite.errors import ConfigError, MargoLiteError
 from margo_lite.netsections import DesiredConfig, GitConfig, NetworkConfig, WosConfig
 from margo_lite.options import (  # noqa: F401 (callers and tests use them as config.X)
     Context,
-    Parser,
     device_id,
     file_path,
     http_url,
@@ -38,6 +36,10 @@ from margo_lite.sections import (
     PollConfig,
     RuntimeConfig,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PATH = "/etc/margo-lite/config.yaml"
 ENV_VAR = "MARGO_LITE_CONFIG"

@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from typing import Any
 
 from margo_lite import options
 from margo_lite.config import SECTIONS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 HEADER = """\
 # Configuration

@@ -17,19 +17,22 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from margo_lite import config, logs, pools, proxy, schedule
 from margo_lite.constants import PACKAGE_CACHE
 from margo_lite.errors import InternalError, LocalIOError, MargoLiteError
 from margo_lite.outbox import Outbox
 from margo_lite.records import RecordBook
-from margo_lite.source import DesiredSource, Snapshot
+from margo_lite.source import Snapshot
 from margo_lite.statestore import StateStore
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported where first used: an idle agent never loads most of them
+    from typing import Any
+
     from margo_lite import backends, desired, mtls
     from margo_lite.packages import PackageStore
+    from margo_lite.source import DesiredSource
 
 log = logs.get(__name__)
 

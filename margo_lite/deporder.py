@@ -10,8 +10,8 @@ last), `removal_order` removes dependents before what they depend on.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from margo_lite.desired import Deployment
     from margo_lite.planner import DeploymentRecord

@@ -23,26 +23,30 @@ import types
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 from margo_lite import logs, proxy
 from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError, MargoLiteError
 from margo_lite.git import forked
 from margo_lite.git.pktline import HEX40
-from margo_lite.git.remote import Remote
 from margo_lite.git.smarthttp import HttpRemote
 from margo_lite.git.store import Store, corrupt, read_files
 from margo_lite.pools import short_reason
 from margo_lite.source import PollResult, Snapshot
 from margo_lite.statestore import write_file_atomic
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # dulwich loads to fetch or read a commit, never for an idle poll
+    from typing import TypeVar
+
     from dulwich.object_store import BaseObjectStore
+
+    from margo_lite.git.remote import Remote
+
+    T = TypeVar("T")
 
 log = logs.get(__name__)
 
-T = TypeVar("T")
 
 MAX_TOKEN_BYTES = 16 << 10
 MAX_PROTOCOL_BYTES = 64 << 10

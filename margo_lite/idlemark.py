@@ -17,12 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from typing import Any
 
 from margo_lite import __version__, logs, poll
 from margo_lite.cycle import Context
 from margo_lite.errors import MargoLiteError, SourceError
 from margo_lite.records import State
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

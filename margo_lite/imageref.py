@@ -8,9 +8,12 @@ call, so it can never be read as an option.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from margo_lite.errors import ComposeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_LENGTH = 512
 _ALNUM = r"[a-z0-9]+"

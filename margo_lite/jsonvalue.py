@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
 
 from margo_lite.errors import ComposeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CODE = "COMPOSE_INVALID"
 

@@ -24,7 +24,6 @@ import os
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import urllib3
 from urllib3.connection import HTTPSConnection
@@ -32,6 +31,10 @@ from urllib3.connectionpool import HTTPSConnectionPool
 
 from margo_lite import logs, proxy, svid
 from margo_lite.pools import Pools
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

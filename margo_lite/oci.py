@@ -22,10 +22,13 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from margo_lite import jsonvalue, logs
 from margo_lite.errors import OciError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEME = "oci://"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

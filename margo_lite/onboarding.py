@@ -36,7 +36,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from urllib3.exceptions import InsecureRequestWarning
@@ -47,6 +46,10 @@ from margo_lite.errors import ConfigError, MargoLiteError, OnboardingError, Usag
 from margo_lite.fileio import DIR_MODE, FILE_MODE, SECRET_MODE, write_file_atomic
 from margo_lite.wos import WosClient
 from margo_lite.woshttp import check, make_pool, request
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

@@ -14,11 +14,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from margo_lite import schedule, yamlload
 from margo_lite.errors import ConfigError
 from margo_lite.proxy import Proxy, Rule, parse_proxy_url, parse_rule
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SIZE = re.compile(r"^(\d+)\s*([kmgt]i?b?|b)?$", re.IGNORECASE)
@@ -37,7 +40,8 @@ class Context:
     base_dir: Path
 
 
-Parser = Callable[[Any, Context], Any]
+if TYPE_CHECKING:
+    Parser = Callable[[Any, Context], Any]
 
 
 # --- parsers: raise ValueError with a message; the loader adds file and key -----------------

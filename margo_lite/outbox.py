@@ -25,12 +25,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
 
 from margo_lite import logs
 from margo_lite.errors import StateCorruptError, WosError, WosRejectedError
 from margo_lite.schedule import Backoff
 from margo_lite.statestore import StateStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
 log = logs.get(__name__)
 
@@ -40,11 +43,15 @@ MAX_REJECTIONS = 3  # tries of a report the WOS rejects (4xx) before it is dropp
 MAX_SENDS_PER_FLUSH = 50  # bounded work per call: the agent's loop calls flush often
 
 
-class StatusSender(Protocol):
-    """`revision` is the desired-state revision a report is about, when it was queued with
-    one: the Margo 1.0 body needs it (`adoptedManifestVersion`), the draft's does not."""
+if TYPE_CHECKING:  # an interface for type checkers; nothing checks it at run time
 
-    def post_status(self, deployment_id: str, body: dict, revision: str | None = None) -> None: ...
+    class StatusSender(Protocol):
+        """`revision` is the desired-state revision a report is about, when it was queued with
+        one: the Margo 1.0 body needs it (`adoptedManifestVersion`), the draft's does not."""
+
+        def post_status(
+            self, deployment_id: str, body: dict, revision: str | None = None
+        ) -> None: ...
 
 
 #: Waits between tries while the WOS does not take reports: 2 s doubling to 5 min, spread.

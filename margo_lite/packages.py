@@ -28,7 +28,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from margo_lite import (
     archive,
@@ -50,7 +49,10 @@ from margo_lite.errors import (
 )
 from margo_lite.statestore import StateStore
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from margo_lite.download import Downloader
     from margo_lite.ocipull import Puller
 

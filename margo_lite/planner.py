@@ -27,11 +27,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
 
 from margo_lite import deporder
 from margo_lite.desired import COMPOSE, Component, Deployment, DesiredState
 from margo_lite.records import ComponentRecord, DeploymentRecord, Reason, State
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_PROFILES = (COMPOSE,)
 

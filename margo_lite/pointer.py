@@ -15,9 +15,12 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from margo_lite.errors import ComposeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: Top-level compose keys a pointer may reach; `name` and the rest would break the project.

@@ -22,11 +22,14 @@ import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from margo_lite import composedoc
 from margo_lite.config import PolicyConfig
 from margo_lite.errors import ComposeError, PackageError, PolicyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Pending reason while a deployment's compose file goes through this check.
 PENDING_REASON = "POLICY_CHECK"

@@ -24,7 +24,6 @@ import ssl
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import urllib3
 from urllib3.util.ssl_ import create_urllib3_context
@@ -32,6 +31,10 @@ from urllib3.util.ssl_ import create_urllib3_context
 from margo_lite import logs, proxy
 from margo_lite.config import NetworkConfig
 from margo_lite.errors import ConfigError, ProxyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

@@ -19,11 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Protocol
 
 from margo_lite import logs, wos
 from margo_lite.errors import MargoLiteError, StateCorruptError
 from margo_lite.statestore import StateStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
 log = logs.get(__name__)
 
@@ -230,18 +233,19 @@ def _news(event: StatusEvent) -> tuple:
 # --- load and save -------------------------------------------------------------------------
 
 
-class Queue(Protocol):
-    """Where reports wait for delivery (`outbox.Outbox`): durable when `add` returns."""
+if TYPE_CHECKING:  # interfaces for type checkers; nothing checks them at run time
 
-    def add(self, deployment_id: str, body: dict) -> None: ...
+    class Queue(Protocol):
+        """Where reports wait for delivery (`outbox.Outbox`): durable when `add` returns."""
 
+        def add(self, deployment_id: str, body: dict) -> None: ...
 
-class Places(Protocol):
-    """Where records and reports go (`cycle.Parts`), read at each save, so a test may swap
-    either part."""
+    class Places(Protocol):
+        """Where records and reports go (`cycle.Parts`), read at each save, so a test may swap
+        either part."""
 
-    store: StateStore
-    outbox: Queue
+        store: StateStore
+        outbox: Queue
 
 
 class RecordBook:

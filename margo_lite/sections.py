@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from margo_lite.options import (
     SYSTEM_STORE,
@@ -32,6 +31,10 @@ from margo_lite.options import (
     size,
     window,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -34,21 +37,23 @@ class PollResult:
     changed: bool  # differs from the revision held before this poll
 
 
-class DesiredSource(Protocol):
-    """What the agent asks of a desired-state source; every failure is a `SourceError`."""
+if TYPE_CHECKING:  # an interface for type checkers; nothing checks it at run time
 
-    def poll(self) -> PollResult:
-        """Ask the remote side for its revision; fetch and hold it when it changed."""
-        ...
+    class DesiredSource(Protocol):
+        """What the agent asks of a desired-state source; every failure is a `SourceError`."""
 
-    def held_revision(self) -> str | None:
-        """The revision held locally (no network), or None before the first fetch."""
-        ...
+        def poll(self) -> PollResult:
+            """Ask the remote side for its revision; fetch and hold it when it changed."""
+            ...
 
-    def snapshot(self, revision: str) -> Snapshot:
-        """The files of a held revision (no network)."""
-        ...
+        def held_revision(self) -> str | None:
+            """The revision held locally (no network), or None before the first fetch."""
+            ...
 
-    def close(self) -> None:
-        """Release connections; the source may be polled again afterwards."""
-        ...
+        def snapshot(self, revision: str) -> Snapshot:
+            """The files of a held revision (no network)."""
+            ...
+
+        def close(self) -> None:
+            """Release connections; the source may be polled again afterwards."""
+            ...

@@ -19,7 +19,6 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from margo_lite import logs
 from margo_lite.errors import StateCorruptError, StateIOError
@@ -33,6 +32,10 @@ from margo_lite.fileio import (
     unlink_quietly,
     write_file_atomic,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

@@ -6,12 +6,14 @@ but a corrupt record is reported as such rather than shown as missing.
 
 from __future__ import annotations
 
-from typing import Any
-
 from margo_lite.config import Config
 from margo_lite.outbox import FOLDER as OUTBOX
 from margo_lite.records import AGENT_RECORD, AGENT_REVISION_KEY, DEPLOYMENTS, POLL_RECORD
 from margo_lite.statestore import StateStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def collect(cfg: Config) -> dict[str, Any]:

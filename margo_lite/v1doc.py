@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from margo_lite import oci
 from margo_lite.desired.model import PROFILE_ALIASES
 from margo_lite.desired.parameters import Fields
 from margo_lite.desired.values import show
 from margo_lite.errors import OciError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 KIND = "ApplicationDeployment"
 API_VERSIONS = ("application.margo.org/v1alpha1", "application.margo.org/v1")

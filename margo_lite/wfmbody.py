@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from margo_lite import logs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 STATES = ("pending", "installing", "installed", "failed", "removing", "removed")
 MAX_MESSAGE = 1000

@@ -21,7 +21,6 @@ import logging
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import urllib3
 
@@ -30,6 +29,10 @@ from margo_lite.config import WosConfig
 from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ConfigError, WosRejectedError, WosTransientError
 from margo_lite.statestore import StateStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

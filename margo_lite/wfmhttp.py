@@ -10,13 +10,16 @@ problem answer lends its title and detail to the message.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import urllib3
 
 from margo_lite import logs, pools, wfmmanifest
 from margo_lite.errors import ProxyError, WfmError, WfmTransientError
 from margo_lite.pools import short_reason
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

@@ -19,11 +19,14 @@ import tarfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from margo_lite import jsonvalue
 from margo_lite.desired.model import DEPLOYMENT_ID  # the draft's grammar (a UUID fits)
 from margo_lite.errors import WfmError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MEDIA_TYPE = "application/vnd.margo.manifest.v1+json"
 BUNDLE_MEDIA_TYPE = "application/vnd.margo.bundle.v1+tar+gzip"

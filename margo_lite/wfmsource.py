@@ -23,13 +23,16 @@ import os
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from margo_lite import logs, wfmhttp, wfmmanifest
 from margo_lite.errors import StateError, WfmError, WfmTransientError
 from margo_lite.source import PollResult, Snapshot
 from margo_lite.statestore import StateStore, remove_write_leftovers, write_file_atomic
 from margo_lite.wfmmanifest import Manifest, Ref, digest_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

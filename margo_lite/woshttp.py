@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -23,6 +22,10 @@ from margo_lite import logs, proxy
 from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ProxyError, WosRejectedError, WosTransientError
 from margo_lite.pools import Pools
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from margo_lite import logs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 STATES = ("Pending", "Installing", "Installed", "Failed", "Removing", "Removed")
 CASES = ("capitalized", "lowercase")

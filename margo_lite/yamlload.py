@@ -9,7 +9,6 @@ refuses all three with an `InvalidYamlError` carrying a code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
 from yaml.composer import Composer
@@ -22,6 +21,10 @@ from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
 from margo_lite.errors import InvalidYamlError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from margo_lite import logs
 from margo_lite.backends import legacy, project
@@ -26,6 +25,10 @@ from margo_lite.backends.engine import ENGINES
 from margo_lite.backends.project import load_project, project_name
 from margo_lite.backends.unit import ComponentHealth, ComponentUnit, ServiceHealth
 from margo_lite.errors import ConfigError, EngineTransientError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Backend",

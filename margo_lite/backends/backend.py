@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from margo_lite import logs
 from margo_lite.backends import legacy, project, readiness
@@ -30,6 +29,10 @@ from margo_lite.backends.unit import ComponentHealth, ComponentUnit, ServiceHeal
 from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import ComposeError, EngineError, EngineFailedError, EngineTransientError
 from margo_lite.statestore import StateStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

@@ -16,13 +16,16 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from margo_lite import imageref, logs, schedule
 from margo_lite.backends import project
 from margo_lite.backends.compose import Driver
 from margo_lite.backends.engine import Container
 from margo_lite.errors import ComposeError, EngineError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

@@ -15,7 +15,6 @@ import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from margo_lite import logs
 from margo_lite.backends import project
@@ -23,6 +22,10 @@ from margo_lite.backends.engine import Container, Engine
 from margo_lite.backends.runner import answers, run_tool
 from margo_lite.constants import COMPOSE_FILE
 from margo_lite.fileio import write_file_atomic
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

@@ -16,11 +16,14 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from margo_lite import imageref, logs
 from margo_lite.backends.runner import answers, reworded, run_tool
 from margo_lite.errors import ComposeError, EngineError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 DEFAULT_TIMEOUT = 300.0

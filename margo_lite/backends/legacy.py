@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from margo_lite import logs
 from margo_lite.backends import project
@@ -26,6 +25,10 @@ from margo_lite.backends.engine import Container, Engine
 from margo_lite.constants import COMPOSE_FILE
 from margo_lite.errors import StateError
 from margo_lite.statestore import StateStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

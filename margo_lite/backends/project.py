@@ -16,7 +16,6 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -29,6 +28,10 @@ from margo_lite.constants import (
     MANAGED_BY_VALUE,
 )
 from margo_lite.errors import ComposeError, MargoLiteError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_FILE_BYTES = 1 << 20
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from margo_lite.backends import project
 from margo_lite.backends.engine import Container, Engine
 from margo_lite.backends.unit import ComponentHealth, ServiceHealth
 from margo_lite.errors import EngineFailedError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 POLL_SECONDS = 0.1  # how often a start is looked at while it settles (one engine command)
 

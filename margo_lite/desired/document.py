@@ -13,7 +13,6 @@ import hashlib
 import urllib.parse
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
 
 from margo_lite import logs, yamlload
 from margo_lite.constants import COMPOSE_FILE_NAMES
@@ -35,6 +34,10 @@ from margo_lite.desired.model import (
 )
 from margo_lite.desired.parameters import Parameters
 from margo_lite.errors import DesiredStateError, InvalidYamlError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class DocumentParser(Parameters):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
-from typing import Any
 
 from margo_lite import logs, yamlload
 from margo_lite.desired.document import DocumentParser
@@ -28,6 +27,10 @@ from margo_lite.desired.model import (
     is_v1,
 )
 from margo_lite.errors import DesiredStateError, InvalidYamlError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logs.get(__name__)
 

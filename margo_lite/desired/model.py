@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from margo_lite import yamlload
 from margo_lite.errors import DesiredStateError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 API_VERSIONS = ("application.margo.org/v1alpha1",)
 KIND = "ApplicationDeployment"

@@ -11,13 +11,16 @@ fields and its coded errors.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from margo_lite import jsonvalue
 from margo_lite import pointer as pointers
 from margo_lite.desired import values
 from margo_lite.desired.model import COMPOSE, DEPLOYMENT_ID, ENV_NAME, MAX_PARAMETERS
 from margo_lite.errors import ComposeError, DesiredStateError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Fields:

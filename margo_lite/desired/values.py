@@ -13,11 +13,14 @@ import hashlib
 import json
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
 
 from margo_lite import pointer as pointers
 from margo_lite import yamlload
 from margo_lite.errors import ComposeError, DesiredStateError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def apply_overlays(document: Any, overlays: Mapping[str, Any]) -> Any:

@@ -32,9 +32,12 @@ import tarfile
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from margo_lite.devkit.simserver import SimHandler, SimServer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MANIFEST_TYPE = "application/vnd.margo.manifest.v1+json"
 BUNDLE_TYPE = "application/vnd.margo.bundle.v1+tar+gzip"

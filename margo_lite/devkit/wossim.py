@@ -32,9 +32,12 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from margo_lite.devkit.simserver import SimHandler, SimServer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 TOKEN_PATH = "/oauth/token"
 STATES = {"Pending", "Installing", "Installed", "Failed", "Removing", "Removed"}

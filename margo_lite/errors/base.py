@@ -7,7 +7,10 @@ error it was raised from, belongs to.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class MargoLiteError(Exception):

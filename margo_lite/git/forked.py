@@ -18,15 +18,19 @@ import marshal
 import os
 import signal
 from collections.abc import Callable
-from typing import TypeVar
 
 from margo_lite import errors, logs
 from margo_lite.errors import GitError, GitTransientError, MargoLiteError, StalledError
 from margo_lite.pools import short_reason
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
 log = logs.get(__name__)
 
-T = TypeVar("T")
 
 CHILD_FAILED = "GIT_CHILD_FAILED"
 _VALUE, _ERROR = "value", "error"

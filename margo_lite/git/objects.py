@@ -8,14 +8,16 @@ broken promise is `GIT_OBJECT_INVALID`, never an AttributeError deep in a walk.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import ShaFile
 
 from margo_lite.errors import GitError
 
-T = TypeVar("T", bound=ShaFile)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T", bound=ShaFile)
 
 
 def typed(store: BaseObjectStore, sha: bytes, kind: type[T], what: str) -> T:

@@ -10,8 +10,9 @@ them and records the tip itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dulwich.object_store import PackBasedObjectStore
 

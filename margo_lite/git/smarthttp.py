@@ -13,7 +13,6 @@ import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import urllib3
 
@@ -24,6 +23,7 @@ from margo_lite.git import pktline
 from margo_lite.git.pktline import HEX40
 from margo_lite.pools import Pools, short_reason
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dulwich.object_store import PackBasedObjectStore
 

@@ -20,13 +20,13 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from margo_lite import logs
 from margo_lite.errors import GitError, GitTransientError
 from margo_lite.fileio import fsync_dir, fsync_file, remove_write_leftovers, write_file_atomic
 from margo_lite.git.pktline import HEX40
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # the object store loads when a commit is fetched or read: not to poll
     from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
     from dulwich.objects import Commit, ShaFile, Tree
