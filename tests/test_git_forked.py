@@ -4,9 +4,11 @@ process goes on. The source's part runs against C git's http-backend on 127.0.0.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -179,3 +181,52 @@ def test_a_fetch_killed_midway_keeps_the_held_commit_and_the_next_poll_fetches(t
             DEPLOYMENT.format(n=2).encode()
         )
     assert children() - before == set()  # every child was waited for
+
+
+# The agent as `margo-lite run` holds it: the state folder's lock, then a step in a child
+# that outlives the agent (SIGKILL of the agent alone: the kernel's OOM killer picks one
+# process). The child writes its pid, then waits for its parent to go and for a while more.
+_AGENT = """
+import os, sys, time
+from margo_lite import statestore
+from margo_lite.git import forked
+
+state, started = sys.argv[1], sys.argv[2]
+
+def step():
+    with open(started + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(started + ".tmp", started)
+    time.sleep(60)
+
+with statestore.exclusive(state):
+    forked.call(step, "fetches")
+"""
+
+
+def test_a_child_that_outlives_a_killed_agent_does_not_keep_the_next_one_out(tmp_path):
+    """Seen in the power-cut torture: the agent killed while a fetch ran in its child; the
+    restarted agent stopped at once with STATE_BUSY, as the child still held the state lock
+    it inherited at the fork."""
+    from margo_lite import statestore
+
+    started = tmp_path / "child.pid"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _AGENT, str(tmp_path / "state"), str(started)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    child = 0
+    try:
+        child = int(wait_for(started.exists, what="the step in the child") and started.read_text())
+        agent.kill()
+        agent.wait(timeout=30)
+        assert Path(f"/proc/{child}").exists()  # the child lives on
+        with statestore.exclusive(tmp_path / "state"):  # the next agent starts
+            pass
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=30)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
