@@ -20,6 +20,7 @@ from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError, StateCorruptError
 from margo_lite.git import forked
 from margo_lite.gitsource import GitSource
+from margo_lite.source import PollResult
 from tests.support.gitserver import DEPLOYMENT, Fault, GitServer, Upstream
 from tests.support.wait import wait_for
 
@@ -230,3 +231,29 @@ def test_a_child_that_outlives_a_killed_agent_does_not_keep_the_next_one_out(tmp
         if child:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+
+
+def test_a_fetch_killed_while_writing_its_pack_index_does_not_stop_the_next_ones(tmp_path):
+    """Seen in the group-kill torture (seed 20261127, kill 8, 0.025 s into a fetch): dulwich
+    had moved the pack in and was writing its index as `pack-<sha>.idx.lock` when the kill
+    came. Fetching the same objects again makes the same pack name, so every later poll
+    failed with FileLocked, and the agent kept the previous commit for good."""
+    (tmp_path / "srv").mkdir()
+    upstream = Upstream(tmp_path / "srv" / "dev.git")
+    first = upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=1)}, "first")
+    with GitServer(tmp_path / "srv") as server:
+        source = GitSource(GitConfig(url=server.url("dev.git"), timeout=30.0), tmp_path / "state")
+        source.poll()
+        repo = tmp_path / "state" / "git" / "repo"
+        packs = set((repo / "objects" / "pack").glob("pack-*.idx"))
+        second = upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=2)}, "second")
+        assert source.poll().changed
+        # the same store as the kill left it: the second fetch's pack in place, its index
+        # not yet renamed from the lock file, the tip not yet recorded
+        (index,) = set((repo / "objects" / "pack").glob("pack-*.idx")) - packs
+        index.rename(index.with_name(index.name + ".lock"))
+        (repo / "refs" / "heads" / "desired").write_text(first + "\n")
+        assert source.held_revision() == first
+        assert source.poll() == PollResult(second, changed=True)
+        assert source.snapshot(second).files["apps/a.yaml"] == DEPLOYMENT.format(n=2).encode()
+        assert not list((repo / "objects" / "pack").glob("*.lock"))
