@@ -131,8 +131,11 @@ class Daemon:
         self._install_signals()
         agent = self._agent(self.cfg)
         # killed with its podman calls (watchdog, OOM)? Then check the ports after the first
-        # cycle has put back what the kill interrupted (runmark.py, portcheck.py).
+        # cycle has put back what the kill interrupted (runmark.py, portcheck.py), and again
+        # once a deployment that cycle left failed or under way moves: a retry starts its
+        # containers later, on ports the killed run may have left forwarded elsewhere.
         check_ports = runmark.mark_running(self.cfg.device.runtime_dir)
+        checked: int | None = None  # the records' generation at the last port check
         agent.start()
         interval = self.notifier.watchdog_interval()
         if interval:
@@ -154,11 +157,14 @@ class Daemon:
                     log.error("cycle failed, trying again in %.0fs: %s", _ERROR_PAUSE, exc)
                     delay = _ERROR_PAUSE
                 if check_ports:
-                    check_ports = False
                     from margo_lite import portcheck  # only after an unclean stop
 
-                    with self.long_step():  # podman calls and probes: keep the watchdog fed
-                        portcheck.after_unclean_stop(agent)
+                    generation, settled = portcheck.progress(agent)
+                    if generation != checked:  # after the first cycle, then after each
+                        checked = generation  # that moved a deployment not settled before
+                        with self.long_step():  # podman calls and probes: keep it fed
+                            portcheck.after_unclean_stop(agent)
+                        check_ports = not settled
                 if self.requests.stop:
                     break
                 self._sleep(delay)

@@ -9,7 +9,9 @@ stop the agent looks for itself:
 
 - an unclean stop is told by the run mark in `runtime_dir` that a clean stop removes
   (`runmark`; `runtime_dir` is tmpfs: a reboot clears it together with the firewall, so a
-  reboot needs no check);
+  reboot needs no check); the check runs after the first cycle, and again whenever a
+  deployment that was failed or under way at the last check moves (`progress`): a retry
+  starts its containers later, behind a rule the kill may have left;
 - for every running container the agent manages and each TCP port it publishes, forwarding
   rules for that host address and port that belong to a container the engine no longer runs
   are deleted (never a rule of a container this engine runs, nor one for another address);
@@ -36,6 +38,7 @@ from pathlib import Path
 from margo_lite import logs
 from margo_lite.constants import COMPONENT, DEPLOYMENT, MANAGED_BY, MANAGED_BY_VALUE
 from margo_lite.errors import MargoLiteError
+from margo_lite.records import SETTLED
 
 log = logs.get(__name__)
 
@@ -236,6 +239,14 @@ def _delete(run: Run, rule: Rule) -> None:
             run(["iptables", "-t", "nat", flag, rule.chain])
         except (OSError, subprocess.SubprocessError):
             break
+
+
+def progress(agent: object) -> tuple[int, bool]:
+    """(the records' generation, whether every deployment is settled): one failed or under
+    way may start containers later, which the check must see too."""
+    records = agent.records.values()  # type: ignore[attr-defined]
+    settled = all(r.state in SETTLED for r in records)
+    return agent.ctx.book.generation, settled  # type: ignore[attr-defined]
 
 
 def after_unclean_stop(agent: object) -> None:

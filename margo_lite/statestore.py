@@ -65,6 +65,22 @@ def decode(data: bytes) -> bytes:
     return payload
 
 
+_HELD: set[int] = set()  # the descriptors of the locks `exclusive` holds in this process
+
+
+def _let_go_in_child() -> None:
+    """A forked child (git/forked.py) closes its copies of the locks: the lock stays the
+    parent's, and a child that outlives its parent (SIGKILL of the agent alone) does not keep
+    the restarted agent out. Closing a copy never unlocks: `flock` belongs to the open file."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
+
+
 @contextlib.contextmanager
 def exclusive(folder: str | os.PathLike[str], name: str = ".lock") -> Iterator[None]:
     """Hold `folder/name` locked for this process: one agent (run or once) per state dir.
@@ -76,6 +92,7 @@ def exclusive(folder: str | os.PathLike[str], name: str = ".lock") -> Iterator[N
         fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except OSError as exc:
         raise StateIOError(f"cannot open the lock in {folder}: {exc.strerror or exc}") from exc
+    _HELD.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,7 +102,9 @@ def exclusive(folder: str | os.PathLike[str], name: str = ".lock") -> Iterator[N
             ) from None
         yield
     finally:
-        os.close(fd)  # closing releases the lock
+        if fd in _HELD:  # else a forked child that let go of it already
+            _HELD.discard(fd)
+            os.close(fd)  # closing releases the lock
 
 
 class StateStore:

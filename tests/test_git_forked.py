@@ -4,9 +4,11 @@ process goes on. The source's part runs against C git's http-backend on 127.0.0.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -18,6 +20,7 @@ from margo_lite.config import GitConfig
 from margo_lite.errors import ConfigError, GitError, GitTransientError, StateCorruptError
 from margo_lite.git import forked
 from margo_lite.gitsource import GitSource
+from margo_lite.source import PollResult
 from tests.support.gitserver import DEPLOYMENT, Fault, GitServer, Upstream
 from tests.support.wait import wait_for
 
@@ -179,3 +182,78 @@ def test_a_fetch_killed_midway_keeps_the_held_commit_and_the_next_poll_fetches(t
             DEPLOYMENT.format(n=2).encode()
         )
     assert children() - before == set()  # every child was waited for
+
+
+# The agent as `margo-lite run` holds it: the state folder's lock, then a step in a child
+# that outlives the agent (SIGKILL of the agent alone: the kernel's OOM killer picks one
+# process). The child writes its pid, then waits for its parent to go and for a while more.
+_AGENT = """
+import os, sys, time
+from margo_lite import statestore
+from margo_lite.git import forked
+
+state, started = sys.argv[1], sys.argv[2]
+
+def step():
+    with open(started + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(started + ".tmp", started)
+    time.sleep(60)
+
+with statestore.exclusive(state):
+    forked.call(step, "fetches")
+"""
+
+
+def test_a_child_that_outlives_a_killed_agent_does_not_keep_the_next_one_out(tmp_path):
+    """Seen in the power-cut torture: the agent killed while a fetch ran in its child; the
+    restarted agent stopped at once with STATE_BUSY, as the child still held the state lock
+    it inherited at the fork."""
+    from margo_lite import statestore
+
+    started = tmp_path / "child.pid"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _AGENT, str(tmp_path / "state"), str(started)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    child = 0
+    try:
+        child = int(wait_for(started.exists, what="the step in the child") and started.read_text())
+        agent.kill()
+        agent.wait(timeout=30)
+        assert Path(f"/proc/{child}").exists()  # the child lives on
+        with statestore.exclusive(tmp_path / "state"):  # the next agent starts
+            pass
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=30)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+
+def test_a_fetch_killed_while_writing_its_pack_index_does_not_stop_the_next_ones(tmp_path):
+    """Seen in the group-kill torture (seed 20261127, kill 8, 0.025 s into a fetch): dulwich
+    had moved the pack in and was writing its index as `pack-<sha>.idx.lock` when the kill
+    came. Fetching the same objects again makes the same pack name, so every later poll
+    failed with FileLocked, and the agent kept the previous commit for good."""
+    (tmp_path / "srv").mkdir()
+    upstream = Upstream(tmp_path / "srv" / "dev.git")
+    first = upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=1)}, "first")
+    with GitServer(tmp_path / "srv") as server:
+        source = GitSource(GitConfig(url=server.url("dev.git"), timeout=30.0), tmp_path / "state")
+        source.poll()
+        repo = tmp_path / "state" / "git" / "repo"
+        packs = set((repo / "objects" / "pack").glob("pack-*.idx"))
+        second = upstream.commit({"apps/a.yaml": DEPLOYMENT.format(n=2)}, "second")
+        assert source.poll().changed
+        # the same store as the kill left it: the second fetch's pack in place, its index
+        # not yet renamed from the lock file, the tip not yet recorded
+        (index,) = set((repo / "objects" / "pack").glob("pack-*.idx")) - packs
+        index.rename(index.with_name(index.name + ".lock"))
+        (repo / "refs" / "heads" / "desired").write_text(first + "\n")
+        assert source.held_revision() == first
+        assert source.poll() == PollResult(second, changed=True)
+        assert source.snapshot(second).files["apps/a.yaml"] == DEPLOYMENT.format(n=2).encode()
+        assert not list((repo / "objects" / "pack").glob("*.lock"))

@@ -8,12 +8,14 @@ import contextlib
 import json
 import shlex
 import subprocess
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from margo_lite import portcheck, runmark
+from margo_lite import config, daemon, portcheck, runmark
+from margo_lite.records import State
 from tests.support import engines
 from tests.support.engines import IMAGE, free_port, http_get
 from tests.support.rig import app_files, wait_state
@@ -200,3 +202,64 @@ def test_the_agent_checks_its_ports_after_an_unclean_stop_only(rig):
     assert "1 published port(s) checked" in log and f"127.0.0.1:{port}" in log
     assert (http_get(port) or "").strip() == "checked"
     assert rig.stop() == 0
+
+
+class _Book:
+    generation = 0
+
+
+class _Agent:
+    """An agent whose ticks move one deployment: Failed after the first (its install
+    failed, as when a killed run left its container unremovable), Installed after the third
+    (the retry started a new container, maybe behind a rule the kill left)."""
+
+    def __init__(self, daemon_of: list) -> None:
+        self.ctx = types.SimpleNamespace(book=_Book())
+        self.records: dict[str, types.SimpleNamespace] = {}
+        self.ticks, self._daemon_of = 0, daemon_of
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def tick(self, poll_now: bool = False) -> float:
+        self.ticks += 1
+        state = {1: State.FAILED, 3: State.INSTALLED}.get(self.ticks)
+        if state is not None:
+            self.records["c"] = types.SimpleNamespace(state=state)
+            self.ctx.book.generation += 1
+        if self.ticks == 5:
+            self._daemon_of[0].requests.stop = True
+        return 0.0
+
+
+def test_after_an_unclean_stop_a_deployment_retried_later_gets_its_ports_checked(
+    tmp_path, monkeypatch
+):
+    """Seen in the group-kill torture: the first cycle after the kill failed to install one
+    deployment (its killed container could not be removed yet); the check after that cycle
+    had no port of it to look at, and the retry ten seconds later started its container
+    behind the killed one's rule, which nothing deleted."""
+    cfg = config.parse_config(
+        {
+            "device": {"id": "gw", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path)},
+            "wos": {"url": "http://127.0.0.1:9"},
+            "git": {"url": str(tmp_path / "repo.git")},
+        }
+    )
+    runmark.mark_running(tmp_path)  # the last run was killed
+    checked: list[int] = []
+    monkeypatch.setattr(portcheck, "after_unclean_stop", lambda agent: checked.append(agent.ticks))
+    holder: list = []
+    agents: list[_Agent] = []
+
+    def factory(cfg, **hooks):
+        agents.append(_Agent(holder))
+        return agents[-1]
+
+    holder.append(daemon.Daemon("config.yaml", cfg, factory, environ={}))
+    assert holder[0].run() == 0
+    assert agents[0].ticks == 5
+    assert checked == [1, 3]  # after the first cycle, and after the retry; settled then

@@ -8,8 +8,9 @@ dulwich balloon or crash takes down only the child; the agent gets a coded error
 
 The child shares the parent's memory as it was at the fork (configuration, open
 connections, registered secrets); the parent waits for it and never touches what the child
-used meanwhile. The value crosses as `marshal` data (str, bytes, dicts, tuples): both ends
-are this code.
+used meanwhile. Its copy of the state folder's lock is closed at the fork (statestore): a
+child that outlives a killed agent must not keep the restarted one out. The value crosses
+as `marshal` data (str, bytes, dicts, tuples): both ends are this code.
 """
 
 from __future__ import annotations

@@ -166,6 +166,7 @@ class Store:
     def _fetch(self, remote: Remote, want: str, held: str | None) -> None:
         try:
             self._create()
+            self._sweep()  # what a fetch killed half-way left would stop this one
             doomed: set[str] = set()
             with self._open_unlocked() as repo:
                 store = repo.object_store
@@ -235,8 +236,6 @@ class Store:
 
     def _clean(self, doomed: set[str]) -> None:
         """Delete replaced packs and what an interrupted fetch left behind."""
-        import shutil
-
         pack_dir = self._repo / "objects" / "pack"
         if doomed:
             for name in doomed:
@@ -244,9 +243,21 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         (pack_dir / (name + suffix)).unlink()
             fsync_dir(pack_dir)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Delete what a fetch killed half-way left: dulwich's temporary packs and its
+        `.lock` files (a pack index is written as `pack-<sha>.idx.lock`, then renamed; the
+        same objects fetched again make the same name, and a lock left there fails every
+        later fetch of them with FileLocked), and our own temporary files. Only under the
+        exclusive lock: no writer is alive then."""
+        import shutil
+
+        pack_dir = self._repo / "objects" / "pack"
         shutil.rmtree(self._tmp, ignore_errors=True)
-        for leftover in pack_dir.glob("tmp_pack_*"):
-            leftover.unlink(missing_ok=True)
+        for pattern in ("tmp_pack_*", "*.lock"):
+            for leftover in pack_dir.glob(pattern):
+                leftover.unlink(missing_ok=True)
         for leftover in (self._repo / "objects").glob("incoming-*"):
             leftover.unlink(missing_ok=True)
         for folder in (self._folder, self._repo, (self._repo / LOCAL_REF).parent):  # ours

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import firewall
 from tests.support.wait import wait_for
 
 IMAGE = "localhost/margo-test:1"
@@ -87,6 +88,9 @@ def podman(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
             [engine]
             runtime = "runc"
             tmp_dir = "{top}/tmp"
+            events_logger = "file"
+            events_logfile_path = "{top / firewall.EVENTS_LOG}"
+            events_logfile_max_size = "0"
             [network]
             network_config_dir = "{top}/networks"
             """
@@ -108,6 +112,7 @@ def podman(top: Path, image_tar: Path) -> Iterator[dict[str, str]]:
             ["podman", "rmi", "-a", "-f"],
         ):
             subprocess.run(argv, env=env, capture_output=True, timeout=120)
+        firewall.drop_leftovers(env)  # the host's firewall outlives the store
         shutil.rmtree(top, ignore_errors=True)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from margo_lite.devkit import wossim
+from tests.support import firewall
 from tests.support.engines import IMAGE
 from tests.support.gitserver import GitServer, Upstream
 from tests.support.wait import wait_for
@@ -216,8 +217,8 @@ class Rig:
         ]
 
     def cleanup(self) -> None:
-        """Kill the agent if it still runs, remove every labelled container, and check the
-        agent's log for the test secrets."""
+        """Kill the agent if it still runs, remove every labelled container and the firewall
+        rules killed podman calls left, and check the agent's log for the test secrets."""
         if self.agent is not None and self.agent.poll() is None:
             self.agent.kill()
             self.agent.wait(timeout=30)
@@ -229,6 +230,8 @@ class Rig:
                 capture_output=True,
                 timeout=120,
             )
+        if self.engine == "podman":  # what a killed podman call left in the host's firewall
+            firewall.drop_leftovers(self.environ)
         assert_no_secrets(self.log_text())
 
     def log_text(self) -> str:
