@@ -4,7 +4,6 @@ in a private podman store.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import statistics
 import time
@@ -15,7 +14,7 @@ import yaml
 from bench import plan as planbench
 from bench.figures import Counts, Figure, fig
 from bench.processes import DEVICE, volatile_dir, write_config
-from margo_lite import backends, config, desired, gitsource, planner
+from margo_lite import backends, config, desired, gitsource, planner, valueclass
 from margo_lite.agent import Agent, Parts
 from margo_lite.backends import builtin, project
 from margo_lite.devkit import wossim
@@ -93,7 +92,7 @@ def reconcile_figures(tmp: Path, counts: Counts, env: dict[str, str]) -> list[Fi
             )
             built = Parts.build(cfg)
             source = TimedSource(built.source)
-            parts = dataclasses.replace(
+            parts = valueclass.replace(
                 built,
                 source=source,  # type: ignore[arg-type]
                 backend_factory=lambda: backends.select(

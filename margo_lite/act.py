@@ -17,12 +17,11 @@ desired state or a record changes (`Context.idle_plan`): an idle tick plans noth
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from margo_lite import backends, desired, idlemark, logs, planner, policy, schedule
+from margo_lite import backends, desired, idlemark, logs, planner, policy, schedule, valueclass
 from margo_lite.cycle import Context, coded, internal_error, retry_backoff
 from margo_lite.errors import MargoLiteError, PackageError, StalledError, family
 from margo_lite.planner import Action, Step
@@ -135,7 +134,7 @@ def boundary(ctx: Context, deployment_id: str) -> Iterator[None]:
         error = internal_error(exc)
         log.error("deployment %s failed: %s", deployment_id, error)
         old = ctx.book.by_id.get(deployment_id) or DeploymentRecord(deployment_id, State.PENDING)
-        failed = dataclasses.replace(old, state=State.FAILED, error=Reason.of(error))
+        failed = valueclass.replace(old, state=State.FAILED, error=Reason.of(error))
         try:
             ctx.book.save(failed)
         except MargoLiteError:

@@ -22,7 +22,6 @@ import datetime as dt
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from margo_lite import config, idlemark, logs, poll, report, schedule
 from margo_lite.cycle import Context, Hooks, Parts, Timers, retry_backoff
@@ -36,6 +35,7 @@ from margo_lite.records import (
     State,
 )
 from margo_lite.source import Snapshot
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the act and heal steps load what they need when there is a plan

@@ -22,11 +22,11 @@ import os
 import posixpath
 import stat
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite.errors import PackageError
 from margo_lite.fileio import create_file, write_all
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # tarfile and the decompressors load when an archive is extracted

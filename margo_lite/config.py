@@ -1,6 +1,6 @@
 """The agent's configuration: one YAML file, checked strictly, turned into frozen values.
 
-Every section is a frozen dataclass (`margo_lite.sections`); every key is declared there with
+Every section is a frozen value class (`margo_lite.sections`); every key is declared there with
 `option(default, parser, doc)` (`margo_lite.options`). Loose input ("5m", "06:00-22:00",
 relative paths) is converted once, here, so nothing downstream parses strings again. A
 mistake produces one `ConfigError` naming the file and the dotted key; unknown keys are
@@ -11,13 +11,11 @@ and the files the configuration names.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from margo_lite import yamlload
+from margo_lite import valueclass, yamlload
 from margo_lite.errors import ConfigError, MargoLiteError
 from margo_lite.netsections import DesiredConfig, GitConfig, NetworkConfig, WosConfig
 from margo_lite.options import (  # noqa: F401 (callers and tests use them as config.X)
@@ -36,6 +34,7 @@ from margo_lite.sections import (
     PollConfig,
     RuntimeConfig,
 )
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,7 +135,7 @@ def _desired(sections: dict[str, Any], source: str) -> DesiredConfig:
             source=source,
             key="desired.source",
         )
-    return dataclasses.replace(desired, source=chosen)
+    return valueclass.replace(desired, source=chosen)
 
 
 #: Keys of the draft profile that Margo 1.0 has no use for: mutual TLS is its authorization.
@@ -217,7 +216,7 @@ def referenced_files(config: Config) -> list[tuple[str, str]]:
         section = getattr(config, section_name)
         if section is None:
             continue
-        for f in dataclasses.fields(section):
+        for f in valueclass.fields(section):
             value = getattr(section, f.name)
             if f.metadata["is_file"] and value is not None:
                 paths = value if isinstance(value, tuple) else (value,)
@@ -241,6 +240,6 @@ def documented_keys() -> list[tuple[str, Any, str]]:
     """(dotted key, default, doc) for every key: feeds docs/configuration.md and its test."""
     rows = []
     for section_name, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
+        for f in valueclass.fields(cls):
             rows.append((f"{section_name}.{f.name}", f.default, f.metadata["doc"]))
     return rows

@@ -9,11 +9,10 @@ tests/test_docs_config.py fails when the page in the repository differs from `re
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 
-from margo_lite import options
+from margo_lite import options, valueclass
 from margo_lite.config import SECTIONS
 
 TYPE_CHECKING = False
@@ -89,13 +88,13 @@ def render() -> str:
     for name, cls in SECTIONS.items():
         parts.append(f"\n## `{name}`\n\n{inspect.getdoc(cls)}\n\n")
         parts.append("| key | default | meaning |\n| --- | --- | --- |\n")
-        for f in dataclasses.fields(cls):
+        for f in valueclass.fields(cls):
             default = shown_default(f)
             parts.append(f"| `{name}.{f.name}` | {default} | {f.metadata['doc']} |\n")
     return "".join(parts)
 
 
-def shown_default(f: dataclasses.Field) -> str:
+def shown_default(f: valueclass.Field) -> str:
     """The default as a reader writes it: `15m` rather than 900.0, `512MiB`, (required)."""
     meta = f.metadata
     if meta["shown"] is not None:

@@ -16,7 +16,6 @@ import datetime as dt
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from margo_lite import config, logs, pools, proxy, schedule
 from margo_lite.constants import PACKAGE_CACHE
@@ -25,6 +24,7 @@ from margo_lite.outbox import Outbox
 from margo_lite.records import RecordBook
 from margo_lite.source import Snapshot
 from margo_lite.statestore import StateStore
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # imported where first used: an idle agent never loads most of them

@@ -17,11 +17,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import config, logs, runmark, sdnotify
 from margo_lite.errors import ConfigError, MargoLiteError, StateCorruptError
+from margo_lite.valueclass import dataclass
 
 log = logs.get(__name__)
 

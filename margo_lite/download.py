@@ -27,7 +27,6 @@ import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import urllib3
@@ -40,6 +39,7 @@ from margo_lite.errors import DownloadError, PackageError, ProxyError
 from margo_lite.fileio import write_all
 from margo_lite.pools import Pools
 from margo_lite.schedule import Backoff
+from margo_lite.valueclass import dataclass, field
 
 log = logs.get(__name__)
 

@@ -1,14 +1,12 @@
 """The configuration's sections for what lies beyond the device: the WOS, the desired state's
 source (Git) and the site's network (its proxy).
 
-Declared like the device's own sections in `margo_lite.sections` (one frozen dataclass each,
+Declared like the device's own sections in `margo_lite.sections` (one frozen value class each,
 every key an `option` with its docs); `margo_lite.config` puts them together and
 `margo_lite.configdoc` renders them into docs/configuration.md.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from margo_lite.options import (
     SYSTEM_STORE,
@@ -29,6 +27,7 @@ from margo_lite.options import (
     string,
 )
 from margo_lite.proxy import Proxy
+from margo_lite.valueclass import dataclass
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ class GitConfig:
 class NetworkConfig:
     """Only behind a site proxy."""
 
-    proxy: Proxy | None = option(  # noqa: RUF009 (a frozen dataclass: immutable)
+    proxy: Proxy | None = option(
         None,
         optional(proxy_url),
         "The site's HTTP proxy, `http://[user@]host:port`, for every connection out (Git, WOS, "

@@ -21,10 +21,10 @@ import json
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from margo_lite import jsonvalue, logs
 from margo_lite.errors import OciError
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -20,7 +20,6 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
@@ -28,6 +27,7 @@ import urllib3
 from margo_lite import logs, oci
 from margo_lite.download import Downloader, Fetched
 from margo_lite.errors import DownloadError, OciError, OciTransientError
+from margo_lite.valueclass import dataclass
 
 log = logs.get(__name__)
 

@@ -34,7 +34,6 @@ import re
 import ssl
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -44,6 +43,7 @@ from margo_lite import capabilities, config, logs, pools, proxy, yamlload
 from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ConfigError, MargoLiteError, OnboardingError, UsageError
 from margo_lite.fileio import DIR_MODE, FILE_MODE, SECRET_MODE, write_file_atomic
+from margo_lite.valueclass import dataclass
 from margo_lite.wos import WosClient
 from margo_lite.woshttp import check, make_pool, request
 

@@ -1,6 +1,6 @@
 """How a configuration key is declared and parsed: `option(default, parser, doc)` and the parsers.
 
-A section is a frozen dataclass whose fields are `option(...)`s; `parse_section` turns one
+A section is a frozen value class whose fields are `option(...)`s; `parse_section` turns one
 YAML mapping into it, refusing unknown keys and naming the dotted key in every error. The
 parsers are pure: they take the raw value and a `Context` (where relative paths start) and
 return the converted value or raise ValueError with a message; the loader adds file and key.
@@ -9,15 +9,14 @@ The sections themselves live in `margo_lite.sections`, the whole file in `margo_
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from margo_lite import schedule, yamlload
+from margo_lite import schedule, valueclass, yamlload
 from margo_lite.errors import ConfigError
 from margo_lite.proxy import Proxy, Rule, parse_proxy_url, parse_rule
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -275,7 +274,7 @@ def parse_section(cls: type, raw: Any, name: str, source: str, ctx: Context) -> 
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping, got {_kind(raw)}", source=source, key=name)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in valueclass.fields(cls)}
     for key in raw:
         if key not in fields:
             raise ConfigError(

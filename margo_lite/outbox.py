@@ -24,12 +24,12 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
 from margo_lite import logs
 from margo_lite.errors import StateCorruptError, WosError, WosRejectedError
 from margo_lite.schedule import Backoff
 from margo_lite.statestore import StateStore
+from margo_lite.valueclass import dataclass, replace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

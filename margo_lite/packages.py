@@ -26,7 +26,6 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import (
@@ -48,6 +47,7 @@ from margo_lite.errors import (
     StateError,
 )
 from margo_lite.statestore import StateStore
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import archive, fileio, logs, yamlload
 from margo_lite.constants import COMPOSE_FILE_NAMES
 from margo_lite.errors import InvalidYamlError, PackageError
+from margo_lite.valueclass import dataclass
 
 SIGNATURE_SUFFIXES = (".asc", ".sig")
 

@@ -24,13 +24,13 @@ agent it is the same spec that failed, so it can back off).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
 
 from margo_lite import deporder
 from margo_lite.desired import COMPOSE, Component, Deployment, DesiredState
 from margo_lite.records import ComponentRecord, DeploymentRecord, Reason, State
+from margo_lite.valueclass import dataclass, replace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import composedoc
 from margo_lite.config import PolicyConfig
 from margo_lite.errors import ComposeError, PackageError, PolicyError
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -11,10 +11,9 @@ Each poll writes its outcome to the volatile poll record for `margo-lite status`
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 
-from margo_lite import logs, schedule
+from margo_lite import logs, schedule, valueclass
 from margo_lite.cycle import Context, internal_error
 from margo_lite.errors import MargoLiteError, RevisionError, SourceError, StalledError, family
 from margo_lite.records import POLL_RECORD
@@ -101,7 +100,7 @@ def _after_failure(backoff: schedule.Backoff, exc: SourceError) -> schedule.Back
     once; only a change on the server's side or in the configuration (a reload polls at
     once) can fix it, and polling is how a fix arrives."""
     if family(exc) is StalledError:
-        return dataclasses.replace(backoff, failures=max(backoff.failures + 1, _STALLED))
+        return valueclass.replace(backoff, failures=max(backoff.failures + 1, _STALLED))
     return backoff.failed()
 
 

@@ -32,13 +32,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import logs
 from margo_lite.constants import COMPONENT, DEPLOYMENT, MANAGED_BY, MANAGED_BY_VALUE
 from margo_lite.errors import MargoLiteError
 from margo_lite.records import SETTLED
+from margo_lite.valueclass import dataclass
 
 log = logs.get(__name__)
 

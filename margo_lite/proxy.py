@@ -23,7 +23,8 @@ import ipaddress
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+from margo_lite.valueclass import dataclass, field
 
 MASK = "***"
 DEFAULT_PORT = 1080  # curl's, for an environment variable that names none

@@ -13,16 +13,15 @@ reads them from here.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from margo_lite import logs, wos
+from margo_lite import logs, valueclass, wos
 from margo_lite.errors import MargoLiteError, StateCorruptError
 from margo_lite.statestore import StateStore
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -279,12 +278,12 @@ class RecordBook:
         twice, but it never misses one that the record holds.
         """
         old = self.by_id.get(new.id)
-        if old is not None and new == dataclasses.replace(old, last_change=new.last_change):
+        if old is not None and new == valueclass.replace(old, last_change=new.last_change):
             return old
         event = status_event(old, new)
         if event is not None:
             stamp = self._wall().astimezone().isoformat(timespec="seconds")
-            new = dataclasses.replace(new, last_change=stamp)
+            new = valueclass.replace(new, last_change=stamp)
             body = wos.status_body(
                 event.deployment_id,
                 event.state.value,

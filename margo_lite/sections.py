@@ -1,4 +1,4 @@
-"""The configuration's sections: one frozen dataclass each, every key declared with its docs.
+"""The configuration's sections: one frozen value class each, every key declared with its docs.
 
 Each key's `option(default, parser, doc)` is the one place that says what the key means:
 `margo_lite.configdoc` renders docs/configuration.md from these declarations (a test fails
@@ -10,7 +10,6 @@ device's own sections; those for the servers it talks to and the site's network 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from margo_lite.options import (
     SYSTEM_STORE,
@@ -31,6 +30,7 @@ from margo_lite.options import (
     size,
     window,
 )
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

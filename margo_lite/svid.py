@@ -16,10 +16,10 @@ from __future__ import annotations
 import base64
 import re
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite.errors import ConfigError
+from margo_lite.valueclass import dataclass
 
 MAX_PEM_BYTES = 1 << 20
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.S)

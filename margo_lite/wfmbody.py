@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from margo_lite import logs
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

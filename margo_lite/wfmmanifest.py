@@ -18,11 +18,11 @@ import re
 import tarfile
 import zlib
 from collections import Counter
-from dataclasses import dataclass
 
 from margo_lite import jsonvalue
 from margo_lite.desired.model import DEPLOYMENT_ID  # the draft's grammar (a UUID fits)
 from margo_lite.errors import WfmError
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

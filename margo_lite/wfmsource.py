@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import logs, wfmhttp, wfmmanifest
 from margo_lite.errors import StateError, WfmError, WfmTransientError
 from margo_lite.source import PollResult, Snapshot
 from margo_lite.statestore import StateStore, remove_write_leftovers, write_file_atomic
+from margo_lite.valueclass import dataclass
 from margo_lite.wfmmanifest import Manifest, Ref, digest_of
 
 TYPE_CHECKING = False

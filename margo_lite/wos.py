@@ -22,7 +22,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite import logs, proxy
@@ -31,6 +30,7 @@ from margo_lite.errors import WosError, WosRejectedError, WosTransientError
 from margo_lite.signing import HEADER as SIGNATURE_HEADER
 from margo_lite.signing import Signer
 from margo_lite.statestore import StateStore
+from margo_lite.valueclass import dataclass
 from margo_lite.woshttp import Response, body_text, check, make_pool, request
 from margo_lite.wospayload import CASES, STATES, encode_body, spell, status_body
 

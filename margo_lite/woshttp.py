@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -22,6 +21,7 @@ from margo_lite import logs, proxy
 from margo_lite.constants import USER_AGENT
 from margo_lite.errors import ProxyError, WosRejectedError, WosTransientError
 from margo_lite.pools import Pools
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from margo_lite.errors import DirNotWritableError
+from margo_lite.valueclass import dataclass
 
 SERVICE = "margo-lite.service"
 _PROPERTIES = ("LoadState", "ProtectSystem", "StateDirectory", "RuntimeDirectory",

@@ -8,8 +8,6 @@ refuses all three with an `InvalidYamlError` carrying a code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
@@ -21,6 +19,7 @@ from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
 from margo_lite.errors import InvalidYamlError
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

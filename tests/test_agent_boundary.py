@@ -10,14 +10,13 @@ fault can be put at each step; the faults raise exceptions no code was written f
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from margo_lite import agent, config, desired, planner
+from margo_lite import agent, config, desired, planner, valueclass
 from margo_lite.devkit import wossim
 from tests.support.gitserver import Upstream
 from tests.support.rig import APP, deployment
@@ -103,7 +102,7 @@ def _device(
         data.setdefault(section, {}).update(keys)
     cfg = config.parse_config(data)
     twin = TwinBackend()
-    parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
+    parts = valueclass.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
     return agent.Agent(cfg, parts=parts, **hooks), twin
 
 

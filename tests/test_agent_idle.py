@@ -7,13 +7,12 @@ package store, the durable outbox, the WOS simulator on 127.0.0.1), its in-memor
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from margo_lite import agent, config, planner
+from margo_lite import agent, config, planner, valueclass
 from margo_lite.devkit import wossim
 from tests.support.gitserver import Upstream
 from tests.support.rig import APP, deployment
@@ -49,7 +48,7 @@ def _device(tmp_path: Path, sim: wossim.WosSimulator) -> tuple[agent.Agent, Twin
         }
     )
     twin = TwinBackend()
-    parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
+    parts = valueclass.replace(agent.Parts.build(cfg), backend_factory=lambda: twin)
     return agent.Agent(cfg, parts=parts), twin, upstream
 
 

@@ -53,15 +53,15 @@ NOT_IDLE = (
 )
 
 CHILD = """
-import dataclasses, json, sys
-from margo_lite import agent, config
+import json, sys
+from margo_lite import agent, config, valueclass
 
 class Engine:  # no container runs: the start's sweep lists none
     def managed(self):
         return set()
 
 cfg = config.parse_config(json.loads(sys.argv[1]))
-parts = dataclasses.replace(agent.Parts.build(cfg), backend_factory=Engine)
+parts = valueclass.replace(agent.Parts.build(cfg), backend_factory=Engine)
 device = agent.Agent(cfg, parts=parts)
 device.start()
 for _ in range(3):
@@ -134,13 +134,16 @@ RUN_PATH = (
 )
 #: shutil loads bz2 and lzma, tempfile loads shutil: margo-lite imports each where it is used;
 #: the port check runs after an unclean stop only; typing (0.7 MiB) is for type checkers:
-#: margo-lite imports it under `if TYPE_CHECKING:` (urllib3 2 loads it, Debian's 1.26 not).
+#: margo-lite imports it under `if TYPE_CHECKING:` (urllib3 2 loads it, Debian's 1.26 not);
+#: dataclasses and the inspect it loads (1.1 MiB): margo_lite.valueclass stands in.
 NOT_ON_RUN_PATH = (
     "shutil",
     "tempfile",
     "bz2",
     "lzma",
     "typing",
+    "dataclasses",
+    "inspect",
     "margo_lite.portcheck",
     *DULWICH,
 )

@@ -5,14 +5,13 @@ file names (`agent.json`) and label names (`io.margo.device`) are told apart and
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import pkgutil
 import re
 from pathlib import Path
 
 import margo_lite
-from margo_lite import config
+from margo_lite import config, valueclass
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = re.compile(r"`([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+)(?:\([^`]*\))?`")
@@ -31,12 +30,12 @@ def modules() -> dict[str, object]:
 
 def config_keys() -> set[str]:
     keys = set()
-    for section in dataclasses.fields(config.Config):
+    for section in valueclass.fields(config.Config):
         kind = section.type if isinstance(section.type, type) else None
         name = str(section.type).split(" | ")[0].split(".")[-1]  # "GitConfig | None": GitConfig
         kind = kind or getattr(config, name, None)
-        if dataclasses.is_dataclass(kind):
-            keys |= {f"{section.name}.{f.name}" for f in dataclasses.fields(kind)}
+        if valueclass.is_dataclass(kind):
+            keys |= {f"{section.name}.{f.name}" for f in valueclass.fields(kind)}
     return keys
 
 

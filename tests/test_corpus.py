@@ -11,14 +11,13 @@ nothing may be written outside the store. See the manifest's header for the form
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from margo_lite import archive, composedoc, desired, planner, policy
+from margo_lite import archive, composedoc, desired, planner, policy, valueclass
 from margo_lite.config import PolicyConfig
 from margo_lite.errors import DESIRED_STATE_CODES, MargoLiteError, PackageError, PolicyError
 from tests.corpus import corpus
@@ -290,7 +289,7 @@ def test_policy_case(case: Case) -> None:
     changes = {
         k: tuple(v) if isinstance(v, list) else v for k, v in case.spec.get("policy", {}).items()
     }
-    config = dataclasses.replace(PolicyConfig(), **changes)
+    config = valueclass.replace(PolicyConfig(), **changes)
     with pytest.raises(PackageError) as caught:
         policy.check_compose(corpus.compose_document(case), config)
     assert caught.value.code == case.code, caught.value

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import tarfile
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from margo_lite import desired, logs
+from margo_lite import desired, logs, valueclass
 from margo_lite.desired.values import freeze
 from margo_lite.errors import DESIRED_STATE_CODES, DesiredStateError
 from tests.test_desired_docs import CONTRACT_COMPOSE_EXAMPLE, doc, dump, env_param, files_of
@@ -590,7 +589,7 @@ def test_env_pointer_on_helm_is_unsupported():
 def test_model_is_immutable():
     (d,) = desired.parse_files({"a.yaml": CONTRACT_COMPOSE_EXAMPLE}).deployments
     c = d.components[0]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(valueclass.FrozenInstanceError):
         d.id = "x"  # type: ignore[misc]
     with pytest.raises(TypeError):
         c.env["X"] = "1"  # type: ignore[index]

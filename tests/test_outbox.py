@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from margo_lite.config import WosConfig
 from margo_lite.outbox import BACKOFF, MAX_REJECTIONS, Outbox
 from margo_lite.statestore import StateStore
+from margo_lite.valueclass import replace
 from margo_lite.wos import WosClient, status_body
 from tests.conftest import ROOT
 from tests.support.wait import wait_for

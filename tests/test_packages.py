@@ -10,13 +10,13 @@ what it sends.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 
 import pytest
 
 from margo_lite import archive, packages
 from margo_lite.download import BACKOFF
 from margo_lite.errors import DownloadError, PackageError, PackageTransientError
+from margo_lite.valueclass import replace
 from tests.support.pkgfixtures import (  # noqa: F401 (fixtures)
     cache_leftovers,
     make_store,

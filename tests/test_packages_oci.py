@@ -10,7 +10,6 @@ out. Tampering happens where an attacker would do it: in the registry's storage 
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import re
@@ -21,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from margo_lite import archive, oci, policy, proxy
+from margo_lite import archive, oci, policy, proxy, valueclass
 from margo_lite.backends import ComponentUnit
 from margo_lite.config import PackagesConfig, PolicyConfig
 from margo_lite.errors import (
@@ -544,7 +543,7 @@ def test_any_reference_parses_or_is_refused_with_a_code(location):
 
 def test_pulls_go_through_the_site_proxy(registry, pusher, name, test_ca, tmp_path):
     pusher.compose_artifact(name, "1.0.0", [("compose.yaml", compose(name))])
-    cfg = dataclasses.replace(PackagesConfig(), ca_file=str(test_ca.ca_file))
+    cfg = valueclass.replace(PackagesConfig(), ca_file=str(test_ca.ca_file))
     location = registry.location(name, "1.0.0")
     port = int(registry.host.rsplit(":", 1)[1])
     with ForwardProxy(auth=("carol", "proxy-pass-77")) as squid:

@@ -6,12 +6,11 @@ real symbolic link, not a stand-in.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
 
-from margo_lite import policy
+from margo_lite import policy, valueclass
 from margo_lite.config import PolicyConfig
 from margo_lite.errors import PackageError, PolicyError
 
@@ -23,7 +22,7 @@ def compose(service: dict, **top) -> dict:
 
 
 def allow(**changes) -> PolicyConfig:
-    return dataclasses.replace(DENY_ALL, **changes)
+    return valueclass.replace(DENY_ALL, **changes)
 
 
 # (name, service fields, top-level sections, rule, the PolicyConfig change that allows it)

@@ -8,7 +8,6 @@ naming the proxy, its password masked; TLS is verified against the server, not t
 
 from __future__ import annotations
 
-import dataclasses
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 import urllib3
 import yaml
 
-from margo_lite import capabilities, config, onboarding, pools, proxy
+from margo_lite import capabilities, config, onboarding, pools, proxy, valueclass
 from margo_lite.config import CapabilitiesConfig, GitConfig, WosConfig
 from margo_lite.devkit import wossim
 from margo_lite.download import Downloader
@@ -441,7 +440,7 @@ def test_wos_mutual_tls_through_the_tunnel(open_proxy, test_ca, tmp_path):  # no
         assert refused.value.code in ("WOS_TLS_FAILED", "WOS_UNREACHABLE"), refused.value
         assert sim.statuses("web-1") == []
 
-        mtls = dataclasses.replace(cfg, client_cert=str(cert), client_key=str(key))
+        mtls = valueclass.replace(cfg, client_cert=str(cert), client_key=str(key))
         with WosClient(mtls, "gw-proxy", tmp_path, proxies=settings) as client:
             client.post_status("web-1", body)
         assert [s["status"]["state"] for s in sim.statuses("web-1")] == ["Installed"]

@@ -4,12 +4,11 @@ or a component to restore, reads it before any action."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from margo_lite import idlemark
+from margo_lite import idlemark, valueclass
 from margo_lite.errors import EngineTransientError
 from tests.support.twindevice import Device, app, settings
 
@@ -46,8 +45,8 @@ def test_a_new_revision_after_such_a_restart_is_read_and_applied(device):
 
 
 def test_a_changed_configuration_reads_the_revision(device):
-    device.cfg = dataclasses.replace(
-        device.cfg, poll=dataclasses.replace(device.cfg.poll, interval=120.0)
+    device.cfg = valueclass.replace(
+        device.cfg, poll=valueclass.replace(device.cfg.poll, interval=120.0)
     )
     device.started()
 

@@ -3,13 +3,12 @@ sees them. Certificates are real ones from `openssl` (a throwaway trust domain).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from pathlib import Path
 
 import pytest
 
-from margo_lite import svid
+from margo_lite import svid, valueclass
 from margo_lite.config import WosConfig
 from margo_lite.devkit.svidca import SvidCA, client_id, wfm_id
 from tests.conftest import base_config
@@ -154,7 +153,7 @@ def test_check_config_refuses_an_unreadable_key(ca, tmp_path, cli, config_file):
     assert len(lines) == 1 and "[SVID_KEY_UNREADABLE]" in lines[0], result.stderr
 
 
-_V1_KEYS = {"api", "server_id"} <= {f.name for f in dataclasses.fields(WosConfig)}
+_V1_KEYS = {"api", "server_id"} <= {f.name for f in valueclass.fields(WosConfig)}
 
 
 @pytest.mark.skipif(not _V1_KEYS, reason="wos.api and wos.server_id are not configuration keys yet")

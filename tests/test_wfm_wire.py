@@ -5,7 +5,6 @@ through outages. Runs with both urllib3 versions (tests/run: both environments).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from margo_lite import capabilities, mtls, options, proxy, wfmbody, wfmclient
+from margo_lite import capabilities, mtls, options, proxy, valueclass, wfmbody, wfmclient
 from margo_lite.config import CapabilitiesConfig, WosConfig
 from margo_lite.devkit.svidca import SvidCA, client_id, wfm_id
 from margo_lite.devkit.wfmsim import Problem, WfmSimulator
@@ -59,7 +58,7 @@ def device(ca: SvidCA, tmp_path: Path):
     shutil.copy(issued.cert, cert)
     shutil.copy(issued.key, key)
     key.chmod(0o600)
-    return dataclasses.replace(issued, cert=cert, key=key)
+    return valueclass.replace(issued, cert=cert, key=key)
 
 
 def _config(sim: WfmSimulator, ca: SvidCA, device, **extra) -> WosConfig:

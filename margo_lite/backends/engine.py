@@ -15,11 +15,11 @@ import re
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from margo_lite import imageref, logs
 from margo_lite.backends.runner import answers, reworded, run_tool
 from margo_lite.errors import ComposeError, EngineError
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

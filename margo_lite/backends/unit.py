@@ -9,8 +9,9 @@ and compare them without an engine.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

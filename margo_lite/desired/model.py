@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from margo_lite import yamlload
 from margo_lite.errors import DesiredStateError
+from margo_lite.valueclass import dataclass, field
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+
+from margo_lite.valueclass import dataclass
 
 TRUST_DOMAIN = "margo-lite.test"
 WFM_ID = "wfm-1"

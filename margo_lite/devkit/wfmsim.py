@@ -31,9 +31,9 @@ import ssl
 import tarfile
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from margo_lite.devkit.simserver import SimHandler, SimServer
+from margo_lite.valueclass import dataclass
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

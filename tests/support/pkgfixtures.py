@@ -5,7 +5,6 @@ Import the ones a test module uses (`from tests.support.pkgfixtures import ...`)
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import tarfile
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from margo_lite import valueclass
 from margo_lite.config import PackagesConfig
 from margo_lite.download import BACKOFF, Downloader
 from margo_lite.packages import PackageStore
@@ -54,7 +54,7 @@ def make_store(tmp_path: Path, test_ca: TestCA) -> Callable[..., PackageStore]:
 
     def make(*, backoff: Backoff | None = None, **changes) -> PackageStore:
         changes.setdefault("ca_file", str(test_ca.ca_file))
-        cfg = dataclasses.replace(PackagesConfig(), **changes)
+        cfg = valueclass.replace(PackagesConfig(), **changes)
         sleeps: list[float] = []
         downloader = Downloader(
             timeout=cfg.timeout,
