@@ -62,7 +62,11 @@ class CountingRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.target)
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:  # the server has gone (its stage is over): the client sees a close
+                client.close()
+                continue
             with self._lock:
                 self.connections += 1
                 self.open += 2  # one pump each way

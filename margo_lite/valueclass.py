@@ -163,8 +163,6 @@ def _declared(cls: type, name: str, annotation: Any) -> Field:
 def _add(cls: type, name: str, function: Any) -> None:
     """Set a method unless the class body wrote its own, as `dataclasses` does."""
     if name not in cls.__dict__:
-        if hasattr(function, "__qualname__"):
-            function.__qualname__ = f"{cls.__qualname__}.{name}"
         setattr(cls, name, function)
 
 
