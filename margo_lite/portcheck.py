@@ -40,6 +40,10 @@ from margo_lite.errors import MargoLiteError
 from margo_lite.records import SETTLED
 from margo_lite.valueclass import dataclass
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from margo_lite.agent import Agent
+
 log = logs.get(__name__)
 
 MANAGED = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
@@ -97,7 +101,8 @@ def published(inspected: list[Mapping]) -> list[Published]:
 
 # --- the firewall's forwarding rules ----------------------------------------------------------
 
-_ID = re.compile(r'id: \\?"?([0-9a-f]{64})')
+#: the container id in the comment of a forwarding rule that CNI or netavark wrote
+RULE_OWNER = re.compile(r'id: \\?"?([0-9a-f]{64})')
 _PORTS = re.compile(r"--dports? (\S+)")
 _JUMP = re.compile(r"-j (\S+)")
 _DEST = re.compile(r"-d (\S+?)(?:/32)? ")
@@ -120,7 +125,7 @@ def stale_rules(nat_rules: str, port: Published, running: set[str]) -> list[Rule
     for line in lines:
         if not line.startswith(tuple(f"-A {c} " for c in HOSTPORT_CHAINS)):
             continue
-        owner, ports, jump = _ID.search(line), _PORTS.search(line), _JUMP.search(line)
+        owner, ports, jump = RULE_OWNER.search(line), _PORTS.search(line), _JUMP.search(line)
         if not owner or not ports or not jump or owner[1] in running:
             continue
         if owner[1] == port.container or not _covers(ports[1], port.host_port):
@@ -241,19 +246,19 @@ def _delete(run: Run, rule: Rule) -> None:
             break
 
 
-def progress(agent: object) -> tuple[int, bool]:
+def progress(agent: Agent) -> tuple[int, bool]:
     """(the records' generation, whether every deployment is settled): one failed or under
     way may start containers later, which the check must see too."""
-    records = agent.records.values()  # type: ignore[attr-defined]
+    records = agent.records.values()
     settled = all(r.state in SETTLED for r in records)
-    return agent.ctx.book.generation, settled  # type: ignore[attr-defined]
+    return agent.ctx.book.generation, settled
 
 
-def after_unclean_stop(agent: object) -> None:
+def after_unclean_stop(agent: Agent) -> None:
     """The agent stopped uncleanly last time: check its published ports (podman only)."""
     log.info("checking that every published port reaches its container")
     try:
-        engine = agent.backend.engine  # type: ignore[attr-defined]
+        engine = agent.backend.engine
         program, environ = engine.program, engine.environ
     except (MargoLiteError, AttributeError) as exc:  # no engine answers: nothing to check
         log.warning("port check skipped: %s", exc)

@@ -17,7 +17,6 @@ import pytest
 
 from tests.support import engines, firewall
 from tests.support.engines import IMAGE, free_port, http_get
-from tests.test_portcheck import _nat, _sh, cni_rules, stale_rule_of_a_killed_container
 
 A, B = "a" * 64, "b" * 64
 
@@ -31,13 +30,13 @@ def test_only_the_rules_of_gone_containers_are_leftovers():
         [
             "-N CNI-DN-dead",
             "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
-            *cni_rules(A, 35201, "CNI-DN-dead"),
-            *cni_rules(B, 35202, "CNI-DN-live"),
+            *firewall.cni_rules(A, 35201, "CNI-DN-dead"),
+            *firewall.cni_rules(B, 35202, "CNI-DN-live"),
             postrouting,
         ]
     )
     rules, chains = firewall.leftover_rules(text, {A})
-    assert rules == [cni_rules(A, 35201, "CNI-DN-dead")[0], postrouting]
+    assert rules == [firewall.cni_rules(A, 35201, "CNI-DN-dead")[0], postrouting]
     assert chains == ["CNI-DN-dead", "CNI-7b0a2a598eaa11ee151715d3"]
     assert firewall.leftover_rules(text, set()) == ([], [])
 
@@ -65,17 +64,23 @@ def test_a_killed_containers_forwarding_goes_with_the_test_and_the_store(
     live_port, port, later_port = free_port(), free_port(), free_port()
     with contextlib.ExitStack() as restore:  # the firewall as found, whatever happens
         with engines.podman(tmp_path_factory.mktemp("pod"), busybox_tar) as env:
-            live = _sh(["podman", "run", "-d", "-p", f"127.0.0.1:{live_port}:8080", IMAGE,
+            live = firewall.sh(["podman", "run", "-d", "-p", f"127.0.0.1:{live_port}:8080", IMAGE,
                         "httpd", "-f", "-p", "8080", "-h", "/www"], env).strip()  # fmt: skip
-            killed = restore.enter_context(stale_rule_of_a_killed_container(env, port))
+            killed = restore.enter_context(
+                firewall.stale_rule_of_a_killed_container(env, port, IMAGE)
+            )
             assert not _reachable(port)  # the hazard: anyone's server on that port is refused
             dropped = firewall.drop_leftovers(env)  # as each test's rig does at its end
             assert dropped and all(killed in r for r in dropped)
-            assert not [r for r in _nat() if killed in r]
+            assert not [r for r in firewall.nat_rules() if killed in r]
             assert _reachable(port)
-            assert [r for r in _nat() if live in r and "HOSTPORT-DNAT" in r]  # its own kept
+            assert [
+                r for r in firewall.nat_rules() if live in r and "HOSTPORT-DNAT" in r
+            ]  # its own kept
             assert http_get(live_port) == "busybox\n"
-            later = restore.enter_context(stale_rule_of_a_killed_container(env, later_port))
+            later = restore.enter_context(
+                firewall.stale_rule_of_a_killed_container(env, later_port, IMAGE)
+            )
         # the store's end: its containers gone, their forwarding with them
-        assert not [r for r in _nat() if later in r or live in r]
+        assert not [r for r in firewall.nat_rules() if later in r or live in r]
         assert _reachable(later_port) and _reachable(live_port)

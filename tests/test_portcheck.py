@@ -4,19 +4,16 @@ killed container's forwarding rule ahead of the live one's, so its port goes now
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shlex
 import subprocess
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from margo_lite import config, daemon, portcheck, runmark
 from margo_lite.records import State
-from tests.support import engines
+from tests.support import engines, firewall
 from tests.support.engines import IMAGE, free_port, http_get
 from tests.support.rig import app_files, wait_state
 from tests.support.wait import wait_for
@@ -37,16 +34,6 @@ def inspected(cid: str, port: int, host_ip: str = "127.0.0.1") -> dict:
     }
 
 
-def cni_rules(cid: str, port: int, chain: str, dest: str = "127.0.0.1", to: str = "10.89.0.5"):
-    return [
-        f'-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"podman\\" id: '
-        f'\\"{cid}\\"" -m multiport --dports {port} -j {chain}',
-        f"-A {chain} -s 10.88.0.0/16 -d {dest}/32 -p tcp -m tcp --dport {port} "
-        "-j CNI-HOSTPORT-SETMARK",
-        f"-A {chain} -d {dest}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination {to}:8080",
-    ]
-
-
 def test_published_ports_from_podman_inspect():
     (port,) = portcheck.published([inspected(B, 18080)])
     assert port == portcheck.Published(B, "web-1/web", "127.0.0.1", 18080, "10.89.0.7", 8080)
@@ -58,10 +45,10 @@ def test_published_ports_from_podman_inspect():
 def test_only_rules_of_containers_not_running_for_that_address_and_port_are_stale():
     port = portcheck.published([inspected(B, 18080)])[0]
     text = "\n".join(
-        cni_rules(A, 18080, "CNI-DN-dead")  # killed: stale
-        + cni_rules(B, 18080, "CNI-DN-live", to="10.89.0.7")  # the live container's own
-        + cni_rules(OTHER, 18081, "CNI-DN-other-port")  # another port
-        + cni_rules(OTHER, 18080, "CNI-DN-other-ip", dest="127.0.0.2")  # another address
+        firewall.cni_rules(A, 18080, "CNI-DN-dead")  # killed: stale
+        + firewall.cni_rules(B, 18080, "CNI-DN-live", to="10.89.0.7")  # the live container's own
+        + firewall.cni_rules(OTHER, 18081, "CNI-DN-other-port")  # another port
+        + firewall.cni_rules(OTHER, 18080, "CNI-DN-other-ip", dest="127.0.0.2")  # another address
         + [
             "-A NETAVARK-HOSTPORT-DNAT -p tcp -m tcp --dport 18080 -m comment --comment "
             f'"dnat name: podman id: {A}" -j NETAVARK-DN-dead',
@@ -117,42 +104,6 @@ def test_the_marker_tells_an_unclean_stop(tmp_path):
 # --- the hazard on real podman and the host's firewall -------------------------------------------
 
 
-def _sh(argv: list[str], env: dict | None = None) -> str:
-    return subprocess.run(
-        argv, env=env, capture_output=True, text=True, timeout=120, check=True
-    ).stdout
-
-
-def _nat() -> list[str]:
-    return _sh(["iptables", "-t", "nat", "-S"]).splitlines()
-
-
-@contextlib.contextmanager
-def stale_rule_of_a_killed_container(env: dict, port: int) -> Iterator[str]:
-    """What a kill during `podman run`/`rm` leaves: container A's forwarding rule, A gone,
-    put back ahead of every other rule. Yields A's id; deletes what is left of it after."""
-    labels = ["--label", portcheck.MANAGED]
-    a = _sh(["podman", "run", "-d", *labels, "-p", f"127.0.0.1:{port}:8080", IMAGE,
-             "httpd", "-f", "-p", "8080", "-h", "/www"], env).strip()  # fmt: skip
-    rules = _nat()
-    (jump,) = [r for r in rules if r.startswith("-A CNI-HOSTPORT-DNAT ") and a in r]
-    chain = jump.split(" -j ")[-1].strip()
-    own = [r for r in rules if r.startswith(f"-A {chain} ")]
-    _sh(["podman", "rm", "-f", "-t", "0", a], env)
-    _sh(["iptables", "-t", "nat", "-N", chain])
-    try:
-        for rule in own:
-            _sh(["iptables", "-t", "nat", *shlex.split(rule)])
-        words = shlex.split(jump)
-        _sh(["iptables", "-t", "nat", "-I", words[1], "1", *words[2:]])
-        yield a
-    finally:  # the host's firewall as found, whatever the test did
-        for rule in [r for r in _nat() if a in r]:
-            subprocess.run(["iptables", "-t", "nat", "-D", *shlex.split(rule)[1:]], check=False)
-        subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True, check=False)
-        subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True, check=False)
-
-
 @pytest.mark.slow
 @pytest.mark.engine
 def test_a_killed_containers_rule_ahead_of_the_live_one_is_removed(tmp_path_factory, busybox_tar):
@@ -160,18 +111,20 @@ def test_a_killed_containers_rule_ahead_of_the_live_one_is_removed(tmp_path_fact
         pytest.fail("iptables is not usable here (as root, apt: iptables)")
     with engines.podman(tmp_path_factory.mktemp("pod"), busybox_tar) as env:
         port = free_port()
-        with stale_rule_of_a_killed_container(env, port) as killed:
-            live = _sh(["podman", "run", "-d", "--label", portcheck.MANAGED,
+        with firewall.stale_rule_of_a_killed_container(env, port, IMAGE) as killed:
+            live = firewall.sh(["podman", "run", "-d", "--label", portcheck.MANAGED,
                         "--label", "io.margo.deployment=web-1", "--label", "io.margo.component=web",
                         "-p", f"127.0.0.1:{port}:8080", IMAGE,
                         "httpd", "-f", "-p", "8080", "-h", "/www"], env).strip()  # fmt: skip
-            state = _sh(["podman", "inspect", "-f", "{{.State.Status}}", live], env).strip()
+            state = firewall.sh(["podman", "inspect", "-f", "{{.State.Status}}", live], env).strip()
             assert state == "running"
             assert http_get(port, timeout=2) is None  # the hazard: running, port goes nowhere
             outcome = portcheck.check(portcheck.command_runner(env))
             assert outcome.rules_removed == 1 and outcome.restarted == 0, outcome
-            assert not [r for r in _nat() if killed in r]
-            assert [r for r in _nat() if live in r and "HOSTPORT-DNAT" in r]  # its own kept
+            assert not [r for r in firewall.nat_rules() if killed in r]
+            assert [
+                r for r in firewall.nat_rules() if live in r and "HOSTPORT-DNAT" in r
+            ]  # its own kept
             assert wait_for(lambda: http_get(port, timeout=2), timeout=30) == "busybox\n"
             again = portcheck.check(portcheck.command_runner(env))
             assert again.checked == 1 and again.rules_removed == again.restarted == 0

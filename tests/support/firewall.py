@@ -15,14 +15,16 @@ id never names another store's container). `leftover_rules` is the pure part.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
-from margo_lite.portcheck import _ID
+from margo_lite import portcheck
 
 EVENTS_LOG = "events.log"  # in the store's folder, beside its containers.conf
 _JUMP = re.compile(r" -j ((?:CNI|NETAVARK)-\S+)")
@@ -53,7 +55,7 @@ def leftover_rules(nat_rules: str, gone: set[str]) -> tuple[list[str], list[str]
     `iptables -t nat -S`."""
     rules, chains = [], []
     for line in nat_rules.splitlines():
-        owner = _ID.search(line)
+        owner = portcheck.RULE_OWNER.search(line)
         if not line.startswith("-A ") or not owner or owner[1] not in gone:
             continue
         rules.append(line)
@@ -91,3 +93,53 @@ def drop_leftovers(environ: dict[str, str]) -> list[str]:
 
 def _iptables(*args: str) -> None:
     subprocess.run(["iptables", "-t", "nat", *args], capture_output=True, timeout=60)
+
+
+# --- a leftover made on purpose, for the tests of the port check and of this module ---
+
+
+def cni_rules(cid: str, port: int, chain: str, dest: str = "127.0.0.1", to: str = "10.89.0.5"):
+    return [
+        f'-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"podman\\" id: '
+        f'\\"{cid}\\"" -m multiport --dports {port} -j {chain}',
+        f"-A {chain} -s 10.88.0.0/16 -d {dest}/32 -p tcp -m tcp --dport {port} "
+        "-j CNI-HOSTPORT-SETMARK",
+        f"-A {chain} -d {dest}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination {to}:8080",
+    ]
+
+
+def sh(argv: list[str], env: dict | None = None) -> str:
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+
+
+def nat_rules() -> list[str]:
+    return sh(["iptables", "-t", "nat", "-S"]).splitlines()
+
+
+@contextlib.contextmanager
+def stale_rule_of_a_killed_container(env: dict, port: int, image: str) -> Iterator[str]:
+    """What a kill during `podman run`/`rm` leaves: container A (of `image`, serving httpd)
+    has a forwarding rule, A is gone, and the rule is put back ahead of every other rule.
+    Yields A's id; deletes what is left of it after."""
+    labels = ["--label", portcheck.MANAGED]
+    a = sh(["podman", "run", "-d", *labels, "-p", f"127.0.0.1:{port}:8080", image,
+             "httpd", "-f", "-p", "8080", "-h", "/www"], env).strip()  # fmt: skip
+    rules = nat_rules()
+    (jump,) = [r for r in rules if r.startswith("-A CNI-HOSTPORT-DNAT ") and a in r]
+    chain = jump.split(" -j ")[-1].strip()
+    own = [r for r in rules if r.startswith(f"-A {chain} ")]
+    sh(["podman", "rm", "-f", "-t", "0", a], env)
+    sh(["iptables", "-t", "nat", "-N", chain])
+    try:
+        for rule in own:
+            sh(["iptables", "-t", "nat", *shlex.split(rule)])
+        words = shlex.split(jump)
+        sh(["iptables", "-t", "nat", "-I", words[1], "1", *words[2:]])
+        yield a
+    finally:  # the host's firewall as found, whatever the test did
+        for rule in [r for r in nat_rules() if a in r]:
+            subprocess.run(["iptables", "-t", "nat", "-D", *shlex.split(rule)[1:]], check=False)
+        subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True, check=False)
+        subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True, check=False)
