@@ -120,6 +120,8 @@ def replace(value: Any, /, **changes: Any) -> Any:
 
 
 def _build(cls: type, frozen: bool) -> type:
+    if "__post_init__" in cls.__dict__:  # not in the subset: refused, never silently skipped
+        raise TypeError(f"{cls.__qualname__}: __post_init__ is not supported")
     inherited = {}
     for base in reversed(cls.__mro__[1:]):
         for f in getattr(base, _FIELDS, ()):

@@ -109,6 +109,8 @@ def test_mistakes_in_a_declaration_fail_when_the_class_is_made():
         valueclass.field(default=1, default_factory=int)
     with pytest.raises(TypeError):
         valueclass.fields(object())
+    with pytest.raises(TypeError):  # what valueclass does not do, it refuses
+        valueclass.dataclass(type("Checked", (), {"__post_init__": lambda self: None}))
 
 
 def test_a_method_the_class_writes_itself_is_kept():
