@@ -3,16 +3,19 @@
 `dataclasses` imports `inspect` (with `ast` and `dis`) and compiles five or six methods for
 every class. On the agent's path that was about 1.1 MiB of a 25 MiB process and a fifth of
 its start-up (docs/proof.md). Here one `__init__` is compiled per class; equality, hashing,
-`repr` and the frozen guard are shared functions over the class's field names.
+`repr` and the frozen guard are closures over the class's field names, nothing compiled.
 
-The spelling is the standard library's, for the subset in use: `@dataclass`,
+The spelling and the rules are the standard library's, for the subset in use: `@dataclass`,
 `@dataclass(frozen=True)`, `field(default=, default_factory=, init=, repr=, compare=, metadata=)`,
-`fields`, `replace`, `is_dataclass`, `FrozenInstanceError`. Annotations are read as written
-(every module defers them), so a `ClassVar[...]` annotation is not a field.
+`fields`, `replace`, `is_dataclass`, `FrozenInstanceError`. What `dataclasses` refuses is
+refused here too (an unhashable default, frozen and mutable bases mixed, a field without an
+annotation), and so is what this subset leaves out (`__post_init__`). Annotations are read
+as written (every module defers them), so a `ClassVar[...]` annotation is not a field.
 """
 
 from __future__ import annotations
 
+import reprlib
 import types
 
 TYPE_CHECKING = False
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _FIELDS = "__valueclass_fields__"
+_FROZEN = "__valueclass_frozen__"
 _EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 
 
@@ -120,82 +124,99 @@ def replace(value: Any, /, **changes: Any) -> Any:
 
 
 def _build(cls: type, frozen: bool) -> type:
-    if "__post_init__" in cls.__dict__:  # not in the subset: refused, never silently skipped
+    if hasattr(cls, "__post_init__"):  # not in the subset: refused, never silently skipped
         raise TypeError(f"{cls.__qualname__}: __post_init__ is not supported")
-    inherited = {}
+    inherited: dict[str, Field] = {}
     for base in reversed(cls.__mro__[1:]):
-        for f in getattr(base, _FIELDS, ()):
-            inherited[f.name] = f
-    own = {}
+        if hasattr(base, _FIELDS):
+            if getattr(base, _FROZEN) != frozen:  # as `dataclasses`: all frozen or none
+                raise TypeError(f"{cls.__qualname__}: frozen and mutable value classes mixed")
+            inherited.update((f.name, f) for f in getattr(base, _FIELDS))
     # `inspect.get_annotations` would load the module this one exists to avoid
-    for name, annotation in cls.__dict__.get("__annotations__", {}).items():  # noqa: RUF063
-        if str(annotation).startswith(("ClassVar", "typing.ClassVar")):
-            continue
-        own[name] = _declared(cls, name, annotation)
+    annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+    own = {
+        name: _declared(cls, name, annotation)
+        for name, annotation in annotations.items()
+        if not str(annotation).startswith(("ClassVar", "typing.ClassVar"))
+    }
+    for name, value in cls.__dict__.items():
+        if isinstance(value, Field) and name not in own:
+            raise TypeError(f"{cls.__qualname__}.{name} is a field without an annotation")
     every = tuple({**inherited, **own}.values())
     setattr(cls, _FIELDS, every)
+    setattr(cls, _FROZEN, frozen)
     explicit_hash = cls.__dict__.get("__hash__") is not None  # `__eq__` alone sets it to None
+    compared = tuple(f.name for f in every if f.compare)
     _add(cls, "__init__", _init(cls, every, frozen))
     _add(cls, "__repr__", _repr(tuple(f.name for f in every if f.repr)))
-    compared = tuple(f.name for f in every if f.compare)
     _add(cls, "__eq__", _eq(compared))
     if frozen:
-        _add(cls, "__setattr__", _refuse_set)
-        _add(cls, "__delattr__", _refuse_delete)
+        _add(cls, "__setattr__", _frozen_setattr(cls, frozenset(f.name for f in every)))
+        _add(cls, "__delattr__", _frozen_delattr(cls, frozenset(f.name for f in every)))
     if not explicit_hash:  # frozen: hashed by value; mutable: not hashable, as `dataclasses`
-        cls.__hash__ = _hash(compared) if frozen else None  # type: ignore
+        cls.__hash__ = _hash(compared) if frozen else None  # type: ignore[assignment]
     cls.__match_args__ = tuple(f.name for f in every if f.init)  # type: ignore[attr-defined]
     return cls
 
 
 def _declared(cls: type, name: str, annotation: Any) -> Field:
-    value = cls.__dict__.get(name, MISSING)
+    """The field `name`: its `field(...)`, or a plain default as `dataclasses` finds it (also
+    on a base class), or none."""
+    value = getattr(cls, name, MISSING)
     f = value if isinstance(value, Field) else Field(value, MISSING, True, True, True, None)
     f.name, f.type = name, annotation
-    if isinstance(f.default, list | dict | set):
+    if f.default is not MISSING and f.default.__class__.__hash__ is None:
         raise ValueError(f"mutable default {type(f.default).__name__} for field {name}")
-    if f.default is MISSING:
-        if isinstance(value, Field):
+    if isinstance(value, Field):
+        if f.default is MISSING:
             delattr(cls, name)
-    else:
-        setattr(cls, name, f.default)
+        else:
+            setattr(cls, name, f.default)
     return f
 
 
 def _add(cls: type, name: str, function: Any) -> None:
     """Set a method unless the class body wrote its own, as `dataclasses` does."""
     if name not in cls.__dict__:
+        function.__qualname__ = f"{cls.__qualname__}.{name}"  # each made for this class
         setattr(cls, name, function)
 
 
 def _init(cls: type, every: tuple[Field, ...], frozen: bool) -> Any:
-    """Compile `__init__(self, a, b=<default>, ...)`: positional and keyword, as declared."""
-    scope: dict[str, Any] = {"_set": object.__setattr__, "_MISSING": MISSING}
-    params, body, defaulted = ["self"], [], False
+    """Compile `__init__(self, a, b=<default>, ...)`: positional and keyword, as declared.
+
+    The code's own names start with `__vc_`, which no field of margo-lite's starts with.
+    A field left out of `__init__` with a plain default is not set: the class holds it."""
+    scope: dict[str, Any] = {
+        "__name__": cls.__module__,
+        "__vc_set": object.__setattr__,
+        "__vc_missing": MISSING,
+    }
+    params, body, defaulted = ["__vc_self"], [], False
     for f in every:
-        value = f.name
-        if f.default is not MISSING:
-            scope[f"_d_{f.name}"] = f.default
-        if f.default_factory is not MISSING:
-            scope[f"_f_{f.name}"] = f.default_factory
+        if f.name.startswith("__vc_"):
+            raise TypeError(f"{cls.__qualname__}: the field name {f.name} is reserved")
+        default, factory, value = f"__vc_default_{f.name}", f"__vc_factory_{f.name}", f.name
+        scope[default], scope[factory] = f.default, f.default_factory
         if f.init:
             if f.default is not MISSING:
-                params.append(f"{f.name}=_d_{f.name}")
+                params.append(f"{f.name}={default}")
             elif f.default_factory is not MISSING:
-                params.append(f"{f.name}=_MISSING")
-                value = f"_f_{f.name}() if {f.name} is _MISSING else {f.name}"
+                params.append(f"{f.name}=__vc_missing")
+                value = f"{factory}() if {f.name} is __vc_missing else {f.name}"
             elif defaulted:
                 raise TypeError(f"non-default argument {f.name!r} follows default argument")
             else:
                 params.append(f.name)
             defaulted = defaulted or f.default is not MISSING or f.default_factory is not MISSING
-        elif f.default is not MISSING:
-            value = f"_d_{f.name}"
         elif f.default_factory is not MISSING:
-            value = f"_f_{f.name}()"
+            value = f"{factory}()"
         else:
             continue
-        body.append(f"_set(self, {f.name!r}, {value})" if frozen else f"self.{f.name} = {value}")
+        if frozen:
+            body.append(f"__vc_set(__vc_self, {f.name!r}, {value})")
+        else:
+            body.append(f"__vc_self.{f.name} = {value}")
     source = f"def __init__({', '.join(params)}):\n    " + "\n    ".join(body or ["pass"])
     exec(compile(source, f"<{cls.__module__}.{cls.__qualname__}>", "exec"), scope)
     return scope["__init__"]
@@ -206,6 +227,7 @@ def _values(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 def _repr(names: tuple[str, ...]) -> Callable[[Any], str]:
+    @reprlib.recursive_repr()  # a value that holds itself shows "...", as with `dataclasses`
     def __repr__(self: Any) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
         return f"{self.__class__.__qualname__}({shown})"
@@ -229,9 +251,21 @@ def _hash(names: tuple[str, ...]) -> Callable[[Any], int]:
     return lambda self: hash(values(self))
 
 
-def _refuse_set(self: Any, name: str, value: Any) -> None:
-    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+def _frozen_setattr(cls: type, names: frozenset[str]) -> Callable[[Any, str, Any], None]:
+    """Refuse to set a field (any attribute of `cls` itself); a plain subclass keeps its own."""
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if type(self) is cls or name in names:
+            raise FrozenInstanceError(f"cannot assign to field {name!r}")
+        super(cls, self).__setattr__(name, value)
+
+    return __setattr__
 
 
-def _refuse_delete(self: Any, name: str) -> None:
-    raise FrozenInstanceError(f"cannot delete field {name!r}")
+def _frozen_delattr(cls: type, names: frozenset[str]) -> Callable[[Any, str], None]:
+    def __delattr__(self: Any, name: str) -> None:
+        if type(self) is cls or name in names:
+            raise FrozenInstanceError(f"cannot delete field {name!r}")
+        super(cls, self).__delattr__(name)
+
+    return __delattr__

@@ -51,9 +51,8 @@ def resolves(name: str, mods: dict[str, object]) -> bool:
 
 def _attrs(obj: object, names: list[str]) -> bool:
     for name in names:
-        fields = getattr(obj, "__dataclass_fields__", {})
-        if name in fields:
-            return True
+        if valueclass.is_dataclass(obj) and name in {f.name for f in valueclass.fields(obj)}:
+            return True  # a field without a default is no class attribute
         if not hasattr(obj, name):
             return False
         obj = getattr(obj, name)

@@ -145,3 +145,52 @@ def test_fields_are_inherited_in_order():
     assert [f.name for f in valueclass.fields(Child)] == ["x", "y", "z"]
     assert Child(1) == Child(1, 5, 1)
     assert valueclass.is_dataclass(Child) and not valueclass.is_dataclass(int)
+
+
+def test_what_dataclasses_refuses_valueclass_refuses():
+    def make(bases: tuple[type, ...], body: dict, frozen: bool = True) -> type:
+        return valueclass.dataclass(type("V", bases, body), frozen=frozen)
+
+    with pytest.raises(ValueError):
+        twins("    x: bytearray = bytearray()\n")  # unhashable: one shared by every value
+    with pytest.raises(TypeError):
+        make((), {"x": valueclass.field(default=1)})  # a field without an annotation
+    frozen_base = make((), {"__annotations__": {"x": "int"}})
+    with pytest.raises(TypeError):
+        make((frozen_base,), {"__annotations__": {"y": "int"}}, frozen=False)
+    with pytest.raises(TypeError):  # inherited: still never silently skipped
+        make((type("Base", (), {"__post_init__": lambda self: None}),), {})
+    with pytest.raises(TypeError):
+        make((), {"__annotations__": {"__vc_self": "int"}})
+
+
+def test_defaults_subclasses_and_self_reference_as_with_the_standard_library():
+    for module in (dataclasses, valueclass):
+
+        class Plain:
+            x = 1
+
+        @module.dataclass(frozen=True)
+        class Point(Plain):
+            x: int  # its default comes from the plain base
+            cache: int = module.field(default=0, init=False)
+
+        class Labelled(Point):  # a plain subclass of a frozen value keeps its own attributes
+            pass
+
+        labelled = Labelled()
+        labelled.label = "a"
+        assert (Point().x, Point(2).x, labelled.label) == (1, 2, "a")
+        assert "cache" not in vars(Point())  # a plain default stays on the class
+        with pytest.raises(AttributeError):
+            labelled.x = 3
+
+        @module.dataclass
+        class Node:
+            child: object = None
+
+        node = Node()
+        node.child = node
+        assert repr(node).endswith(".<locals>.Node(child=...)")
+        with pytest.raises(TypeError, match=r"Node.__init__\(\)"):
+            Node(1, 2)
